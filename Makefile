@@ -1,0 +1,47 @@
+# Two commands on a fresh machine with only Python and apt: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: run test bench index screenshot browser clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch==2.13.0 is pinned in pyproject.toml: the CPU build on this machine.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+index/CURRENT: | $(STAMP)
+	$(BIN)/assistant reindex
+
+index: $(STAMP)
+	$(BIN)/assistant reindex
+
+run: $(STAMP) index/CURRENT
+	$(BIN)/assistant serve --host $(HOST) --port $(PORT)
+
+# Debian's Chromium for the browser tests; Playwright never downloads its own browser.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) index/CURRENT
+	$(BIN)/python tests/bench.py
+
+screenshot: $(STAMP) browser index/CURRENT
+	$(BIN)/python tests/screenshot.py web/screenshot.png
+
+clean:
+	rm -rf $(VENV) index/*

@@ -1,0 +1,155 @@
+"""The Assistant: the one core object. The CLI, the API and the chat page are thin faces over it."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from . import index as ix
+from .config import MODEL_NAME, Settings
+from .conversation import answer_turn
+from .embedder import Embedder, get_embedder
+from .errors import DocumentNotFoundError, InvalidQuestionError, NotIndexedError
+from .models import ArticleView, AskResponse, DocumentInfo, Health, PassageSpan, ReindexReport
+from .reindex import reindex as run_reindex
+from .retrieval import Retriever
+
+log = logging.getLogger(__name__)
+
+class _Loaded:
+    """An index and its retriever: swapped as one reference, so a request sees one or the other."""
+
+    def __init__(self, index: ix.Index, settings: Settings) -> None:
+        self.index = index
+        self.retriever = Retriever(index, settings)
+        self.generation = index.path.name if index.path else None
+
+
+class Assistant:
+    """Open an index, ask questions, reindex. Thread-safe; cheap to share across requests."""
+
+    def __init__(self, settings: Settings | None = None, embedder: Embedder | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._embedder = embedder
+        self._loaded: _Loaded | None = None
+        self._reload_lock = threading.Lock()
+        self._checked_at = 0.0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | Path | None = None,
+        corpus_dir: str | Path | None = None,
+        settings: Settings | None = None,
+        embedder: Embedder | None = None,
+        require_index: bool = True,
+    ) -> "Assistant":
+        """Load the model and the index. Raises NotIndexedError if there is none (and it is required)."""
+        base = settings or Settings.from_env()
+        from dataclasses import replace
+
+        base = replace(
+            base,
+            index_dir=Path(index_dir) if index_dir is not None else base.index_dir,
+            corpus_dir=Path(corpus_dir) if corpus_dir is not None else base.corpus_dir,
+        )
+        a = cls(base, embedder)
+        try:
+            a._load()
+        except NotIndexedError:
+            if require_index:
+                raise
+        return a
+
+    @property
+    def embedder(self) -> Embedder:
+        if self._embedder is None:
+            self._embedder = get_embedder()
+        return self._embedder
+
+    def _load(self) -> _Loaded:
+        loaded = _Loaded(ix.load(self.settings.index_dir), self.settings)
+        self._loaded = loaded
+        self._checked_at = time.monotonic()
+        return loaded
+
+    def _current(self) -> _Loaded:
+        """The index to answer with; picks up a newer generation (another process reindexed)."""
+        loaded = self._loaded
+        now = time.monotonic()
+        if loaded is not None and now - self._checked_at < 1.0:
+            return loaded
+        with self._reload_lock:
+            self._checked_at = time.monotonic()
+            gen = ix.current_generation(self.settings.index_dir)
+            if gen is None:
+                if loaded is None:
+                    raise NotIndexedError(
+                        f"No index in {self.settings.index_dir}/. Build one with `assistant reindex` (or `make run`)."
+                    )
+                return loaded
+            if loaded is None or loaded.generation != gen.name:
+                try:
+                    loaded = self._load()
+                except NotIndexedError:
+                    raise
+                except Exception:  # a generation being pruned or damaged: keep serving the old one
+                    if loaded is None:
+                        raise
+                    log.exception("could not load index generation %s; still serving %s", gen.name, loaded.generation)
+            return loaded
+
+    def reindex(self, progress: bool = False) -> ReindexReport:
+        """Bring the index up to date with the corpus folder; answering goes on meanwhile."""
+        report = run_reindex(self.settings, self.embedder, progress=progress)
+        with self._reload_lock:
+            self._load()
+        return report
+
+    # --- asking ------------------------------------------------------------------------------
+
+    def ask(self, question: str, history: list[str] | None = None, top_k: int = 3) -> AskResponse:
+        """Answer with passages of the articles, verbatim and cited, or abstain."""
+        s = self.settings
+        if not isinstance(question, str) or not question.strip():
+            raise InvalidQuestionError("The question is empty: ask something about the articles.")
+        if len(question) > s.max_question_chars:
+            raise InvalidQuestionError(f"The question is {len(question)} characters long; the limit is {s.max_question_chars}.")
+        history = [h for h in (history or []) if isinstance(h, str) and h.strip()]
+        if len(history) > s.max_history:
+            raise InvalidQuestionError(f"At most {s.max_history} earlier questions can be sent as history.")
+        if not 1 <= top_k <= s.max_top_k:
+            raise InvalidQuestionError(f"top_k must be between 1 and {s.max_top_k}.")
+        loaded = self._current()
+
+        return answer_turn(loaded.index, loaded.retriever, self.embedder, s, question, history, top_k)
+
+    # --- documents ---------------------------------------------------------------------------
+
+    def documents(self) -> list[DocumentInfo]:
+        index = self._current().index
+        return [
+            DocumentInfo(doc_id=d.doc_id, title=d.title, path=d.path, passages=d.n_passages, indexed_at=d.indexed_at)
+            for d in index.docs.values()
+        ]
+
+    def document(self, doc_id: str) -> ArticleView:
+        index = self._current().index
+        d = index.docs.get(doc_id) if ix.safe_doc_id(doc_id) else None
+        if d is None:
+            raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
+        spans = [PassageSpan(id=p.id, start=p.start, end=p.end) for p in index.passages if p.doc_id == doc_id]
+        return ArticleView(doc_id=d.doc_id, title=d.title, path=d.path, text=d.text, passages=spans, indexed_at=d.indexed_at)
+
+    def health(self) -> Health:
+        try:
+            index = self._current().index
+        except NotIndexedError:
+            return Health(status="no index", index_loaded=False, articles=0, passages=0, model=MODEL_NAME, built_at=None)
+        return Health(
+            status="ok", index_loaded=True, articles=len(index.docs), passages=len(index.passages),
+            model=MODEL_NAME, built_at=index.built_at,
+        )

@@ -1,0 +1,212 @@
+"""The command line: reindex, ask, eval, serve, add. Thin: each command is a call into Assistant."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .config import Settings
+from .errors import AssistantError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Ask questions of a folder of articles; answers are passages of the articles, cited.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+CorpusOpt = Annotated[Optional[Path], typer.Option("--corpus", help="Corpus folder [env ASSISTANT_CORPUS_DIR, default ./corpus]")]
+IndexOpt = Annotated[Optional[Path], typer.Option("--index", help="Index folder [env ASSISTANT_INDEX_DIR, default ./index]")]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"Error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _settings(corpus: Path | None, index: Path | None) -> Settings:
+    return Settings.from_env(corpus_dir=corpus, index_dir=index)
+
+
+def _open(corpus: Path | None, index: Path | None, require_index: bool = True):
+    from .assistant import Assistant
+
+    return Assistant.open(settings=_settings(corpus, index), require_index=require_index)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("faiss", "bm25s", "sentence_transformers", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def reindex(corpus: CorpusOpt = None, index: IndexOpt = None) -> None:
+    """Build or update the index: only new and changed articles are embedded."""
+    s = _settings(corpus, index)
+    if not s.corpus_dir.is_dir():
+        _fail(f"corpus folder {s.corpus_dir}/ does not exist")
+    try:
+        a = _open(corpus, index, require_index=False)
+        report = a.reindex(progress=sys.stderr.isatty())
+    except AssistantError as e:
+        _fail(str(e))
+    typer.echo(
+        f"{report.articles} articles, {report.passages} passages "
+        f"(added {len(report.added)}, changed {len(report.changed)}, removed {len(report.removed)}, "
+        f"unchanged {report.unchanged}; embedded {report.embedded_passages} passages in {report.seconds:.1f}s)"
+    )
+    for name, items in (("added", report.added), ("changed", report.changed), ("removed", report.removed)):
+        for doc_id in items:
+            typer.echo(f"  {name}: {doc_id}")
+    for path in report.skipped:
+        typer.secho(f"  skipped (unreadable): {path}", fg=typer.colors.YELLOW)
+
+
+@app.command()
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    history: Annotated[Optional[list[str]], typer.Option("--history", help="An earlier question of the conversation (repeat, oldest first).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="How many passages (1-10).")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer JSON.")] = False,
+    corpus: CorpusOpt = None,
+    index: IndexOpt = None,
+) -> None:
+    """Ask a question; prints the answering passages with the answering sentence marked."""
+    if not 1 <= top_k <= 10:
+        _fail("--top-k must be between 1 and 10")
+    try:
+        a = _open(corpus, index)
+        res = a.ask(question, history or [], top_k=top_k)
+    except AssistantError as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(res.model_dump(), indent=2, ensure_ascii=False))
+        return
+    typer.echo(render_text(res))
+
+
+def render_text(res) -> str:
+    """A readable answer: passages with »marked« answering sentences and [title] citations."""
+    lines = []
+    if res.resolved_question != res.question:
+        lines.append(f"(searched for: {res.resolved_question})")
+    if res.abstained:
+        lines.append(res.message or "The articles do not answer this question.")
+        return "\n".join(lines)
+    for i, ans in enumerate(res.answers, 1):
+        text, out, pos = ans.text, [], 0
+        for h in ans.highlight:
+            out += [text[pos : h.start], "»", text[h.start : h.end], "«"]
+            pos = h.end
+        out.append(text[pos:])
+        about = f" ({ans.about})" if ans.about else ""
+        lines.append(f"{i}.{about} " + "".join(out).replace("\n", "\n   "))
+        cite = f"   [{ans.source.title}] {ans.source.path}:{ans.source.start}-{ans.source.end}"
+        if ans.also_in:
+            cite += "; also in " + ", ".join(f"[{x.title}]" for x in ans.also_in)
+        lines.append(cite)
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+@app.command("eval")
+def eval_cmd(
+    file: Annotated[Optional[Path], typer.Argument(help="A question set in the dev.jsonl format.")] = None,
+    squad: Annotated[Optional[Path], typer.Option("--squad", help="A folder with corpus.jsonl and questions.jsonl.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="conversation | alone | concat (question sets); hybrid | dense | bm25 (--squad).")] = "",
+    no_abstain: Annotated[bool, typer.Option("--no-abstain", help="--squad: never abstain (pure retrieval figures).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    corpus: CorpusOpt = None,
+    index: IndexOpt = None,
+) -> None:
+    """Measure quality: hit@1, hit@3, MRR, abstention; or answer-in-top-k on a SQuAD-style folder."""
+    from . import evaluation as ev
+
+    if (file is None) == (squad is None):
+        _fail("give either a question file or --squad DIR")
+    try:
+        if squad is not None:
+            mode = mode or "hybrid"
+            r = ev.evaluate_squad(squad, settings=_settings(corpus, index), mode=mode, abstain=not no_abstain,
+                                  progress=sys.stderr.isatty())
+            fig = {"mode": mode, "questions": r.questions, "top1": round(r.top1, 3), "top3": round(r.top3, 3),
+                   "top5": round(r.top5, 3), "mrr": round(r.mrr, 3), "abstained": round(r.abstained, 3),
+                   "passages": r.passages, "median_passage_words": r.median_passage_words}
+            if as_json:
+                typer.echo(json.dumps(fig))
+            else:
+                typer.echo(f"{squad} ({mode}): {r.questions} questions over {r.passages} passages "
+                           f"(median {r.median_passage_words:g} words)")
+                typer.echo(f"  answer in top-1 {r.top1:.3f}  top-3 {r.top3:.3f}  top-5 {r.top5:.3f}  "
+                           f"MRR {r.mrr:.3f}  abstained {r.abstained:.3f}")
+            return
+        if not file.is_file():
+            _fail(f"{file} is not a file")
+        cases = ev.load_cases(file)
+        a = _open(corpus, index)
+        report = ev.evaluate_cases(a, cases, mode=mode or "conversation")
+    except AssistantError as e:
+        _fail(str(e))
+    s = report.summary()
+    if as_json:
+        typer.echo(json.dumps(s))
+        return
+    typer.echo(f"{file}: {s['turns']} turns ({s['answerable']} answerable), mode {mode or 'conversation'}")
+    typer.echo(f"  hit@1 {s['hit@1']:.3f}  hit@3 {s['hit@3']:.3f}  MRR {s['mrr']:.3f}")
+    typer.echo(f"  single-turn hit@1 {s['single_turn_hit@1']:.3f}  hit@3 {s['single_turn_hit@3']:.3f}  "
+               f"follow-up hit@1 {s['followup_hit@1']:.3f}")
+    typer.echo(f"  abstention precision {s['abstain_precision']:.3f}  recall {s['abstain_recall']:.3f}  "
+               f"answerable turns that abstained: {s['answerable_abstained']}")
+    misses = report.misses()
+    if misses:
+        typer.echo(f"misses ({len(misses)}):")
+    for t in misses:
+        want = "abstain" if t.expect_abstain else "an answer"
+        got = "abstained" if t.abstained else f"rank {t.rank or '-'}"
+        typer.echo(f"  [{t.case}#{t.turn + 1}] {t.question!r} (wanted {want}, got {got}; searched {t.resolved!r})")
+        for g in t.got[:2]:
+            typer.echo(f"      got: {g[:110].replace(chr(10), ' ')}…")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    watch: Annotated[bool, typer.Option("--watch", help="Reindex when files in the corpus folder change.")] = False,
+    corpus: CorpusOpt = None,
+    index: IndexOpt = None,
+) -> None:
+    """Serve the chat page and the API (http://HOST:PORT)."""
+    import os
+
+    import uvicorn
+
+    if workers < 1:
+        _fail("--workers must be at least 1")
+    s = _settings(corpus, index)
+    os.environ["ASSISTANT_CORPUS_DIR"] = str(s.corpus_dir)
+    os.environ["ASSISTANT_INDEX_DIR"] = str(s.index_dir)
+    if watch:
+        from .watch import start_watcher
+
+        start_watcher(s)
+    typer.echo(f"Serving on http://{host}:{port}  (corpus {s.corpus_dir}/, index {s.index_dir}/)")
+    uvicorn.run("assistant.api:app_factory", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Settings: the one place for paths, model, retrieval weights and limits."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+DEFAULT_CORPUS_DIR = "corpus"
+DEFAULT_INDEX_DIR = "index"
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Tunable knobs. Defaults were chosen on XQuAD and the dev set (see README, "Numbers")."""
+
+    corpus_dir: Path = Path(DEFAULT_CORPUS_DIR)
+    index_dir: Path = Path(DEFAULT_INDEX_DIR)
+
+    # chunking: passages of a few sentences
+    passage_target_words: int = 70
+    passage_max_words: int = 120
+
+    # retrieval: min-max fused scores of four signals
+    w_dense_passage: float = 0.25
+    w_bm25_passage: float = 0.25
+    w_dense_sentence: float = 0.30
+    w_bm25_sentence: float = 0.20
+    candidates: int = 50
+
+    # extraction
+    highlight_ratio: float = 0.85
+    dedup_similarity: float = 0.9
+
+    # abstention: the best answer's calibrated confidence must reach this
+    abstain_threshold: float = 0.5
+
+    # limits
+    max_question_chars: int = 1000
+    max_history: int = 20
+    max_top_k: int = 10
+
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Defaults, then ASSISTANT_CORPUS_DIR / ASSISTANT_INDEX_DIR, then explicit overrides."""
+        s = cls(
+            corpus_dir=Path(os.environ.get("ASSISTANT_CORPUS_DIR", DEFAULT_CORPUS_DIR)),
+            index_dir=Path(os.environ.get("ASSISTANT_INDEX_DIR", DEFAULT_INDEX_DIR)),
+        )
+        clean = {k: (Path(v) if k.endswith("_dir") else v) for k, v in overrides.items() if v is not None}
+        return replace(s, **clean)

@@ -1,0 +1,325 @@
+"""Read articles from the corpus folder and clean them: Document(doc_id, title, path, text).
+
+Cleaning drops site boilerplate by general rules (contact lines, bylines, calls to action,
+footer sections, dangling trailing headings), never by matching particular strings of a site.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UnsupportedFileError
+
+log = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = {".txt", ".text"}
+MARKDOWN_SUFFIXES = {".md", ".markdown"}
+HTML_SUFFIXES = {".html", ".htm"}
+PDF_SUFFIXES = {".pdf"}
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | MARKDOWN_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES
+
+
+@dataclass(frozen=True)
+class Document:
+    """One cleaned article. `text` is what answers quote and what offsets point into."""
+
+    doc_id: str
+    title: str
+    path: str
+    text: str
+    sha256: str
+
+
+class UnreadableFileError(Exception):
+    """The file exists but cannot be read or decoded."""
+
+
+# --- discovery -------------------------------------------------------------------------------
+
+def discover(corpus_dir: Path) -> list[Path]:
+    """Article files under the corpus folder, sorted; hidden files and folders are ignored."""
+    corpus_dir = Path(corpus_dir)
+    found = []
+    for p in corpus_dir.rglob("*"):
+        rel = p.relative_to(corpus_dir)
+        if any(part.startswith((".", "_")) for part in rel.parts):
+            continue
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
+            found.append(p)
+    return sorted(found)
+
+
+def doc_id_for(path: Path, corpus_dir: Path) -> str:
+    """Stable id: the path relative to the corpus folder, without extension, '/'-separated."""
+    rel = Path(path).relative_to(corpus_dir)
+    return rel.with_suffix("").as_posix()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+def read_document(path: Path, corpus_dir: Path, raw: bytes | None = None) -> Document:
+    """Read and clean one file. Raises UnreadableFileError when it cannot be decoded or parsed."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise UnsupportedFileError(
+            f"{path.name}: unsupported file type {suffix!r}; "
+            f"choose from {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+        )
+    try:
+        raw = path.read_bytes() if raw is None else raw
+    except OSError as e:
+        raise UnreadableFileError(f"{path}: cannot be read ({e.strerror or e})") from e
+    sha = hashlib.sha256(raw).hexdigest()
+    if suffix in PDF_SUFFIXES:
+        lines, title = _pdf_lines(raw, path)
+    else:
+        text = _decode(raw, path)
+        if suffix in HTML_SUFFIXES:
+            lines, title = _html_lines(text)
+        elif suffix in MARKDOWN_SUFFIXES:
+            lines, title = _markdown_lines(text)
+        else:
+            lines, title = _plain_lines(text), None
+    lines = clean_lines(lines)
+    if not lines:
+        raise UnreadableFileError(f"{path}: no article text found")
+    title = _normalise_space(title) if title else None
+    if not title:
+        title = _title_from_lines(lines) or _title_from_filename(path, "\n".join(lines))
+    return Document(
+        doc_id=doc_id_for(path, corpus_dir),
+        title=title,
+        path=Path(path).relative_to(corpus_dir).as_posix(),
+        text="\n".join(lines),
+        sha256=sha,
+    )
+
+
+def _decode(raw: bytes, path: Path) -> str:
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UnreadableFileError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+
+
+def _normalise_space(s: str) -> str:
+    s = unicodedata.normalize("NFC", s).replace("\u00a0", " ").replace("\t", " ")
+    return re.sub(r"[ \u2000-\u200b]+", " ", s).strip()
+
+
+def _plain_lines(text: str) -> list[str]:
+    return [_normalise_space(line) for line in text.splitlines()]
+
+
+_MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_MD_EMPH = re.compile(r"(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
+
+
+def _markdown_lines(text: str) -> tuple[list[str], str | None]:
+    """Markdown to plain lines: markers out, words kept; the first '# ' heading is the title."""
+    title = None
+    lines: list[str] = []
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    body = text.splitlines()
+    if body and body[0].strip() == "---":  # YAML front matter
+        for i in range(1, len(body)):
+            if body[i].strip() == "---":
+                for fm in body[1:i]:
+                    m = re.match(r"\s*title\s*:\s*['\"]?(.*?)['\"]?\s*$", fm)
+                    if m:
+                        title = m.group(1)
+                body = body[i + 1 :]
+                break
+    for line in body:
+        s = line.strip()
+        if s.startswith("```") or re.fullmatch(r"[-*_=]{3,}", s):
+            lines.append("")
+            continue
+        m = re.match(r"(#{1,6})\s+(.*?)\s*#*\s*$", s)
+        if m:
+            s = m.group(2)
+            if title is None and len(m.group(1)) == 1:
+                title = _strip_inline_md(s)
+        s = re.sub(r"^>\s?", "", s)
+        s = re.sub(r"^[*+]\s+", "- ", s)
+        lines.append(_normalise_space(_strip_inline_md(s)))
+    return lines, title
+
+
+def _strip_inline_md(s: str) -> str:
+    s = _MD_LINK.sub(lambda m: m.group(1), s)
+    for _ in range(2):
+        s = _MD_EMPH.sub(lambda m: m.group(2), s)
+    return s
+
+
+def _html_lines(html: str) -> tuple[list[str], str | None]:
+    """Article text of a web page via trafilatura (it drops navigation, ads and footers)."""
+    import trafilatura
+
+    extracted = trafilatura.extract(
+        html,
+        output_format="markdown",
+        include_comments=False,
+        include_tables=True,
+        include_formatting=True,
+        include_links=False,
+        include_images=False,
+        favor_recall=True,
+    )
+    meta = trafilatura.extract_metadata(html)
+    title = meta.title if meta is not None and meta.title else None
+    if not extracted:
+        return [], title
+    lines, md_title = _markdown_lines(extracted)
+    return lines, title or md_title
+
+
+def _pdf_lines(raw: bytes, path: Path) -> tuple[list[str], str | None]:
+    """Text of a PDF via pypdf; hard-wrapped lines are joined back into paragraphs."""
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(io.BytesIO(raw))
+        pages = [page.extract_text() or "" for page in reader.pages]
+        title = (reader.metadata.title if reader.metadata else None) or None
+    except (PdfReadError, ValueError, KeyError, TypeError) as e:
+        raise UnreadableFileError(f"{path}: not a readable PDF ({e})") from e
+    paragraphs: list[str] = []
+    current: list[str] = []
+    for page in pages:
+        for line in page.splitlines():
+            s = _normalise_space(line)
+            if not s:
+                if current:
+                    paragraphs.append(" ".join(current))
+                    current = []
+                continue
+            if current and (_is_list_item(s) or (_looks_like_heading(current[-1]) and len(current) == 1)):
+                paragraphs.append(" ".join(current))
+                current = []
+            if current and current[-1].endswith("-") and s[:1].islower():
+                current[-1] = current[-1][:-1] + s
+            else:
+                current.append(s)
+        if current:
+            paragraphs.append(" ".join(current))
+            current = []
+    return paragraphs, title
+
+
+# --- cleaning --------------------------------------------------------------------------------
+
+_PHONE = re.compile(r"(\+\d{1,3}[\s.-]?)?\(?\b\d{3}\)?[\s.-]?\d{3}[\s.-]\d{4}\b")
+_EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
+_MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATE = re.compile(rf"\b({_MONTH}\s+\d{{1,2}},?\s*\d{{4}}|\d{{1,2}}\s+{_MONTH}\s+\d{{4}}|\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}/\d{{1,2}}/\d{{2,4}})", re.I)
+_CALL_TO_ACTION = re.compile(
+    r"\b(check out|click here|shop now|order now|buy now|add to cart|subscribe to|sign up for|"
+    r"contact us|call us|email us|book (an|a|your) (appointment|consultation)|"
+    r"if you are interested in (buying|purchasing|ordering)|"
+    r"(feel free|do not hesitate|don't hesitate) to (reach out|contact|call|get in touch))\b",
+    re.I,
+)
+_FOOTER_HEADINGS = re.compile(
+    r"^(about the author|comments?|leave a (reply|comment)|related (posts|articles)|share this( article| post)?|"
+    r"you may also like|tags|categories|recent posts|subscribe|newsletter|follow us)\s*:?$",
+    re.I,
+)
+_SEPARATOR = re.compile(r"^[\W_]{3,}$")
+_LIST_ITEM = re.compile(r"^(?:[-*•·–]|\d{1,2}[.)]|[a-zA-Z][.)])\s+")
+
+
+def _is_list_item(line: str) -> bool:
+    return bool(_LIST_ITEM.match(line))
+
+
+def _looks_like_heading(line: str) -> bool:
+    """Short and not a sentence: 'Pain and Recovery:', 'Exosome Therapy', 'Key Points:'."""
+    words = line.split()
+    return 0 < len(words) <= 12 and not re.search(r"[.!?;,]['\")\]]?$", line) and not _is_list_item(line)
+
+
+def is_boilerplate(line: str) -> bool:
+    """Lines that are site furniture rather than article content."""
+    words = line.split()
+    if _SEPARATOR.match(line):
+        return True
+    if len(words) <= 40 and (_PHONE.search(line) or _EMAIL.search(line)):
+        return True
+    if len(words) <= 12 and _DATE.search(line) and not re.search(r"[.!?]$", line):
+        return True  # a byline or date stamp
+    if len(words) <= 40 and _CALL_TO_ACTION.search(line):
+        return True
+    return False
+
+
+def clean_lines(lines: list[str]) -> list[str]:
+    """Drop boilerplate, footer sections and dangling trailing headings; no empty lines."""
+    kept: list[str] = []
+    for line in lines:
+        if not line:
+            continue
+        if _FOOTER_HEADINGS.match(line) and len(kept) >= 3:
+            # a footer section (author bio, comments, related posts) runs to the end of the page
+            break
+        if is_boilerplate(line):
+            continue
+        if kept and kept[-1] == line:
+            continue
+        kept.append(line)
+    while kept and _looks_like_heading(kept[-1]) and len(kept[-1].split()) <= 6:
+        kept.pop()  # a heading with nothing under it ("PRP Kits", "Comments")
+    return kept
+
+
+# --- titles ----------------------------------------------------------------------------------
+
+def _title_from_lines(lines: list[str]) -> str | None:
+    """The first line reads as a title when it is short, starts upper-case and is not a sentence."""
+    for line in lines[:2]:
+        words = line.split()
+        if 3 <= len(words) <= 16 and line[0].isupper() and not re.search(r"[.!?]$", line) and not _is_list_item(line):
+            return line.rstrip(":")
+    return None
+
+
+def _title_from_filename(path: Path, text: str) -> str:
+    """'prp-injections-vs-exosome-therapy' -> 'PRP Injections vs Exosome Therapy'."""
+    words = re.split(r"[-_\s]+", Path(path).stem)
+    out = []
+    for i, w in enumerate(w for w in words if w):
+        if re.search(rf"\b{re.escape(w.upper())}\b", text) and len(w) <= 5 and w.upper() != w.capitalize():
+            out.append(w.upper())
+        elif w.lower() in {"vs", "and", "or", "of", "the", "with", "for", "in", "on", "to", "a", "an"} and i:
+            out.append(w.lower())
+        else:
+            out.append(w.capitalize())
+    return " ".join(out) or Path(path).stem
+
+
+# --- the whole folder ------------------------------------------------------------------------
+
+def load_corpus(corpus_dir: Path) -> tuple[list[Document], list[str]]:
+    """All readable articles, and the files skipped with a warning."""
+    corpus_dir = Path(corpus_dir)
+    docs, skipped = [], []
+    for p in discover(corpus_dir):
+        try:
+            docs.append(read_document(p, corpus_dir))
+        except UnreadableFileError as e:
+            log.warning("skipped %s", e)
+            skipped.append(p.relative_to(corpus_dir).as_posix())
+    return docs, skipped

@@ -1,0 +1,196 @@
+"""Measure answer quality: conversation question sets (dev.jsonl format) and SQuAD-style corpora."""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .assistant import Assistant
+from .config import Settings
+from .errors import AssistantError
+
+
+@dataclass
+class TurnResult:
+    case: str
+    turn: int
+    question: str
+    history: list[str]
+    expect_abstain: bool
+    abstained: bool
+    rank: int | None  # 1-based rank of the first passage holding an expected string
+    resolved: str
+    got: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalReport:
+    turns: list[TurnResult]
+
+    def _answerable(self, followups: bool | None = None) -> list[TurnResult]:
+        out = [t for t in self.turns if not t.expect_abstain]
+        if followups is not None:
+            out = [t for t in out if (t.turn > 0) == followups]
+        return out
+
+    def hit_at(self, k: int, followups: bool | None = None) -> float:
+        ts = self._answerable(followups)
+        return sum(1 for t in ts if t.rank is not None and t.rank <= k) / len(ts) if ts else float("nan")
+
+    def mrr(self, followups: bool | None = None) -> float:
+        ts = self._answerable(followups)
+        return sum(1.0 / t.rank for t in ts if t.rank) / len(ts) if ts else float("nan")
+
+    def abstention(self) -> tuple[float, float]:
+        """(precision, recall) of abstaining: of the abstentions, how many were right; of the
+        questions that should abstain, how many did."""
+        did = [t for t in self.turns if t.abstained]
+        should = [t for t in self.turns if t.expect_abstain]
+        p = sum(1 for t in did if t.expect_abstain) / len(did) if did else 1.0
+        r = sum(1 for t in should if t.abstained) / len(should) if should else 1.0
+        return p, r
+
+    def misses(self) -> list[TurnResult]:
+        return [t for t in self.turns if (t.expect_abstain != t.abstained) or (not t.expect_abstain and t.rank != 1)]
+
+    def summary(self) -> dict:
+        p, r = self.abstention()
+        return {
+            "turns": len(self.turns),
+            "answerable": len(self._answerable()),
+            "hit@1": round(self.hit_at(1), 3),
+            "hit@3": round(self.hit_at(3), 3),
+            "mrr": round(self.mrr(), 3),
+            "single_turn_hit@1": round(self.hit_at(1, followups=False), 3),
+            "single_turn_hit@3": round(self.hit_at(3, followups=False), 3),
+            "followup_hit@1": round(self.hit_at(1, followups=True), 3),
+            "abstain_precision": round(p, 3),
+            "abstain_recall": round(r, 3),
+            "answerable_abstained": sum(1 for t in self._answerable() if t.abstained),
+        }
+
+
+def load_cases(path: Path) -> list[dict]:
+    cases = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            case = json.loads(line)
+            assert isinstance(case["turns"], list) and all("q" in t for t in case["turns"])
+        except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as e:
+            raise AssistantError(f"{path}:{n}: not a question case ({e.__class__.__name__}); "
+                                 'expected {"id", "turns": [{"q", "expect_any", "expect_abstain"}]}') from e
+        cases.append(case)
+    return cases
+
+
+def evaluate_cases(assistant: Assistant, cases: list[dict], k: int = 10, mode: str = "conversation") -> EvalReport:
+    """Ask every turn with the earlier turns as history. `mode` compares ways of searching:
+    'conversation' (the product), 'alone' (the question without history), 'concat' (question
+    plus all earlier questions, as one query)."""
+    results = []
+    for case in cases:
+        history: list[str] = []
+        for i, turn in enumerate(case["turns"]):
+            q = turn["q"]
+            if mode == "alone":
+                res = assistant.ask(q, [], top_k=k)
+            elif mode == "concat":
+                res = assistant.ask(" ".join(history + [q])[-assistant.settings.max_question_chars :], [], top_k=k)
+            else:
+                res = assistant.ask(q, history, top_k=k)
+            expect = turn.get("expect_any") or []
+            rank = None
+            for r, a in enumerate(res.answers, 1):
+                if any(e in a.text for e in expect):
+                    rank = r
+                    break
+            results.append(TurnResult(
+                case=case.get("id", "?"), turn=i, question=q, history=list(history),
+                expect_abstain=bool(turn.get("expect_abstain")), abstained=res.abstained, rank=rank,
+                resolved=res.resolved_question, got=[a.text for a in res.answers[:3]],
+            ))
+            history.append(q)
+    return EvalReport(results)
+
+
+# --- SQuAD-style corpora ---------------------------------------------------------------------
+
+@dataclass
+class SquadReport:
+    questions: int
+    top1: float
+    top3: float
+    top5: float
+    mrr: float
+    abstained: float
+    median_passage_words: float
+    passages: int
+
+
+def write_squad_corpus(src: Path, corpus_dir: Path) -> None:
+    """corpus.jsonl paragraphs -> one Markdown article each (title in front matter, text as is)."""
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    for line in (Path(src) / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        d = json.loads(line)
+        title = str(d.get("title", "")).replace("_", " ").replace('"', "'")
+        body = "\n\n".join(p.strip() for p in str(d["text"]).splitlines() if p.strip())
+        (corpus_dir / f"{d['_id']}.md").write_text(f'---\ntitle: "{title}"\n---\n{body}\n', encoding="utf-8")
+
+
+def evaluate_squad(
+    src: Path,
+    settings: Settings | None = None,
+    index_dir: Path | None = None,
+    mode: str = "hybrid",
+    abstain: bool = True,
+    progress: bool = False,
+) -> SquadReport:
+    """Build a throw-away index of the folder's corpus.jsonl and score questions.jsonl."""
+    src = Path(src)
+    for name in ("corpus.jsonl", "questions.jsonl"):
+        if not (src / name).is_file():
+            raise AssistantError(f"{src}/ has no {name}; --squad expects a folder with corpus.jsonl and questions.jsonl")
+    settings = settings or Settings()
+    weights = {
+        "dense": dict(w_dense_passage=1.0, w_bm25_passage=0.0, w_dense_sentence=0.0, w_bm25_sentence=0.0),
+        "bm25": dict(w_dense_passage=0.0, w_bm25_passage=1.0, w_dense_sentence=0.0, w_bm25_sentence=0.0),
+        "hybrid": {},
+    }
+    if mode not in weights:
+        raise AssistantError(f"unknown mode {mode!r}; choose from {', '.join(weights)}")
+    with tempfile.TemporaryDirectory(prefix="assistant-squad-") as tmp:
+        corpus_dir = Path(tmp) / "corpus"
+        write_squad_corpus(src, corpus_dir)
+        idx = Path(index_dir) if index_dir else Path(tmp) / "index"
+        s = replace(settings, corpus_dir=corpus_dir, index_dir=idx, **weights[mode])
+        if not abstain:
+            s = replace(s, abstain_threshold=0.0)
+        a = Assistant(s)
+        a.reindex(progress=progress)
+        index = a._current().index
+        lengths = [len(p.text.split()) for p in index.passages]
+        questions = [json.loads(l) for l in (src / "questions.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+        ranks, abst = [], 0
+        for q in questions:
+            res = a.ask(q["question"][: s.max_question_chars], top_k=10)
+            abst += res.abstained
+            answers = [x["text"] for x in q.get("answers", [])]
+            rank = next((r for r, ans in enumerate(res.answers, 1) if any(t in ans.text for t in answers)), None)
+            ranks.append(rank)
+    n = len(ranks) or 1
+    return SquadReport(
+        questions=len(ranks),
+        top1=sum(1 for r in ranks if r and r <= 1) / n,
+        top3=sum(1 for r in ranks if r and r <= 3) / n,
+        top5=sum(1 for r in ranks if r and r <= 5) / n,
+        mrr=sum(1 / r for r in ranks if r) / n,
+        abstained=abst / n,
+        median_passage_words=statistics.median(lengths) if lengths else 0,
+        passages=len(lengths),
+    )

@@ -1,0 +1,357 @@
+"""The index: documents, passages, sentences, their vectors (FAISS) and BM25, in one folder.
+
+Layout of `index/`:
+    CURRENT            name of the generation being served (written atomically)
+    gen-<stamp>/       one complete build: manifest.json, documents.jsonl, passages.jsonl,
+                       passages.faiss, sentences.faiss, *_vectors.npy, bm25-passages/, bm25-sentences/
+    .lock              held while a reindex runs
+
+A build writes a new generation folder, then renames CURRENT into place: a crash half-way
+leaves the previous generation loadable, and readers never see a half-written index.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from .chunking import Passage, Sentence
+from .documents import Document
+from .errors import NotIndexedError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+
+
+# --- vector store ----------------------------------------------------------------------------
+
+class VectorStore(Protocol):
+    """What retrieval needs from a vector store; FAISS on disk here, pgvector later."""
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
+    def remove(self, ids: np.ndarray) -> None: ...
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def save(self, path: Path) -> None: ...
+    @classmethod
+    def load(cls, path: Path) -> "VectorStore": ...
+
+
+class FaissStore:
+    """Exact inner-product search over unit vectors (= cosine), keyed by int64 ids."""
+
+    def __init__(self, dim: int, index=None) -> None:
+        import faiss
+
+        self.dim = dim
+        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (ids, scores) for one query vector, best first."""
+        k = min(k, len(self))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        scores, ids = self.index.search(query.reshape(1, -1).astype(np.float32), k)
+        keep = ids[0] >= 0
+        return ids[0][keep], scores[0][keep]
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The stored vectors of these ids (for reuse when reindexing)."""
+        if not len(ids):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.vstack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> "FaissStore":
+        import faiss
+
+        index = faiss.read_index(str(path))
+        return cls(index.d, index)
+
+
+def int_id(hex_id: str) -> int:
+    """A content hash as a positive int64 FAISS id."""
+    return int(hex_id[:15], 16)
+
+
+# --- BM25 ------------------------------------------------------------------------------------
+
+_STEMMER = None
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """Lower-cased, stop-worded, Snowball-stemmed tokens (bm25s + PyStemmer)."""
+    global _STEMMER
+    import bm25s
+    import Stemmer
+
+    if _STEMMER is None:
+        _STEMMER = Stemmer.Stemmer("english")
+    return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False)
+
+
+def build_bm25(texts: list[str]):
+    import bm25s
+
+    retriever = bm25s.BM25()
+    tokens = tokenize(texts) if texts else []
+    retriever.index(tokens or [[""]], show_progress=False)
+    return retriever
+
+
+def bm25_scores(retriever, query_tokens: list[str], n: int) -> np.ndarray:
+    """Scores of every indexed text for one tokenised query (zeros for unknown words)."""
+    vocab = retriever.vocab_dict
+    known = [t for t in query_tokens if t in vocab]
+    if not known or n == 0:
+        return np.zeros(n, dtype=np.float32)
+    return np.asarray(retriever.get_scores(known), dtype=np.float32)[:n]
+
+
+# --- the index -------------------------------------------------------------------------------
+
+@dataclass
+class DocRecord:
+    doc_id: str
+    title: str
+    path: str
+    sha256: str
+    indexed_at: str
+    text: str
+    n_passages: int = 0
+
+
+@dataclass
+class Index:
+    """Everything retrieval and extraction read, loaded into memory from one generation."""
+
+    manifest: dict
+    docs: dict[str, DocRecord]
+    passages: list[Passage]
+    passage_store: FaissStore
+    sentence_store: FaissStore
+    passage_vectors: np.ndarray  # passage row -> unit vector (exact rescoring of candidates)
+    sent_passage: np.ndarray  # sentence row -> passage row
+    sent_vectors: np.ndarray  # sentence row -> unit vector (for highlighting and dedup)
+    bm25_passages: object
+    bm25_sentences: object
+    path: Path | None = None
+    row_of_pid: dict[int, int] = field(default_factory=dict)
+    row_of_sid: dict[int, int] = field(default_factory=dict)
+    sent_rows: list[tuple[int, int]] = field(default_factory=list)  # passage row -> [first, last) sentence rows
+    vocab: set = field(default_factory=set)
+    idf: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.row_of_pid = {int_id(p.id): i for i, p in enumerate(self.passages)}
+        self.row_of_sid = {}
+        self.sent_rows = []
+        r = 0
+        for i, p in enumerate(self.passages):
+            for j in range(len(p.sentences)):
+                self.row_of_sid[sentence_int_id(p.id, j)] = r + j
+            self.sent_rows.append((r, r + len(p.sentences)))
+            r += len(p.sentences)
+        vocab = getattr(self.bm25_passages, "vocab_dict", {}) or {}
+        self.vocab = set(vocab)
+        # document frequencies from the BM25 matrix (token-major CSC): df = entries per token
+        indptr = np.asarray(self.bm25_passages.scores["indptr"])
+        n = max(1, len(self.passages))
+        self.idf = {}
+        for tok, tid in vocab.items():
+            if tid + 1 < len(indptr):
+                df = int(indptr[tid + 1] - indptr[tid])
+                self.idf[tok] = float(np.log(1 + (n - df + 0.5) / (df + 0.5)))
+
+    @property
+    def built_at(self) -> str | None:
+        return self.manifest.get("built_at")
+
+    def sentence_text(self, row: int) -> str:
+        p = self.passages[int(self.sent_passage[row])]
+        s = p.sentences[row - self.sent_rows[int(self.sent_passage[row])][0]]
+        return self.docs[p.doc_id].text[s.start : s.end]
+
+
+def sentence_int_id(passage_hex: str, j: int) -> int:
+    return (int_id(passage_hex) * 131 + j + 1) & 0x7FFFFFFFFFFFFFFF
+
+
+def passage_embed_text(p: Passage, title: str, doc_text: str) -> str:
+    """What the dense side sees for a passage: title and section heading give it context."""
+    body = doc_text[p.start : p.end]
+    head = p.heading if p.heading and not body.startswith(p.heading) else ""
+    return " \n".join(x for x in (title, head, body) if x)
+
+
+def sentence_embed_text(p: Passage, s: Sentence, doc_text: str) -> str:
+    """A sentence is embedded with its section heading: list items lean on it ("Pain and Recovery")."""
+    body = doc_text[s.start : s.end]
+    if p.heading and not s.heading and not body.startswith(p.heading):
+        return f"{p.heading} {body}"
+    return body
+
+
+def sentence_bm25_text(p: Passage, s: Sentence, doc_text: str, title: str) -> str:
+    return f"{title} {sentence_embed_text(p, s, doc_text)}"
+
+
+def passage_bm25_text(p: Passage, title: str, doc_text: str) -> str:
+    return passage_embed_text(p, title, doc_text)
+
+
+# --- reading and writing ---------------------------------------------------------------------
+
+def current_generation(index_dir: Path) -> Path | None:
+    pointer = Path(index_dir) / CURRENT
+    if not pointer.exists():
+        return None
+    name = pointer.read_text().strip()
+    gen = Path(index_dir) / name
+    return gen if (gen / "manifest.json").exists() else None
+
+
+def load(index_dir: Path) -> Index:
+    """The generation CURRENT names. Raises NotIndexedError when there is none."""
+    import bm25s
+
+    gen = current_generation(index_dir)
+    if gen is None:
+        raise NotIndexedError(
+            f"No index in {index_dir}/. Build one with `assistant reindex` (or `make run`)."
+        )
+    manifest = json.loads((gen / "manifest.json").read_text())
+    docs = {}
+    for line in (gen / "documents.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        docs[d["doc_id"]] = DocRecord(**d)
+    passages = []
+    for line in (gen / "passages.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        text = docs[d["doc_id"]].text[d["start"] : d["end"]]
+        passages.append(
+            Passage(
+                id=d["id"], doc_id=d["doc_id"], start=d["start"], end=d["end"], text=text,
+                sentences=[Sentence(s, e, bool(h)) for s, e, h in d["sentences"]], heading=d.get("heading", ""),
+            )
+        )
+    sent_passage = np.load(gen / "sentence_passage.npy", allow_pickle=False)
+    return Index(
+        manifest=manifest,
+        docs=docs,
+        passages=passages,
+        passage_store=FaissStore.load(gen / "passages.faiss"),
+        sentence_store=FaissStore.load(gen / "sentences.faiss"),
+        passage_vectors=np.load(gen / "passage_vectors.npy", allow_pickle=False),
+        sent_passage=sent_passage,
+        sent_vectors=np.load(gen / "sentence_vectors.npy", allow_pickle=False),
+        bm25_passages=bm25s.BM25.load(gen / "bm25-passages", show_progress=False, verbosity=0),
+        bm25_sentences=bm25s.BM25.load(gen / "bm25-sentences", show_progress=False, verbosity=0),
+        path=gen,
+    )
+
+
+def write(index_dir: Path, index: Index) -> Path:
+    """Write a new generation folder, then point CURRENT at it (atomic rename)."""
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    tmp = index_dir / f".tmp-gen-{stamp}-{os.getpid()}"
+    final = index_dir / f"gen-{stamp}"
+    tmp.mkdir()
+    with open(tmp / "documents.jsonl", "w", encoding="utf-8") as f:
+        for d in index.docs.values():
+            f.write(json.dumps(d.__dict__, ensure_ascii=False) + "\n")
+    with open(tmp / "passages.jsonl", "w", encoding="utf-8") as f:
+        for p in index.passages:
+            f.write(json.dumps({
+                "id": p.id, "doc_id": p.doc_id, "start": p.start, "end": p.end, "heading": p.heading,
+                "sentences": [[s.start, s.end, int(s.heading)] for s in p.sentences],
+            }, ensure_ascii=False) + "\n")
+    index.passage_store.save(tmp / "passages.faiss")
+    index.sentence_store.save(tmp / "sentences.faiss")
+    np.save(tmp / "passage_vectors.npy", index.passage_vectors, allow_pickle=False)
+    np.save(tmp / "sentence_passage.npy", index.sent_passage, allow_pickle=False)
+    np.save(tmp / "sentence_vectors.npy", index.sent_vectors, allow_pickle=False)
+    index.bm25_passages.save(tmp / "bm25-passages", show_progress=False)
+    index.bm25_sentences.save(tmp / "bm25-sentences", show_progress=False)
+    (tmp / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
+    _fsync_dir(tmp)
+    os.rename(tmp, final)
+    pointer_tmp = index_dir / f".{CURRENT}.{os.getpid()}.tmp"
+    pointer_tmp.write_text(final.name + "\n")
+    os.replace(pointer_tmp, index_dir / CURRENT)
+    _fsync_dir(index_dir)
+    index.path = final
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in Path(path).iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def prune(index_dir: Path, keep: int = 2) -> None:
+    """Remove half-written temp folders and all but the newest `keep` generations.
+
+    The previous generation is kept so that a server still answering on it is not pulled
+    from under its feet; a reader holds loaded data in memory anyway.
+    """
+    index_dir = Path(index_dir)
+    cur = current_generation(index_dir)
+    for tmp in index_dir.glob(".tmp-gen-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    gens = sorted(g for g in index_dir.glob("gen-*") if g.is_dir())
+    for g in gens[:-keep] if keep else gens:
+        if cur is None or g.resolve() != cur.resolve():
+            shutil.rmtree(g, ignore_errors=True)
+
+
+def corpus_fingerprint(docs: dict[str, DocRecord]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for doc_id in sorted(docs):
+        h.update(f"{doc_id}\x00{docs[doc_id].sha256}\n".encode())
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def doc_record(doc: Document, indexed_at: str, n_passages: int) -> DocRecord:
+    return DocRecord(doc.doc_id, doc.title, doc.path, doc.sha256, indexed_at, doc.text, n_passages)
+
+
+def safe_doc_id(doc_id: str) -> bool:
+    """Ids come from relative paths; anything that climbs out is refused."""
+    return bool(doc_id) and ".." not in doc_id.split("/") and not doc_id.startswith("/") and not re.search(r"[\x00\\]", doc_id)

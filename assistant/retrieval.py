@@ -1,0 +1,110 @@
+"""Hybrid search: dense (FAISS) and BM25, at passage and sentence level, fused on min-max scores.
+
+A passage is scored by its own text and by its best sentence; published BEIR results and our
+own runs (README, "Numbers") favour min-max fusion over reciprocal-rank fusion.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Settings
+from .index import Index, bm25_scores, tokenize
+
+
+@dataclass
+class Query:
+    """A question prepared once: its vector and its BM25 tokens."""
+
+    text: str
+    vector: np.ndarray
+    tokens: list[str]
+
+
+@dataclass
+class Hit:
+    row: int  # passage row in the index
+    score: float  # fused, in [0, 1]
+    dense: float  # cosine of the passage
+    dense_sentence: float  # cosine of its best sentence
+    bm25: float
+    bm25_sentence: float
+    sentence_scores: np.ndarray  # per sentence of the passage: fused sentence score
+    sentence_cosines: np.ndarray
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    if x.size == 0:
+        return x
+    lo, hi = float(x.min()), float(x.max())
+    if hi - lo < 1e-9:
+        return np.where(x > 0, 1.0, 0.0).astype(np.float32) if hi > 0 else np.zeros_like(x)
+    return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+class Retriever:
+    """Scores passages of one loaded index for a query."""
+
+    def __init__(self, index: Index, settings: Settings) -> None:
+        self.index = index
+        self.s = settings
+        self.n_passages = len(index.passages)
+        self.n_sentences = int(len(index.sent_passage))
+        # sentence rows of each passage, as one flat array plus boundaries, for vectorised max
+        self._starts = np.array([a for a, _ in index.sent_rows], dtype=np.int64)
+
+    def prepare(self, text: str, vector: np.ndarray) -> Query:
+        return Query(text=text, vector=vector, tokens=tokenize([text])[0])
+
+    def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
+        """The k best passages, best first. `restrict` limits the search to some passage rows."""
+        ix, s = self.index, self.s
+        if self.n_passages == 0:
+            return []
+        C = s.candidates
+        # candidates from each signal
+        bm_p = bm25_scores(ix.bm25_passages, q.tokens, self.n_passages)
+        bm_s = bm25_scores(ix.bm25_sentences, q.tokens, self.n_sentences)
+        if restrict is not None:
+            cand = np.asarray(restrict, dtype=np.int64)
+        else:
+            pid, _ = ix.passage_store.search(q.vector, C)
+            sid, _ = ix.sentence_store.search(q.vector, C * 2)
+            rows = [ix.row_of_pid[int(i)] for i in pid if int(i) in ix.row_of_pid]
+            rows += [int(ix.sent_passage[ix.row_of_sid[int(i)]]) for i in sid if int(i) in ix.row_of_sid]
+            rows += list(np.argsort(-bm_p)[:C])
+            rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
+            cand = np.unique(np.asarray(rows, dtype=np.int64))
+        if cand.size == 0:
+            return []
+        # exact signals for the candidates
+        dense_p = ix.passage_vectors[cand] @ q.vector
+        spans = [ix.sent_rows[r] for r in cand]
+        sent_idx = np.concatenate([np.arange(a, b) for a, b in spans])
+        lengths = np.array([b - a for a, b in spans])
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        s_cos = ix.sent_vectors[sent_idx] @ q.vector
+        s_bm = bm_s[sent_idx]
+        dense_s = np.maximum.reduceat(s_cos, offsets)
+        bm25_s = np.maximum.reduceat(s_bm, offsets)
+        bm25_p = bm_p[cand]
+        fused = (
+            s.w_dense_passage * _minmax(dense_p)
+            + s.w_bm25_passage * _minmax(bm25_p)
+            + s.w_dense_sentence * _minmax(dense_s)
+            + s.w_bm25_sentence * _minmax(bm25_s)
+        )
+        # per-sentence scores, for highlighting: the same mix at sentence level
+        s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
+        order = np.argsort(-fused)[:k]
+        hits = []
+        for o in order:
+            a = offsets[o]
+            b = a + lengths[o]
+            hits.append(Hit(
+                row=int(cand[o]), score=float(fused[o]), dense=float(dense_p[o]), dense_sentence=float(dense_s[o]),
+                bm25=float(bm25_p[o]), bm25_sentence=float(bm25_s[o]),
+                sentence_scores=s_fused[a:b], sentence_cosines=s_cos[a:b],
+            ))
+        return hits
