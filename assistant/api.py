@@ -221,9 +221,12 @@ def _describe(e: dict) -> tuple[str | None, str]:
     if typ == "value_error":
         msg = str(e.get("msg", ""))
         return field, msg.removeprefix("Value error, ")
-    if field == "question" or (field.startswith("history.") and typ.startswith("string")):
-        if typ == "string_type":
-            return field, f"\"{field}\" must be a string (text), not {_json_kind(e.get('input'))}."
+    if field == "question" and typ == "string_type":
+        return field, f"\"question\" must be a string (text), not {_json_kind(e.get('input'))}."
+    if field.startswith("history.") and typ == "string_type":
+        item = field.split(".", 1)[1]
+        return field, (f"Each item of \"history\" must be an earlier question (a string); "
+                       f"item {item} is {_json_kind(e.get('input'))}.")
     if field == "history" and typ == "list_type":
         return field, "\"history\" must be a list of the earlier questions (strings), oldest first."
     if field == "top_k":
@@ -249,7 +252,8 @@ def _json_kind(v: Any) -> str:
 
 def _validation_message(items: list[tuple[str | None, str]]) -> str:
     def one(field: str | None, msg: str) -> str:
-        return msg if field is None or msg.startswith(f'"{field}"') or msg.startswith("A \"") else f"{field}: {msg}"
+        named = field is None or field.split(".")[0].lower() in msg.lower()
+        return msg if named else f"{field}: {msg}"
 
     if len(items) == 1:
         return one(*items[0])
@@ -259,6 +263,14 @@ def _validation_message(items: list[tuple[str | None, str]]) -> str:
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> Response:
     errors = list(exc.errors())
     status = 400 if any(e.get("type") == "json_invalid" for e in errors) else 422
+    ctype = request.headers.get("content-type", "")
+    body_errors = [e for e in errors if tuple(e.get("loc", ()))[:1] == ("body",)]
+    only_missing = all(e.get("type") == "missing" and len(e.get("loc", ())) == 1 for e in body_errors)
+    if request.method == "POST" and body_errors and "json" not in ctype.lower() and (ctype or not only_missing):
+        said = f"not {ctype!r}" if ctype else "it had none"
+        message = (f"Send the body as JSON with the header Content-Type: application/json "
+                   f"({said}). For example: {_BODY_EXAMPLE}")
+        return _respond_error(request, 415, message)
     items = [_describe(e) for e in errors]
     # one problem per field is enough to act on
     seen: set = set()
@@ -522,6 +534,7 @@ def create_app(assistant: "Assistant | None" = None, settings: Settings | None =
         responses={
             400: _err("The body is not valid JSON."),
             413: _err("The body is larger than 64 KiB."),
+            415: _err("The body was not sent as JSON (Content-Type: application/json)."),
             422: _err("The question is missing, empty or too long, a field has the wrong type, "
                       "or there are more than 20 history items."),
             503: _err("No index has been built yet; the message says how to build one."),

@@ -85,7 +85,7 @@ def _blocks(doc: Document) -> list[_Block]:
             kind = "item"
         elif _looks_like_heading(line):
             kind = "heading"
-        elif line.rstrip().endswith(":"):
+        elif line.rstrip().endswith(":") and len(line.split()) <= 40:
             kind = "lead"
         else:
             kind = "para"
@@ -150,23 +150,39 @@ def chunk(doc: Document, target_words: int = 70, max_words: int = 120) -> list[P
         for g in groups:
             units.append((pending + g, bool(pending), b.kind == "item", heading))
             pending = []
-    # headings left pending at the end have nothing under them: no passage
+    if any(not x.heading for x in pending):
+        # a closing lead-in ("...the law:") with nothing after it is still text worth finding
+        units.append((pending, True, False, heading))
+    # bare headings left pending at the end have nothing under them: no passage
 
-    # 2. pack units: a heading starts a passage; lists fill to max_words, prose to target_words.
+    # 2. pack units section by section (a heading starts a section) into about-equal passages:
+    #    as few as keep each under max_words, about target_words each, and no tiny tail.
+    sections: list[list[tuple[list[Sentence], str]]] = []
+    for sents, new_section, _is_item, head in units:
+        if new_section or not sections:
+            sections.append([])
+        sections[-1].append((sents, head))
     passages: list[Passage] = []
-    cur: list[Sentence] = []
-    cur_heading = ""
-    for sents, new_section, is_item, head in units:
-        have, n = nwords(cur), nwords(sents)
-        limit = max_words if is_item else target_words
-        if cur and (new_section or have >= limit or have + n > max_words):
+    for section in sections:
+        sizes = [nwords(sents) for sents, _ in section]
+        total = sum(sizes)
+        n = max(1, round(total / target_words), -(-total // max_words))
+        per = total / n
+        cur: list[Sentence] = []
+        cur_words = acc = 0
+        cut = 1
+        cur_heading = section[0][1]
+        for (sents, head), size in zip(section, sizes):
+            if cur and (acc + size / 2 > cut * per or cur_words + size > max_words):
+                passages.append(_make(doc, cur, cur_heading))
+                cur, cur_words, cut = [], 0, cut + 1
+            if not cur:
+                cur_heading = head
+            cur = cur + sents
+            cur_words += size
+            acc += size
+        if cur:
             passages.append(_make(doc, cur, cur_heading))
-            cur = []
-        if not cur:
-            cur_heading = head
-        cur = cur + sents
-    if cur:
-        passages.append(_make(doc, cur, cur_heading))
     return passages
 
 

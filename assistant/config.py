@@ -18,12 +18,12 @@ class Settings:
     index_dir: Path = Path(DEFAULT_INDEX_DIR)
 
     # chunking: passages of a few sentences
-    passage_target_words: int = 70
-    passage_max_words: int = 120
+    passage_target_words: int = 90
+    passage_max_words: int = 150
 
     # retrieval: min-max fused scores of four signals
-    w_dense_passage: float = 0.25
-    w_bm25_passage: float = 0.25
+    w_dense_passage: float = 0.30
+    w_bm25_passage: float = 0.20
     w_dense_sentence: float = 0.30
     w_bm25_sentence: float = 0.20
     candidates: int = 50

@@ -11,6 +11,7 @@ leaves the previous generation loadable, and readers never see a half-written in
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -113,7 +114,16 @@ def tokenize(texts: list[str]) -> list[list[str]]:
 
     if _STEMMER is None:
         _STEMMER = Stemmer.Stemmer("english")
-    return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, return_ids=False, show_progress=False)
+    return bm25s.tokenize(texts, stopwords=_stopwords(), stemmer=_STEMMER, return_ids=False, show_progress=False)
+
+
+@functools.lru_cache(maxsize=1)
+def _stopwords() -> list[str]:
+    """bm25s's extended English list plus the question words it leaves in ("also", "much")."""
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    extra = {"also", "much", "many", "would", "could", "should", "can", "may", "might", "must", "shall"}
+    return sorted(set(STOPWORDS_EN_PLUS) | extra)
 
 
 def build_bm25(texts: list[str]):
@@ -166,12 +176,14 @@ class Index:
     row_of_sid: dict[int, int] = field(default_factory=dict)
     sent_rows: list[tuple[int, int]] = field(default_factory=list)  # passage row -> [first, last) sentence rows
     vocab: set = field(default_factory=set)
+    sent_is_heading: np.ndarray | None = None
     idf: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.row_of_pid = {int_id(p.id): i for i, p in enumerate(self.passages)}
         self.row_of_sid = {}
         self.sent_rows = []
+        self.sent_is_heading = np.array([s.heading for p in self.passages for s in p.sentences], dtype=bool)
         r = 0
         for i, p in enumerate(self.passages):
             for j in range(len(p.sentences)):

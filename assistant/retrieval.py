@@ -43,6 +43,18 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
+def _z(x):
+    if x.size < 2:
+        return np.zeros_like(x)
+    sd = float(x.std())
+    return ((x - x.mean()) / sd).astype(np.float32) if sd > 1e-9 else np.zeros_like(x)
+
+
+def _top(x):
+    hi = float(x.max()) if x.size else 0.0
+    return (x / hi).astype(np.float32) if hi > 1e-9 else np.zeros_like(x)
+
+
 class Retriever:
     """Scores passages of one loaded index for a query."""
 
@@ -86,14 +98,20 @@ class Retriever:
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         s_cos = ix.sent_vectors[sent_idx] @ q.vector
         s_bm = bm_s[sent_idx]
+        heading = ix.sent_is_heading[sent_idx]
+        # a bare heading ("Exosome Therapy") is context, not evidence: it must not be a passage's best sentence
+        s_cos = np.where(heading, np.minimum(s_cos, 0.0), s_cos)
+        s_bm = np.where(heading, 0.0, s_bm)
         dense_s = np.maximum.reduceat(s_cos, offsets)
         bm25_s = np.maximum.reduceat(s_bm, offsets)
         bm25_p = bm_p[cand]
+        norm = {"minmax": _minmax, "z": _z, "top": _top}[s.extra.get("norm", "minmax")]
+        bnorm = (lambda x: norm(np.log1p(x))) if s.extra.get("logbm") else norm
         fused = (
-            s.w_dense_passage * _minmax(dense_p)
-            + s.w_bm25_passage * _minmax(bm25_p)
-            + s.w_dense_sentence * _minmax(dense_s)
-            + s.w_bm25_sentence * _minmax(bm25_s)
+            s.w_dense_passage * norm(dense_p)
+            + s.w_bm25_passage * bnorm(bm25_p)
+            + s.w_dense_sentence * norm(dense_s)
+            + s.w_bm25_sentence * bnorm(bm25_s)
         )
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
