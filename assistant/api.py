@@ -24,6 +24,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -495,7 +496,8 @@ def create_app(assistant: "Assistant | None" = None, settings: Settings | None =
         await run_in_threadpool(holder.warm_up)
         yield
 
-    app = FastAPI(
+    # FastAPIOffline serves the Swagger UI and ReDoc assets itself: /docs works with no internet
+    app = FastAPIOffline(
         title="Article assistant",
         version="0.1.0",
         description=DESCRIPTION,

@@ -43,18 +43,6 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
-def _z(x):
-    if x.size < 2:
-        return np.zeros_like(x)
-    sd = float(x.std())
-    return ((x - x.mean()) / sd).astype(np.float32) if sd > 1e-9 else np.zeros_like(x)
-
-
-def _top(x):
-    hi = float(x.max()) if x.size else 0.0
-    return (x / hi).astype(np.float32) if hi > 1e-9 else np.zeros_like(x)
-
-
 class Retriever:
     """Scores passages of one loaded index for a query."""
 
@@ -105,13 +93,11 @@ class Retriever:
         dense_s = np.maximum.reduceat(s_cos, offsets)
         bm25_s = np.maximum.reduceat(s_bm, offsets)
         bm25_p = bm_p[cand]
-        norm = {"minmax": _minmax, "z": _z, "top": _top}[s.extra.get("norm", "minmax")]
-        bnorm = (lambda x: norm(np.log1p(x))) if s.extra.get("logbm") else norm
         fused = (
-            s.w_dense_passage * norm(dense_p)
-            + s.w_bm25_passage * bnorm(bm25_p)
-            + s.w_dense_sentence * norm(dense_s)
-            + s.w_bm25_sentence * bnorm(bm25_s)
+            s.w_dense_passage * _minmax(dense_p)
+            + s.w_bm25_passage * _minmax(bm25_p)
+            + s.w_dense_sentence * _minmax(dense_s)
+            + s.w_bm25_sentence * _minmax(bm25_s)
         )
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)

@@ -419,3 +419,17 @@ def test_openapi_describes_every_route(live_server):
     assert {"AskResponse", "Answer", "Source", "AlsoIn", "ErrorResponse", "ArticleView", "Health"} <= set(schemas)
     d = live_server.get("/docs")
     assert d.status_code == 200 and "swagger" in d.text.lower()
+
+
+def test_docs_page_is_served_without_a_cdn(live_server):
+    """Every asset of /docs comes from this server: no internet at run time."""
+    import re
+
+    import httpx
+
+    r = httpx.get(live_server.url + "/docs")
+    assert r.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert assets and all(a.startswith("/") for a in assets), assets
+    for a in assets:
+        assert httpx.get(live_server.url + a).status_code == 200, a
