@@ -101,21 +101,25 @@ def _blocks(doc: Document) -> list[_Block]:
     return blocks
 
 
-def _windows(sents: list[Sentence], text: str, target: int) -> list[list[Sentence]]:
-    """Split a long run of sentences into about-equal windows of roughly `target` words."""
+def _windows(sents: list[Sentence], text: str, target: int, max_words: int) -> list[list[Sentence]]:
+    """Split a long run of sentences into about-equal windows of roughly `target` words,
+    none over `max_words` (unless one sentence alone is longer)."""
     counts = [len(text[s.start : s.end].split()) for s in sents]
     total = sum(counts)
-    n = max(1, round(total / target))
+    n = max(1, round(total / target), -(-total // max_words))
     if n == 1:
         return [sents]
     per = total / n
-    out, cur, acc = [], [], 0
+    out: list[list[Sentence]] = []
+    cur: list[Sentence] = []
+    acc = cur_words = 0
     for s, c in zip(sents, counts):
-        if cur and acc + c / 2 > per and len(out) < n - 1:
+        if cur and (acc + c / 2 > (len(out) + 1) * per or cur_words + c > max_words):
             out.append(cur)
-            cur, acc = [], 0
+            cur, cur_words = [], 0
         cur.append(s)
         acc += c
+        cur_words += c
     if cur:
         out.append(cur)
     return out
@@ -146,7 +150,7 @@ def chunk(doc: Document, target_words: int = 70, max_words: int = 120) -> list[P
             continue
         prev_kind = b.kind
         long_para = b.kind == "para" and len(b.text.split()) > max_words
-        groups = _windows(b.sentences, text, target_words) if long_para else [b.sentences]
+        groups = _windows(b.sentences, text, target_words, max_words) if long_para else [b.sentences]
         for g in groups:
             units.append((pending + g, bool(pending), b.kind == "item", heading))
             pending = []
@@ -155,34 +159,35 @@ def chunk(doc: Document, target_words: int = 70, max_words: int = 120) -> list[P
         units.append((pending, True, False, heading))
     # bare headings left pending at the end have nothing under them: no passage
 
-    # 2. pack units section by section (a heading starts a section) into about-equal passages:
-    #    as few as keep each under max_words, about target_words each, and no tiny tail.
-    sections: list[list[tuple[list[Sentence], str]]] = []
-    for sents, new_section, _is_item, head in units:
-        if new_section or not sections:
-            sections.append([])
-        sections[-1].append((sents, head))
+    # 2. a heading's list stays whole when it fits: its items become one unit
+    merged: list[tuple[list[Sentence], bool, bool, str]] = []
+    for u in units:
+        sents, new_section, is_item, head = u
+        if is_item and not new_section and merged and merged[-1][2] and merged[-1][3] == head:
+            prev = merged[-1]
+            if nwords(prev[0]) + nwords(sents) <= max_words:
+                merged[-1] = (prev[0] + sents, prev[1], True, head)
+                continue
+        merged.append(u)
+
+    # 3. pack greedily: a heading starts a passage; a passage closes once it reaches
+    #    target_words or the next unit would take it past max_words. Decisions are local, so
+    #    editing one paragraph leaves the passages after it (and their ids) alone.
     passages: list[Passage] = []
-    for section in sections:
-        sizes = [nwords(sents) for sents, _ in section]
-        total = sum(sizes)
-        n = max(1, round(total / target_words), -(-total // max_words))
-        per = total / n
-        cur: list[Sentence] = []
-        cur_words = acc = 0
-        cut = 1
-        cur_heading = section[0][1]
-        for (sents, head), size in zip(section, sizes):
-            if cur and (acc + size / 2 > cut * per or cur_words + size > max_words):
-                passages.append(_make(doc, cur, cur_heading))
-                cur, cur_words, cut = [], 0, cut + 1
-            if not cur:
-                cur_heading = head
-            cur = cur + sents
-            cur_words += size
-            acc += size
-        if cur:
+    cur: list[Sentence] = []
+    cur_words = 0
+    cur_heading = ""
+    for sents, new_section, _is_item, head in merged:
+        size = nwords(sents)
+        if cur and (new_section or cur_words >= target_words or cur_words + size > max_words):
             passages.append(_make(doc, cur, cur_heading))
+            cur, cur_words = [], 0
+        if not cur:
+            cur_heading = head
+        cur = cur + sents
+        cur_words += size
+    if cur:
+        passages.append(_make(doc, cur, cur_heading))
     return passages
 
 

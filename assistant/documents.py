@@ -121,7 +121,7 @@ def _plain_lines(text: str) -> list[str]:
 
 
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
-_MD_EMPH = re.compile(r"(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
+_MD_EMPH = re.compile(r"(\*\*|\*|`)(?=\S)(.+?)(?<=\S)\1|(?<!\w)(__|_)(?=\S)(.+?)(?<=\S)\3(?!\w)")
 
 
 def _markdown_lines(text: str) -> tuple[list[str], str | None]:
@@ -158,7 +158,7 @@ def _markdown_lines(text: str) -> tuple[list[str], str | None]:
 def _strip_inline_md(s: str) -> str:
     s = _MD_LINK.sub(lambda m: m.group(1), s)
     for _ in range(2):
-        s = _MD_EMPH.sub(lambda m: m.group(2), s)
+        s = _MD_EMPH.sub(lambda m: m.group(2) if m.group(1) else m.group(4), s)
     return s
 
 
@@ -184,40 +184,108 @@ def _html_lines(html: str) -> tuple[list[str], str | None]:
     return lines, title or md_title
 
 
+_PAGE_NUMBER = re.compile(r"^(?:page\s*)?[-–—(\[]?\s*\d{1,4}\s*[-–—)\]]?(?:\s*(?:of|/)\s*\d{1,4})?$", re.I)
+_BAD_PDF_TITLE = re.compile(r"^(untitled|microsoft (word|powerpoint) - .*|.*\.(docx?|pdf|odt|rtf|pptx?|tex|indd))$", re.I)
+
+
 def _pdf_lines(raw: bytes, path: Path) -> tuple[list[str], str | None]:
-    """Text of a PDF via pypdf; hard-wrapped lines are joined back into paragraphs."""
+    """Text of a PDF via pypdf, as paragraphs: page numbers and running headers/footers out,
+    hard-wrapped lines joined back (hyphenation undone), list items and headings kept apart.
+
+    Paragraph ends are guessed from line lengths (pypdf's plain text has no vertical gaps):
+    a line well short of the text width that ends a sentence, or a short line that does not
+    (a heading), ends its paragraph; a full-width line continues into the next.
+    """
     import io
+    import logging as _logging
 
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
+    _logging.getLogger("pypdf").setLevel(_logging.ERROR)  # malformed-but-readable files warn a lot
     try:
         reader = PdfReader(io.BytesIO(raw))
+        if reader.is_encrypted:
+            try:
+                ok = reader.decrypt("")
+            except Exception:
+                ok = 0
+            if not ok:
+                raise UnreadableFileError(f"{path}: the PDF is password-protected")
         pages = [page.extract_text() or "" for page in reader.pages]
-        title = (reader.metadata.title if reader.metadata else None) or None
-    except (PdfReadError, ValueError, KeyError, TypeError) as e:
-        raise UnreadableFileError(f"{path}: not a readable PDF ({e})") from e
+        meta_title = None
+        try:
+            meta_title = reader.metadata.title if reader.metadata else None
+        except Exception:
+            meta_title = None
+    except UnreadableFileError:
+        raise
+    except Exception as e:  # pypdf raises many kinds on damaged files; none may stop a reindex
+        raise UnreadableFileError(f"{path}: not a readable PDF ({e.__class__.__name__}: {e})") from e
+    page_lines = [[_normalise_space(x) for x in page.splitlines()] for page in pages]
+    if not any(x for lines in page_lines for x in lines):
+        raise UnreadableFileError(f"{path}: the PDF has no text layer (a scanned document? run OCR on it first)")
+    page_lines = _drop_page_furniture(page_lines)
+    lines = [x for page in page_lines for x in page + [""]]
+    filled = sorted(len(x) for x in lines if len(x) >= 20)
+    width = filled[int(0.9 * (len(filled) - 1))] if filled else max((len(x) for x in lines), default=0)
+
     paragraphs: list[str] = []
     current: list[str] = []
-    for page in pages:
-        for line in page.splitlines():
-            s = _normalise_space(line)
-            if not s:
-                if current:
-                    paragraphs.append(" ".join(current))
-                    current = []
-                continue
-            if current and (_is_list_item(s) or (_looks_like_heading(current[-1]) and len(current) == 1)):
-                paragraphs.append(" ".join(current))
-                current = []
-            if current and current[-1].endswith("-") and s[:1].islower():
-                current[-1] = current[-1][:-1] + s
-            else:
-                current.append(s)
+
+    def flush() -> None:
         if current:
             paragraphs.append(" ".join(current))
-            current = []
+            current.clear()
+
+    for s in lines:
+        if not s:
+            flush()
+            continue
+        if current:
+            prev = current[-1]
+            ends_sentence = bool(re.search(r"[.!?:;]['\")\]]?$", prev))
+            if (
+                _is_list_item(s)
+                or (ends_sentence and len(prev) < 0.85 * width)
+                or (not ends_sentence and len(prev) < 0.6 * width and not prev.endswith((",", "-")))
+            ):
+                flush()
+        if current and re.search(r"[A-Za-z]-$", current[-1]) and s[:1].islower():
+            current[-1] = current[-1][:-1] + s  # "recov-" + "ery"
+        else:
+            current.append(s)
+    flush()
+    title = meta_title.strip() if isinstance(meta_title, str) else None
+    if title and (_BAD_PDF_TITLE.match(title) or len(title) < 3):
+        title = None
     return paragraphs, title
+
+
+def _drop_page_furniture(pages: list[list[str]]) -> list[list[str]]:
+    """Page numbers, and lines repeated at the top or bottom of most pages (running headers)."""
+    def key(line: str) -> str:
+        return re.sub(r"\d+", "#", line.lower())
+
+    repeated: set[str] = set()
+    if len(pages) >= 2:
+        from collections import Counter
+
+        edges: Counter = Counter()
+        for lines in pages:
+            body = [x for x in lines if x]
+            edges.update({key(x) for x in body[:2] + body[-2:]})
+        repeated = {k for k, n in edges.items() if n >= max(2, (len(pages) + 1) // 2)}
+    out = []
+    for n, lines in enumerate(pages):
+        body = list(lines)
+        nonempty = [i for i, x in enumerate(body) if x]
+        # the top of page 1 stays: a running header there is usually the title, said once
+        edge = set((nonempty[:2] if n else []) + nonempty[-2:])
+        out.append([
+            "" if (x and _PAGE_NUMBER.match(x)) or (i in edge and key(x) in repeated) else x
+            for i, x in enumerate(body)
+        ])
+    return out
 
 
 # --- cleaning --------------------------------------------------------------------------------
@@ -227,7 +295,8 @@ _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.]+\b")
 _MONTH = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
 _DATE = re.compile(rf"\b({_MONTH}\s+\d{{1,2}},?\s*\d{{4}}|\d{{1,2}}\s+{_MONTH}\s+\d{{4}}|\d{{4}}-\d{{2}}-\d{{2}}|\d{{1,2}}/\d{{1,2}}/\d{{2,4}})", re.I)
 _CALL_TO_ACTION = re.compile(
-    r"\b(check out|click here|shop now|order now|buy now|add to cart|subscribe to|sign up for|"
+    r"^(subscribe|sign up)\b|\b(subscribe to|sign up for) (our|the) newsletter|"
+    r"\b(check out|click here|shop now|order now|buy now|add to cart|"
     r"contact us|call us|email us|book (an|a|your) (appointment|consultation)|"
     r"if you are interested in (buying|purchasing|ordering)|"
     r"(feel free|do not hesitate|don't hesitate) to (reach out|contact|call|get in touch))\b",
@@ -259,7 +328,8 @@ def is_boilerplate(line: str) -> bool:
         return True
     if len(words) <= 40 and (_PHONE.search(line) or _EMAIL.search(line)):
         return True
-    if len(words) <= 12 and _DATE.search(line) and not re.search(r"[.!?]$", line):
+    if (len(words) <= 12 and _DATE.search(line) and not re.search(r"[.!?]$", line) and not _is_list_item(line)
+            and (re.search(r"\bby\b|\bposted\b|\bupdated\b|\bpublished\b", line, re.I) or len(words) <= 5)):
         return True  # a byline or date stamp
     if len(words) <= 40 and _CALL_TO_ACTION.search(line):
         return True
@@ -289,10 +359,12 @@ def clean_lines(lines: list[str]) -> list[str]:
 
 def _title_from_lines(lines: list[str]) -> str | None:
     """The first line reads as a title when it is short, starts upper-case and is not a sentence."""
-    for line in lines[:2]:
+    for i, line in enumerate(lines[:2]):
         words = line.split()
         if 3 <= len(words) <= 16 and line[0].isupper() and not re.search(r"[.!?]$", line) and not _is_list_item(line):
             return line.rstrip(":")
+        if len(words) > 4 or re.search(r"[.!?:]$", line):
+            break  # an opening sentence: what follows is body or a section heading, not the title
     return None
 
 

@@ -74,12 +74,17 @@ class EvalReport:
 
 def load_cases(path: Path) -> list[dict]:
     cases = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AssistantError(f"{path}: cannot be read as UTF-8 text ({e})") from e
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             case = json.loads(line)
-            assert isinstance(case["turns"], list) and all("q" in t for t in case["turns"])
+            assert isinstance(case, dict) and isinstance(case["turns"], list) and case["turns"]
+            assert all(isinstance(t, dict) and isinstance(t.get("q"), str) for t in case["turns"])
         except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as e:
             raise AssistantError(f"{path}:{n}: not a question case ({e.__class__.__name__}); "
                                  'expected {"id", "turns": [{"q", "expect_any", "expect_abstain"}]}') from e
@@ -91,6 +96,8 @@ def evaluate_cases(assistant: Assistant, cases: list[dict], k: int = 10, mode: s
     """Ask every turn with the earlier turns as history. `mode` compares ways of searching:
     'conversation' (the product), 'alone' (the question without history), 'concat' (question
     plus all earlier questions, as one query)."""
+    if mode not in ("conversation", "alone", "concat"):
+        raise AssistantError(f"unknown mode {mode!r}; choose from conversation, alone, concat")
     results = []
     for case in cases:
         history: list[str] = []
@@ -131,13 +138,29 @@ class SquadReport:
     passages: int
 
 
+def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """Rows of a JSON-lines file; a malformed row is an AssistantError naming file and line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AssistantError(f"{path}: cannot be read as UTF-8 text ({e})") from e
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            assert isinstance(row, dict) and all(k in row for k in required)
+        except (json.JSONDecodeError, AssertionError) as e:
+            raise AssistantError(f"{path}:{n}: expected a JSON object with {', '.join(required)}") from e
+        rows.append(row)
+    return rows
+
+
 def write_squad_corpus(src: Path, corpus_dir: Path) -> None:
     """corpus.jsonl paragraphs -> one Markdown article each (title in front matter, text as is)."""
     corpus_dir.mkdir(parents=True, exist_ok=True)
-    for line in (Path(src) / "corpus.jsonl").read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        d = json.loads(line)
+    for d in _jsonl(Path(src) / "corpus.jsonl", ("_id", "text")):
         title = str(d.get("title", "")).replace("_", " ").replace('"', "'")
         body = "\n\n".join(p.strip() for p in str(d["text"]).splitlines() if p.strip())
         (corpus_dir / f"{d['_id']}.md").write_text(f'---\ntitle: "{title}"\n---\n{body}\n', encoding="utf-8")
@@ -175,12 +198,16 @@ def evaluate_squad(
         a.reindex(progress=progress)
         index = a._current().index
         lengths = [len(p.text.split()) for p in index.passages]
-        questions = [json.loads(l) for l in (src / "questions.jsonl").read_text(encoding="utf-8").splitlines() if l.strip()]
+        questions = _jsonl(src / "questions.jsonl", ("question",))
         ranks, abst = [], 0
         for q in questions:
             res = a.ask(q["question"][: s.max_question_chars], top_k=10)
             abst += res.abstained
-            answers = [x["text"] for x in q.get("answers", [])]
+            raw = q.get("answers")
+            if not isinstance(raw, list) or not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in raw):
+                raise AssistantError(f"{src}/questions.jsonl: question {q.get('_id', q['question'])!r} needs "
+                                     '"answers": [{"text": ...}]')
+            answers = [x["text"] for x in raw]
             rank = next((r for r, ans in enumerate(res.answers, 1) if any(t in ans.text for t in answers)), None)
             ranks.append(rank)
     n = len(ranks) or 1

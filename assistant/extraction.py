@@ -52,8 +52,8 @@ def near_duplicate(index: Index, a: int, b: int, threshold: float = 0.8) -> bool
 
     Works across different chunk boundaries, which is how copied paragraphs usually show up.
     """
-    if index.passages[a].doc_id == index.passages[b].doc_id:
-        return False
+    if a == b:
+        return True
     sa, sb = _sentence_sets(index, a), _sentence_sets(index, b)
     if not sa or not sb:
         return False
@@ -74,9 +74,8 @@ def dedupe(index: Index, hits: list[Hit]) -> list[tuple[Hit, list[Hit]]]:
     groups: list[tuple[Hit, list[Hit]]] = []
     for h in hits:
         for lead, others in groups:
-            if near_duplicate(index, lead.row, h.row):
-                if all(index.passages[o.row].doc_id != index.passages[h.row].doc_id for o in others):
-                    others.append(h)
+            if any(near_duplicate(index, m.row, h.row) for m in (lead, *others)):
+                others.append(h)  # to_answer lists each other article once, never the lead's own
                 break
         else:
             groups.append((h, []))
