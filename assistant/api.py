@@ -14,16 +14,19 @@ No work happens at import time. `create_app()` builds the app; the Assistant is 
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPBearer
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,7 +41,7 @@ from .errors import (
     ReindexBusyError,
     UnsupportedFileError,
 )
-from .models import ArticleView, AskResponse, DocumentInfo, Health
+from .models import ArticleView, AskResponse, DocumentInfo, Health, ReindexReport
 
 if TYPE_CHECKING:  # importing the core pulls in numpy/faiss: keep it out of import time
     from .assistant import Assistant
@@ -322,21 +325,48 @@ class BodyLimitMiddleware:
     without Content-Length is refused as soon as it passes the limit.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES,
+                 wider: dict[tuple[str, str], tuple[int, str]] | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # (method, path) -> (limit, message): the one route that takes files (POST /documents)
+        self.wider = wider or {}
 
-    def _too_large(self) -> JSONResponse:
+    def _too_large(self, message: str | None = None) -> JSONResponse:
         return error_response(
             413,
-            f"The request body is larger than {self.max_bytes // 1024} KiB. Send a shorter question and history.",
+            message or f"The request body is larger than {self.max_bytes // 1024} KiB. Send a shorter question and history.",
             headers={"Connection": "close"},
         )
+
+    @staticmethod
+    async def _drain(receive: Receive, up_to: int) -> None:
+        """Read and drop the rest of a refused body (up to `up_to` bytes): a client still sending
+        it then reads the 413 instead of a connection reset. Bigger bodies are cut off."""
+        got = 0
+        while got < up_to:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            got += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    def _limit(self, scope: Scope) -> tuple[int, str | None]:
+        if self.wider:
+            path, root = scope.get("path", ""), scope.get("root_path", "") or ""
+            if root and path.startswith(root):
+                path = path[len(root):]
+            hit = self.wider.get((scope.get("method", ""), path.rstrip("/") or "/"))
+            if hit is not None:
+                return hit
+        return self.max_bytes, None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes, too_large = self._limit(scope)
         headers = dict(scope.get("headers") or [])
         raw_length = headers.get(b"content-length")
         if raw_length is not None:
@@ -347,8 +377,10 @@ class BodyLimitMiddleware:
             except ValueError:
                 await error_response(400, "The Content-Length header is not a number.")(scope, receive, send)
                 return
-            if length > self.max_bytes:
-                await self._too_large()(scope, receive, send)
+            if length > max_bytes:
+                if length <= 4 * max_bytes:
+                    await self._drain(receive, length)
+                await self._too_large(too_large)(scope, receive, send)
                 return
 
         chunks: list[bytes] = []
@@ -359,8 +391,10 @@ class BodyLimitMiddleware:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
-                await self._too_large()(scope, receive, send)
+            if size > max_bytes:
+                if message.get("more_body", False):
+                    await self._drain(receive, 4 * max_bytes - size)
+                await self._too_large(too_large)(scope, receive, send)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -449,6 +483,34 @@ class AssistantHolder:
             log.exception("could not open the assistant at startup")
 
 
+async def _poll_index(holder: AssistantHolder, every: float = 0.5) -> None:
+    """Check index/CURRENT about once a second, in every worker process, busy or idle: a new
+    generation (written by a reindex anywhere) is loaded in the background and swapped in,
+    so the next request after a reindex is answered from it. Requests check too (see
+    Assistant._current); this makes an idle worker ready before its next request. Each
+    worker also records which generation it answers from (index/.serving/), so an admin
+    request can wait until every worker has switched."""
+    from . import index as ix
+
+    marked: tuple | None = None
+    try:
+        while True:
+            await asyncio.sleep(every)
+            ast = holder.peek()
+            if ast is None:
+                continue
+            try:
+                loaded = await run_in_threadpool(ast._current)
+            except Exception:  # no index yet, or one that fails to load: requests report it
+                continue
+            if (ast.settings.index_dir, loaded.generation) != marked:
+                marked = (ast.settings.index_dir, loaded.generation)
+                await run_in_threadpool(ix.mark_serving, ast.settings.index_dir, loaded.generation)
+    finally:
+        if marked is not None:
+            ix.mark_serving(marked[0], None)
+
+
 def _root(request: Request) -> str:
     return (request.scope.get("root_path") or "").rstrip("/")
 
@@ -494,7 +556,13 @@ def create_app(assistant: "Assistant | None" = None, settings: Settings | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(holder.warm_up)
-        yield
+        poller = asyncio.create_task(_poll_index(holder))
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
 
     # FastAPIOffline serves the Swagger UI and ReDoc assets itself: /docs works with no internet
     app = FastAPIOffline(
@@ -507,6 +575,7 @@ def create_app(assistant: "Assistant | None" = None, settings: Settings | None =
             {"name": "documents", "description": "The indexed articles."},
             {"name": "service", "description": "Health of the service."},
             {"name": "pages", "description": "HTML pages for people."},
+            {"name": "admin", "description": ADMIN_TAG_DESCRIPTION},
         ],
     )
     app.state.holder = holder
@@ -517,7 +586,7 @@ def create_app(assistant: "Assistant | None" = None, settings: Settings | None =
     app.add_exception_handler(AssistantError, _on_assistant_error)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES, wider=_admin_body_limits())
     app.add_middleware(SecurityHeadersMiddleware)
 
     @app.post(
@@ -616,6 +685,8 @@ def create_app(assistant: "Assistant | None" = None, settings: Settings | None =
             return JSONResponse(h.model_dump(), status_code=503)
         return h
 
+    _install_admin(app, holder)
+
     from . import pages
 
     pages.install(app, holder)
@@ -652,6 +723,266 @@ def _plausible_id(doc_id: str) -> bool:
     if not doc_id or doc_id.startswith("/") or "\x00" in doc_id or "\\" in doc_id:
         return False
     return all(part not in ("", ".", "..") for part in doc_id.split("/"))
+
+
+# --- admin: reindex, upload, delete ----------------------------------------------------------
+
+ADMIN_TOKEN_ENV = "ASSISTANT_ADMIN_TOKEN"
+REINDEX_WAIT_ENV = "ASSISTANT_REINDEX_WAIT"
+MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # the largest article file; same as `assistant add`
+_UPLOAD_OVERHEAD = 64 * 1024  # multipart boundaries and headers around the file
+ADMIN_TAG_DESCRIPTION = (
+    f"Change the corpus while serving. Enabled by setting `{ADMIN_TOKEN_ENV}` in the server's "
+    "environment; send it as `Authorization: Bearer <token>`. Disabled: 403. Wrong or missing token: 401."
+)
+_BEARER_HINT = f"send the token as the header `Authorization: Bearer <token>` (the server's {ADMIN_TOKEN_ENV})"
+
+
+class UploadResult(BaseModel):
+    doc_id: str = Field(description="The article's id: answerable now, and its page is at `url`.")
+    title: str
+    path: str = Field(description="Where it was saved, relative to the corpus folder.")
+    status: str = Field(description="`added`, `replaced` (with ?replace=true) or `unchanged` (the same file again).")
+    url: str
+    report: ReindexReport
+
+
+class DeleteResult(BaseModel):
+    doc_id: str
+    removed: list[str] = Field(description="Files deleted from the corpus folder.")
+    report: ReindexReport
+
+
+_BEARER = HTTPBearer(auto_error=False, scheme_name="admin token",
+                     description=f"The value of {ADMIN_TOKEN_ENV} on the server.")
+
+
+def _admin_body_limits() -> dict[tuple[str, str], tuple[int, str]]:
+    return {("POST", "/documents"): (
+        MAX_UPLOAD_BYTES + _UPLOAD_OVERHEAD,
+        f"The upload is larger than {MAX_UPLOAD_BYTES // 1048576} MiB, the limit for one article file.",
+    )}
+
+
+def require_admin(request: Request, _docs: Annotated[Any, Depends(_BEARER)] = None) -> None:
+    """403 while admin routes are disabled, 401 without the right bearer token (constant-time compare).
+
+    (`_docs` only shows the bearer scheme in /docs, with its Authorize button; the header is read here.)
+    """
+    import hmac
+    import os
+
+    token = os.environ.get(ADMIN_TOKEN_ENV, "")
+    if not token:
+        raise ApiError(403, (
+            f"The admin routes are disabled. To enable them, start the server with {ADMIN_TOKEN_ENV} set to a "
+            f"secret (e.g. `{ADMIN_TOKEN_ENV}=$(openssl rand -hex 24) assistant serve`) and {_BEARER_HINT}."
+        ))
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise StarletteHTTPException(401, f"This route needs the admin token: {_BEARER_HINT}.",
+                                     headers={"WWW-Authenticate": 'Bearer realm="assistant-admin"'})
+    if not hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8")):
+        raise StarletteHTTPException(401, "The admin token is wrong.",
+                                     headers={"WWW-Authenticate": 'Bearer realm="assistant-admin", error="invalid_token"'})
+
+
+def _reindex_wait(request: Request) -> float:
+    """How long an admin request waits for another reindex to finish before answering 409."""
+    import os
+
+    wait = getattr(request.app.state, "reindex_wait", None)
+    if wait is None:
+        try:
+            wait = float(os.environ.get(REINDEX_WAIT_ENV, "30"))
+        except ValueError:
+            wait = 30.0
+    return max(0.0, float(wait))
+
+
+WORKER_SWITCH_WAIT = 10.0  # seconds an admin request waits for the other workers to switch
+
+
+async def _every_worker_switched(ast: "Assistant") -> None:
+    """After a reindex in this worker: wait until the other worker processes serving this index
+    answer from the new generation too (they poll CURRENT; see _poll_index), so whoever called
+    the admin route can ask right away, whichever worker gets the question. Gives up (and logs)
+    after WORKER_SWITCH_WAIT seconds: the workers still switch, a little later."""
+    import os
+
+    from . import index as ix
+
+    index_dir = ast.settings.index_dir
+    target = ast._current().generation
+    if target is None:
+        return
+    await run_in_threadpool(ix.mark_serving, index_dir, target)
+    deadline = asyncio.get_running_loop().time() + WORKER_SWITCH_WAIT
+    while True:
+        others = {pid: g for pid, g in (await run_in_threadpool(ix.serving_generations, index_dir)).items()
+                  if pid != os.getpid()}
+        behind = {pid: g for pid, g in others.items() if g < target}
+        if not behind:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            log.warning("workers %s still answer from an older index than %s", sorted(behind), target)
+            return
+        await asyncio.sleep(0.1)
+
+
+def _corpus_ready(ast: "Assistant") -> None:
+    corpus = ast.settings.corpus_dir
+    if not corpus.is_dir():
+        raise ApiError(503, f"The corpus folder {corpus}/ does not exist on the server; create it (or set "
+                            "ASSISTANT_CORPUS_DIR) before changing the corpus.")
+
+
+def _install_admin(app: FastAPI, holder: AssistantHolder) -> None:
+    from . import sources
+
+    admin_errors = {
+        401: _err("No admin token, or the wrong one."),
+        403: _err(f"Admin routes are disabled: {ADMIN_TOKEN_ENV} is not set on the server."),
+        409: _err("Another reindex is running (and did not finish within the wait)."),
+    }
+
+    @app.post(
+        "/reindex",
+        response_model=ReindexReport,
+        tags=["admin"],
+        summary="Reindex the corpus folder",
+        description=(
+            "Brings the index up to date with the corpus folder: only new and changed articles are "
+            "embedded. Returns what changed. Questions keep being answered meanwhile; when this "
+            "returns, every worker answers from the new index. Waits for a reindex already running "
+            f"(up to {REINDEX_WAIT_ENV} seconds, 30 by default), then answers 409."
+        ),
+        dependencies=[Depends(require_admin)],
+        responses=admin_errors | {503: _err("The corpus folder does not exist.")},
+    )
+    async def reindex(request: Request) -> ReindexReport:
+        ast = holder.get()
+        _corpus_ready(ast)
+        report = await run_in_threadpool(ast.reindex, lock_timeout=_reindex_wait(request))
+        await _every_worker_switched(ast)
+        return report
+
+    @app.post(
+        "/documents",
+        response_model=UploadResult,
+        status_code=201,
+        tags=["admin"],
+        summary="Upload an article",
+        description=(
+            f"Multipart form with the article in the field `file` (.txt, .md, .html or .pdf, at most "
+            f"{MAX_UPLOAD_BYTES // 1048576} MiB). The file is checked (it must read as an article), saved in "
+            "the corpus folder under its own name (tidied; a name with a path is refused), and the "
+            "corpus reindexed: the answer comes once the article is answerable. A different file "
+            "of the same name is a 409 unless `replace=true`; the same file again is a no-op (200)."
+        ),
+        dependencies=[Depends(require_admin)],
+        responses=admin_errors | {
+            200: {"model": UploadResult, "description": "The same file was already there: nothing changed."},
+            400: _err("The multipart body could not be parsed."),
+            409: _err("A different file with that name (or that doc_id) exists, or another reindex is running."),
+            413: _err(f"The file is larger than {MAX_UPLOAD_BYTES // 1048576} MiB."),
+            415: _err("Not a multipart upload, or an unsupported file type."),
+            422: _err("No `file` field, a file name that is a path or empty, or a file with no readable article text."),
+        },
+        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": ["file"],
+            "properties": {"file": {"type": "string", "format": "binary",
+                                    "description": "The article file (.txt, .md, .html, .pdf)."}},
+        }}}}},
+    )
+    async def upload(
+        request: Request,
+        response: Response,
+        replace: Annotated[bool, Query(description="Overwrite a different file of the same name.")] = False,
+    ) -> UploadResult:
+        from starlette.datastructures import UploadFile
+
+        ast = holder.get()
+        _corpus_ready(ast)
+        ctype = request.headers.get("content-type", "")
+        if not ctype.lower().startswith("multipart/form-data"):
+            raise ApiError(415, (
+                f"Upload the article as multipart/form-data with the file in a field named \"file\" "
+                f"(not {ctype!r})." if ctype else
+                "Upload the article as multipart/form-data with the file in a field named \"file\"."
+            ) + " For example: curl -F file=@article.pdf ...")
+        try:
+            form = await request.form(max_files=1, max_fields=20)
+        except Exception as e:  # MultiPartException and malformed bodies
+            raise ApiError(400, f"The upload could not be read as multipart/form-data ({e}).") from None
+        try:
+            items = form.getlist("file")
+            if len(items) != 1 or not isinstance(items[0], UploadFile):
+                raise ApiError(422, "Send exactly one file, in a form field named \"file\".",
+                               [{"field": "file", "message": "One file is required in the field \"file\"."}])
+            up = items[0]
+            data = await up.read(MAX_UPLOAD_BYTES + 1)
+            filename = up.filename or ""
+        finally:
+            await form.close()
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise ApiError(413, f"The file is larger than {MAX_UPLOAD_BYTES // 1048576} MiB, the limit for one article file.")
+        try:
+            added = await run_in_threadpool(sources.add_bytes, ast.settings.corpus_dir, filename, data, replace)
+        except sources.InvalidNameError as e:
+            raise ApiError(422, str(e), [{"field": "file", "message": str(e)}]) from None
+        except sources.TooLargeError as e:
+            raise ApiError(413, str(e)) from None
+        except sources.DocumentExistsError as e:
+            raise ApiError(409, f"{e} To overwrite it, send the upload with ?replace=true.") from None
+        except sources.SourceError as e:
+            raise ApiError(422, str(e), [{"field": "file", "message": str(e)}]) from None
+        try:
+            report = await run_in_threadpool(ast.reindex, lock_timeout=_reindex_wait(request))
+        except ReindexBusyError as e:
+            raise ApiError(409, f"{added.path.name} was saved, but it is not answerable yet: {e} "
+                                "It will be after the next reindex (POST /reindex).") from None
+        if added.doc_id not in {d.doc_id for d in ast.documents()}:
+            raise ApiError(422, f"{added.path.name} was saved but could not be indexed; see the server log.")
+        await _every_worker_switched(ast)
+        if added.status == "unchanged":
+            response.status_code = 200
+        return UploadResult(
+            doc_id=added.doc_id, title=added.title, path=added.path.relative_to(ast.settings.corpus_dir).as_posix(),
+            status=added.status, url=article_url(_root(request), added.doc_id), report=report,
+        )
+
+    @app.delete(
+        "/documents/{doc_id:path}",
+        response_model=DeleteResult,
+        tags=["admin"],
+        summary="Delete an article",
+        description="Deletes the article's file from the corpus folder and reindexes: when this returns, "
+                    "the article is no longer cited.",
+        dependencies=[Depends(require_admin)],
+        responses=admin_errors | {404: _err("No article with that id.")},
+    )
+    async def delete_document(doc_id: str, request: Request) -> DeleteResult:
+        ast = holder.get()
+        _corpus_ready(ast)
+        if not _plausible_id(doc_id):
+            raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
+        removed = await run_in_threadpool(sources.remove, ast.settings.corpus_dir, doc_id)
+        if not removed:
+            try:
+                indexed = doc_id in {d.doc_id for d in ast.documents()}
+            except NotIndexedError:
+                indexed = False
+            if not indexed:
+                raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
+        try:
+            report = await run_in_threadpool(ast.reindex, lock_timeout=_reindex_wait(request))
+        except ReindexBusyError as e:
+            raise ApiError(409, f"{doc_id!r} was deleted from the corpus folder, but it may still be cited: {e} "
+                                "It won't be after the next reindex (POST /reindex).") from None
+        await _every_worker_switched(ast)
+        corpus = ast.settings.corpus_dir
+        return DeleteResult(doc_id=doc_id, removed=[p.relative_to(corpus).as_posix() for p in removed], report=report)
 
 
 def app_factory() -> FastAPI:

@@ -35,6 +35,8 @@ class Assistant:
         self._loaded: _Loaded | None = None
         self._reload_lock = threading.Lock()
         self._checked_at = 0.0
+        self._loading: str | None = None  # generation being loaded in the background (see _current)
+        self._failed: tuple[str, float] | None = None  # a generation that would not load, and when
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -76,37 +78,99 @@ class Assistant:
         self._checked_at = time.monotonic()
         return loaded
 
-    def _current(self) -> _Loaded:
-        """The index to answer with; picks up a newer generation (another process reindexed)."""
+    def _current(self, force: bool = False) -> _Loaded:
+        """The index to answer with; swaps to a newer generation when CURRENT names one.
+
+        CURRENT is polled at most once a second per process (each worker does this for
+        itself). A newer generation is loaded, and its subjects prepared, in a background
+        thread while requests keep answering with the old one; then the reference is swapped:
+        requests already running finish on the index they started with (a loaded index is
+        never mutated), the next ones get the new one. Nobody waits for a swap, except the
+        very first load and `force` (this process just reindexed: load it now). A generation
+        that fails to load is logged and retried after a while; the old one keeps serving.
+        """
         loaded = self._loaded
-        now = time.monotonic()
-        if loaded is not None and now - self._checked_at < 1.0:
+        if not force and loaded is not None and time.monotonic() - self._checked_at < 1.0:
             return loaded
-        with self._reload_lock:
+        if loaded is None or force:
+            with self._reload_lock:
+                self._checked_at = time.monotonic()
+                gen = ix.current_generation(self.settings.index_dir)
+                loaded = self._loaded
+                if gen is None:
+                    if loaded is None:
+                        raise NotIndexedError(
+                            f"No index in {self.settings.index_dir}/. Build one with `assistant reindex` (or `make run`)."
+                        )
+                    return loaded
+                if loaded is None or loaded.generation != gen.name:
+                    try:
+                        fresh = self._prepare(gen, warm=False)
+                    except Exception:
+                        if loaded is None:
+                            raise
+                        log.exception("could not load index generation %s; still serving %s", gen.name, loaded.generation)
+                        return loaded
+                    if loaded is None or loaded.generation is None or fresh.generation > loaded.generation:
+                        self._loaded = loaded = fresh
+                return loaded
+        if not self._reload_lock.acquire(blocking=False):
+            return loaded  # another thread is checking right now
+        try:
             self._checked_at = time.monotonic()
             gen = ix.current_generation(self.settings.index_dir)
-            if gen is None:
-                if loaded is None:
-                    raise NotIndexedError(
-                        f"No index in {self.settings.index_dir}/. Build one with `assistant reindex` (or `make run`)."
-                    )
+            if gen is None or gen.name == loaded.generation or gen.name == self._loading:
                 return loaded
-            if loaded is None or loaded.generation != gen.name:
-                try:
-                    loaded = self._load()
-                except NotIndexedError:
-                    raise
-                except Exception:  # a generation being pruned or damaged: keep serving the old one
-                    if loaded is None:
-                        raise
-                    log.exception("could not load index generation %s; still serving %s", gen.name, loaded.generation)
+            if self._failed and self._failed[0] == gen.name and time.monotonic() - self._failed[1] < 10.0:
+                return loaded
+            self._loading = gen.name
+            threading.Thread(target=self._load_in_background, args=(gen,), daemon=True,
+                             name=f"index-loader-{gen.name}").start()
             return loaded
+        finally:
+            self._reload_lock.release()
 
-    def reindex(self, progress: bool = False) -> ReindexReport:
-        """Bring the index up to date with the corpus folder; answering goes on meanwhile."""
-        report = run_reindex(self.settings, self.embedder, progress=progress)
+    def _prepare(self, gen: Path, warm: bool = True) -> _Loaded:
+        """Load one generation; `warm`: also build what the first question on it would build
+        (its subjects), when nobody is waiting for the load (the background swap)."""
+        fresh = _Loaded(ix.load(self.settings.index_dir, path=gen), self.settings)
+        if not warm:
+            return fresh
+        try:
+            from . import subjects
+
+            subjects.for_index(fresh.index, self.settings.corpus_dir)
+        except Exception:  # answering will try again (and report) on its own
+            log.exception("could not prepare the subjects of %s", gen.name)
+        return fresh
+
+    def _load_in_background(self, gen: Path) -> None:
+        try:
+            fresh = self._prepare(gen)
+        except Exception:
+            log.exception("could not load index generation %s; still serving the previous one", gen.name)
+            with self._reload_lock:
+                self._failed = (gen.name, time.monotonic())
+                self._loading = None
+            return
         with self._reload_lock:
-            self._load()
+            self._loading = None
+            old = self._loaded
+            if old is None or old.generation is None or fresh.generation > old.generation:
+                self._loaded = fresh
+                log.info("now serving index generation %s (was %s)", fresh.generation, old.generation if old else None)
+
+    def reindex(self, progress: bool = False, lock_timeout: float = 600.0) -> ReindexReport:
+        """Bring the index up to date with the corpus folder; answering goes on meanwhile.
+
+        Waits up to `lock_timeout` seconds for another reindex (ReindexBusyError after that).
+        When it returns, this Assistant answers with the new index.
+        """
+        report = run_reindex(self.settings, self.embedder, progress=progress, lock_timeout=lock_timeout)
+        try:
+            self._current(force=True)
+        except NotIndexedError:
+            pass
         return report
 
     # --- asking ------------------------------------------------------------------------------

@@ -178,6 +178,46 @@ def eval_cmd(
 
 
 @app.command()
+def add(
+    source: Annotated[str, typer.Argument(help="An article file (.txt, .md, .html, .pdf) or the URL of a web page.", show_default=False)],
+    name: Annotated[Optional[str], typer.Option("--name", help="File name to save it as in the corpus folder.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite a different file of the same name.")] = False,
+    corpus: CorpusOpt = None,
+    index: IndexOpt = None,
+) -> None:
+    """Add an article: copy a file into the corpus folder, or fetch a web page (saved as .html); then reindex."""
+    from . import sources
+
+    s = _settings(corpus, index)
+    try:
+        if s.corpus_dir.exists() and not s.corpus_dir.is_dir():
+            _fail(f"{s.corpus_dir} is not a folder")
+        s.corpus_dir.mkdir(parents=True, exist_ok=True)
+        added = sources.add(s.corpus_dir, source, name=name, replace=replace)
+    except sources.DocumentExistsError as e:
+        _fail(f"{e} (--replace overwrites it, --name saves it under another name)")
+    except AssistantError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"could not write to {s.corpus_dir}/ ({e.strerror or e})")
+    rel = added.path.relative_to(s.corpus_dir).as_posix()
+    said = {"added": "saved as", "replaced": "replaced", "unchanged": "already in the corpus as"}[added.status]
+    typer.echo(f"{said} {s.corpus_dir}/{rel} (doc_id {added.doc_id!r}, title {added.title!r})")
+    try:
+        a = _open(corpus, index, require_index=False)
+        report = a.reindex(progress=sys.stderr.isatty())
+    except AssistantError as e:
+        _fail(f"{e} The file was saved; run `assistant reindex` to index it.")
+    if added.doc_id not in {d.doc_id for d in a.documents()}:
+        _fail(f"{rel} was saved but could not be indexed; see `assistant reindex --verbose`")
+    typer.echo(
+        f"reindexed: {report.articles} articles, {report.passages} passages "
+        f"(added {len(report.added)}, changed {len(report.changed)}, removed {len(report.removed)}; "
+        f"embedded {report.embedded_passages} passages in {report.seconds:.1f}s). {added.doc_id!r} is answerable now."
+    )
+
+
+@app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
@@ -199,7 +239,10 @@ def serve(
     if watch:
         from .watch import start_watcher
 
+        if not s.corpus_dir.is_dir():
+            _fail(f"corpus folder {s.corpus_dir}/ does not exist")
         start_watcher(s)
+        typer.echo(f"Watching {s.corpus_dir}/: added, changed and removed articles are reindexed within seconds")
     typer.echo(f"Serving on http://{host}:{port}  (corpus {s.corpus_dir}/, index {s.index_dir}/)")
     uvicorn.run("assistant.api:app_factory", factory=True, host=host, port=port, workers=workers, log_level="warning")
 

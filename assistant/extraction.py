@@ -140,7 +140,8 @@ def evidence(index: Index, q: Query, hit: Hit | None) -> Evidence:
     have = set(tokenize([passage_bm25_text(p, d.title, d.text)])[0])
     idf = index.idf
     weights = [idf.get(t, idf_max(index)) for t in terms]
-    covered = sum(w for t, w in zip(terms, weights) if t in have) / (sum(weights) or 1.0)
+    eq = q.equivalents or {}
+    covered = sum(w for t, w in zip(terms, weights) if t in have or have & eq.get(t, frozenset())) / (sum(weights) or 1.0)
     return Evidence(hit.dense, hit.dense_sentence, covered, unknown)
 
 

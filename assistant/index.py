@@ -3,14 +3,20 @@
 Layout of `index/`:
     CURRENT            name of the generation being served (written atomically)
     gen-<stamp>/       one complete build: manifest.json, documents.jsonl, passages.jsonl,
-                       passages.faiss, sentences.faiss, *_vectors.npy, bm25-passages/, bm25-sentences/
-    .lock              held while a reindex runs
+                       passages.faiss, sentences.faiss, *_vectors.npy, bm25-passages/, bm25-sentences/,
+                       and for the next reindex only: bm25-tokens.npz (BM25 tokens per passage and
+                       sentence) and files.json (size, mtime, ctime, sha256 per article file)
+    .tmp-gen-*/        a build being written (or left by a crash: removed by the next reindex)
+    .lock              held while a reindex runs (holds the pid of the reindexing process)
+    .serving/<host-pid> the generation each serving worker answers from (admin routes wait on it)
 
-A build writes a new generation folder, then renames CURRENT into place: a crash half-way
-leaves the previous generation loadable, and readers never see a half-written index.
+A build writes a new generation folder (fsynced, manifest last), renames it into place, then
+replaces CURRENT atomically: a crash half-way leaves the previous generation serving, and
+readers never see a half-written index. Servers poll CURRENT and swap to the new generation.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -31,7 +37,7 @@ from .errors import NotIndexedError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: BM25 tokens and file stats kept per generation (bm25-tokens.npz, files.json)
 CURRENT = "CURRENT"
 
 
@@ -240,31 +246,49 @@ def passage_bm25_text(p: Passage, title: str, doc_text: str) -> str:
 
 # --- reading and writing ---------------------------------------------------------------------
 
+TOKENS_FILE = "bm25-tokens.npz"  # BM25 tokens per passage and per sentence (reused by reindex)
+FILES_FILE = "files.json"  # size, mtime and sha256 of each article file (reindex skips hashing)
+
+
+@dataclass
+class TokenCache:
+    """BM25 tokens of every passage and sentence of a generation, row-aligned with the index.
+
+    A reindex reuses the tokens of unchanged articles instead of re-tokenising the corpus.
+    """
+
+    passages: list[list[str]]
+    sentences: list[list[str]]
+
+
 def current_generation(index_dir: Path) -> Path | None:
     pointer = Path(index_dir) / CURRENT
-    if not pointer.exists():
+    try:
+        name = pointer.read_text().strip()
+    except OSError:
         return None
-    name = pointer.read_text().strip()
+    if not name or "/" in name or name.startswith("."):
+        return None
     gen = Path(index_dir) / name
     return gen if (gen / "manifest.json").exists() else None
 
 
-def load(index_dir: Path) -> Index:
-    """The generation CURRENT names. Raises NotIndexedError when there is none."""
+def load(index_dir: Path, path: Path | None = None) -> Index:
+    """The generation CURRENT names (or the generation folder `path`). Raises NotIndexedError when there is none."""
     import bm25s
 
-    gen = current_generation(index_dir)
+    gen = Path(path) if path is not None else current_generation(index_dir)
     if gen is None:
         raise NotIndexedError(
             f"No index in {index_dir}/. Build one with `assistant reindex` (or `make run`)."
         )
     manifest = json.loads((gen / "manifest.json").read_text())
     docs = {}
-    for line in (gen / "documents.jsonl").read_text().splitlines():
+    for line in (gen / "documents.jsonl").read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
         docs[d["doc_id"]] = DocRecord(**d)
     passages = []
-    for line in (gen / "passages.jsonl").read_text().splitlines():
+    for line in (gen / "passages.jsonl").read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
         text = docs[d["doc_id"]].text[d["start"] : d["end"]]
         passages.append(
@@ -289,8 +313,12 @@ def load(index_dir: Path) -> Index:
     )
 
 
-def write(index_dir: Path, index: Index) -> Path:
-    """Write a new generation folder, then point CURRENT at it (atomic rename)."""
+def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files: dict | None = None) -> Path:
+    """Write a new generation folder, then point CURRENT at it (atomic rename).
+
+    `tokens` (the BM25 tokens the index was built from) and `files` (path -> [size, mtime_ns,
+    sha256]) are kept for the next reindex; readers never need them.
+    """
     index_dir = Path(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
@@ -313,34 +341,177 @@ def write(index_dir: Path, index: Index) -> Path:
     np.save(tmp / "sentence_vectors.npy", index.sent_vectors, allow_pickle=False)
     index.bm25_passages.save(tmp / "bm25-passages", show_progress=False)
     index.bm25_sentences.save(tmp / "bm25-sentences", show_progress=False)
+    if tokens is not None:
+        save_tokens(tmp / TOKENS_FILE, tokens)
+    if files is not None:
+        (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
+    # the manifest last: a generation without one is never loaded
     (tmp / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
-    _fsync_dir(tmp)
+    _fsync_tree(tmp)
     os.rename(tmp, final)
+    _fsync_dir_entry(index_dir)
     pointer_tmp = index_dir / f".{CURRENT}.{os.getpid()}.tmp"
-    pointer_tmp.write_text(final.name + "\n")
+    with open(pointer_tmp, "w") as fh:
+        fh.write(final.name + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(pointer_tmp, index_dir / CURRENT)
-    _fsync_dir(index_dir)
+    _fsync_dir_entry(index_dir)
     index.path = final
     return final
 
 
-def _fsync_dir(path: Path) -> None:
-    for f in Path(path).iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+def save_tokens(path: Path, tokens: TokenCache) -> None:
+    """Tokens as ids into one vocabulary: compact, and no pickle."""
+    vocab: dict[str, int] = {}
+
+    def flat(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        ids = [vocab.setdefault(t, len(vocab)) for row in rows for t in row]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in rows], out=offsets[1:])
+        return np.asarray(ids, dtype=np.int32), offsets
+
+    p_ids, p_off = flat(tokens.passages)
+    s_ids, s_off = flat(tokens.sentences)
+    words = list(vocab)
+    assert not any("\n" in w for w in words)
+    with open(path, "wb") as fh:
+        np.savez(fh, vocab=np.array("\n".join(words)), p_ids=p_ids, p_off=p_off, s_ids=s_ids, s_off=s_off)
+
+
+def load_tokens(gen: Path) -> TokenCache | None:
+    """The BM25 tokens stored with a generation, or None (older format, missing or damaged)."""
+    path = Path(gen) / TOKENS_FILE
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            words = str(z["vocab"]).split("\n") if str(z["vocab"]) else []
+            arrays = {k: z[k] for k in ("p_ids", "p_off", "s_ids", "s_off")}
+    except (OSError, KeyError, ValueError) as e:
+        if path.exists():
+            log.warning("token cache %s unreadable (%s); re-tokenising", path, e)
+        return None
+    vocab = np.array(words, dtype=object)
+
+    def rows(ids: np.ndarray, off: np.ndarray) -> list[list[str]]:
+        toks = vocab[ids].tolist() if len(ids) else []
+        return [toks[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+
+    return TokenCache(rows(arrays["p_ids"], arrays["p_off"]), rows(arrays["s_ids"], arrays["s_off"]))
+
+
+def load_file_stats(gen: Path) -> dict:
+    """path -> [size, mtime_ns, sha256] of the articles a generation was built from ({} if unknown)."""
+    try:
+        data = json.loads((Path(gen) / FILES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_file_stats(gen: Path, files: dict) -> None:
+    """Refresh a generation's file stats in place (atomic; readers of the index never use them)."""
+    tmp = Path(gen) / f".{FILES_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
+    os.replace(tmp, Path(gen) / FILES_FILE)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush every file under `path` (and the folders) to disk before the generation is published."""
+    for root, dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir_entry(Path(root))
+
+
+def _fsync_dir_entry(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- which generation each serving process answers from ----------------------------------------
+
+SERVING_DIR = ".serving"  # one file per serving process: "<host>-<pid>" holding a generation name
+
+
+def _worker_id(pid: int | None = None) -> str:
+    import socket
+
+    return f"{socket.gethostname()}-{pid or os.getpid()}"
+
+
+def mark_serving(index_dir: Path, generation: str | None) -> None:
+    """Record that this process now answers from `generation` (None: it stopped serving)."""
+    folder = Path(index_dir) / SERVING_DIR
+    path = folder / _worker_id()
+    try:
+        if generation is None:
+            path.unlink(missing_ok=True)
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{path.name}.tmp"
+        tmp.write_text(generation + "\n")
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only index folder: serving works, the bookkeeping does not
+        log.debug("could not record the served generation in %s: %s", folder, e)
+
+
+def serving_generations(index_dir: Path) -> dict[int, str]:
+    """pid -> generation of the live serving processes on this host (stale entries removed)."""
+    import socket
+
+    folder = Path(index_dir) / SERVING_DIR
+    prefix = f"{socket.gethostname()}-"
+    out: dict[int, str] = {}
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return out
+    for f in entries:
+        if not f.name.startswith(prefix) or not f.name[len(prefix):].isdigit():
+            continue
+        pid = int(f.name[len(prefix):])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                f.unlink()
+            continue
+        except PermissionError:
+            pass
+        with contextlib.suppress(OSError):
+            out[pid] = f.read_text().strip()
+    return out
 
 
 def prune(index_dir: Path, keep: int = 2) -> None:
     """Remove half-written temp folders and all but the newest `keep` generations.
 
+    Call it only while holding the reindex lock (a temp folder may be a build in progress).
     The previous generation is kept so that a server still answering on it is not pulled
-    from under its feet; a reader holds loaded data in memory anyway.
+    from under its feet; a reader holds loaded data in memory anyway. The generation CURRENT
+    names is never removed.
     """
     index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        return
     cur = current_generation(index_dir)
     for tmp in index_dir.glob(".tmp-gen-*"):
         shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in index_dir.glob(f".{CURRENT}.*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
     gens = sorted(g for g in index_dir.glob("gen-*") if g.is_dir())
     for g in gens[:-keep] if keep else gens:
         if cur is None or g.resolve() != cur.resolve():

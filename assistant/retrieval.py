@@ -5,6 +5,8 @@ own runs (README, "Numbers") favour min-max fusion over reciprocal-rank fusion.
 """
 from __future__ import annotations
 
+import bisect
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,13 +15,25 @@ from .config import Settings
 from .index import Index, bm25_scores, tokenize
 
 
+# A question asking for another name of something, and how articles phrase the answer.
+_NAMING = re.compile(r"\b(also|otherwise|commonly|sometimes)\s+(called|named|known|termed|referred)\b|"
+                     r"\b(another|other|different)\s+names?\b|\bwhat\s+(else\s+)?(is|are)\s+.{1,60}\s+called\b", re.I)
+_NAMING_ANSWER = "known called named termed referred"
+
+
 @dataclass
 class Query:
     """A question prepared once: its vector and its BM25 tokens."""
 
     text: str
     vector: np.ndarray
-    tokens: list[str]
+    tokens: list[str]  # the question's own words (abstention measures their coverage)
+    search_tokens: list[str] | None = None  # what BM25 searches: the tokens plus any rewrite
+    equivalents: dict[str, frozenset[str]] | None = None  # a question word -> answer words that cover it
+
+    def __post_init__(self) -> None:
+        if self.search_tokens is None:
+            self.search_tokens = self.tokens
 
 
 @dataclass
@@ -52,10 +66,36 @@ class Retriever:
         self.n_passages = len(index.passages)
         self.n_sentences = int(len(index.sent_passage))
         # sentence rows of each passage, as one flat array plus boundaries, for vectorised max
+        self._vocab = sorted(t for t in index.vocab if t)
         self._starts = np.array([a for a, _ in index.sent_rows], dtype=np.int64)
 
+    def _extensions(self, stem: str) -> list[str]:
+        if len(stem) < 5:
+            return []
+        out = []
+        i = bisect.bisect_left(self._vocab, stem)
+        while i < len(self._vocab) and self._vocab[i].startswith(stem):
+            if self._vocab[i] != stem and len(self._vocab[i]) - len(stem) <= 5:
+                out.append(self._vocab[i])
+            i += 1
+        return out
+
     def prepare(self, text: str, vector: np.ndarray) -> Query:
-        return Query(text=text, vector=vector, tokens=tokenize([text])[0])
+        tokens = tokenize([text])[0]
+        search, equivalents = list(tokens), {}
+        for t in tokens:
+            # Snowball leaves 'regul' (regulated) and 'regulatori' (regulatory) apart; longer
+            # vocabulary words that start with the question's stem are searched too
+            more = self._extensions(t)
+            search += [m for m in more if m not in search]
+            if more:
+                equivalents[t] = frozenset(more)
+        if _NAMING.search(text):
+            # AskMSR-style rewrite of a naming question: answers say "known as", "called", "termed"
+            answer = tokenize([_NAMING_ANSWER])[0]
+            search += [t for t in answer if t not in search]
+            equivalents.update({t: frozenset(answer) for t in tokens if t in answer})
+        return Query(text=text, vector=vector, tokens=tokens, search_tokens=search, equivalents=equivalents)
 
     def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
         """The k best passages, best first. `restrict` limits the search to some passage rows."""
@@ -64,8 +104,8 @@ class Retriever:
             return []
         C = s.candidates
         # candidates from each signal
-        bm_p = bm25_scores(ix.bm25_passages, q.tokens, self.n_passages)
-        bm_s = bm25_scores(ix.bm25_sentences, q.tokens, self.n_sentences)
+        bm_p = bm25_scores(ix.bm25_passages, q.search_tokens, self.n_passages)
+        bm_s = bm25_scores(ix.bm25_sentences, q.search_tokens, self.n_sentences)
         if restrict is not None:
             cand = np.asarray(restrict, dtype=np.int64)
         else:

@@ -1,28 +1,28 @@
 """Subjects and their aliases, discovered from the articles themselves (plus an optional glossary).
 
-A subject is something the articles discuss and compare (in the seed corpus: treatments). Nothing
-here knows any subject in advance; they are read from patterns articles use when they name and
-compare things:
+A subject is something the articles discuss and compare (in the seed corpus: treatments). No
+subject is known in advance; they are read from the ways articles name and compare things:
 
 - comparisons in titles, headings and sentences: "X vs. Y", "X versus Y", "Comparing X and Y",
   "the difference between X and Y";
 - naming: "X, also known as Y", "X (also known as Y)", "X is also called Y", "X, commonly known as Y";
-- abbreviations: "long form (ABBR)" and "ABBR (long form)", checked letter by letter;
-- the title of an article that names no known subject: its most repeated noun phrase.
+- abbreviations: "long form (ABBR)", "ABBR (long form)", "(long form – ABBR)", checked letter by letter;
+- for an article whose title names none of those: the title's noun phrase that the article repeats.
 
 Phrase boundaries are found without a parser: a side of "X vs. Y" is the longest run of content
-words next to the cue that the corpus repeats (so "microneedling depends" yields "microneedling").
-Names that differ only in hyphens, spacing, case or plural ("micro-needling", "Microneedling")
-are one alias. A trailing word shared by several subjects ("therapy" in "exosome therapy",
-"plasma therapy") is a generic head: the core before it ("exosome") names the subject too.
+words next to the cue that the corpus repeats ("The choice between mesotherapy and microneedling
+depends ..." yields "microneedling", not "microneedling depends"). Names that differ only in
+case, hyphens, spacing or plural ("micro-needling", "Microneedling") are one alias. A last word
+that several different subjects share ("therapy" in "exosome therapy", "plasma therapy") is a
+generic head: what comes before it ("exosome") names the subject too, unless that is a common word.
 
-`corpus/glossary.toml` adds or fixes aliases (format in `load_glossary`). The result is computed
-once per loaded index (and glossary version) and cached: a reindex picks up new subjects.
+The optional `glossary.toml` in the corpus folder adds or fixes aliases (format: `load_glossary`).
+The result is built once per loaded index (and glossary version) and cached, so a reindex picks
+up the subjects of new articles by itself.
 """
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import threading
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 GLOSSARY_NAME = "glossary.toml"
 
-# Generic English function words (a linguistic resource, not a list of subjects).
+# Generic English function words (a linguistic resource; no subject is listed anywhere here).
 STOPWORDS = frozenset("""
 a an the and or nor but if then else so than as of in on at to for from by with without within into onto
 over under about above below between among through during before after against per via vs versus
@@ -54,36 +54,38 @@ typically however while whereas although though because since until unless wheth
 
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’]*(?:-[A-Za-z0-9][A-Za-z0-9'’]*)*")
 _PARTS = re.compile(r"[a-z0-9]+")
-# punctuation that ends a phrase ("vs." is protected first: it is a cue, not a full stop)
+# punctuation that ends a phrase ("vs." is protected first: a cue, not a full stop)
 _BOUNDARY = re.compile(r"[,.;:!?()\[\]{}\"“”«»|/]|\s[–—-]\s|[–—]")
 _VS = re.compile(r"\b(?:vs\.?|versus|v\.)(?=\s)", re.I)
 _ALIAS_CUE = re.compile(
-    r"(?P<pre>,|\(|\bis|\bare|\bor)?\s*\b(?P<adv>also|commonly|often|sometimes|otherwise|popularly|more commonly|better|"
-    r"generally|usually|widely)?\s*\b(?:known|referred to|called|termed|nicknamed|dubbed)(?:\s+as)?\s+|\b(?:aka|a\.k\.a\.)\s+",
+    r"(?P<pre>[,(]\s*)?(?:\b(?:is|are|was|were)\s+)?"
+    r"(?P<adv>\b(?:also|commonly|often|sometimes|otherwise|popularly|better|more\s+commonly|generally|usually|widely|"
+    r"formerly|originally)\s+)?"
+    r"\b(?:known\s+as|referred\s+to\s+as|called|termed|nicknamed|dubbed)\s+"
+    r"|(?P<aka>\b(?:aka|a\.k\.a\.?)\s+)",
     re.I,
 )
 _BETWEEN = re.compile(r"\b(?:between|comparing|compare|compared)\s+", re.I)
 _PAREN = re.compile(r"\(([^()]{1,80})\)")
 _ABBR = re.compile(r"^[A-Za-z][A-Za-z0-9&]*$")
 
-_stemmer = None
-_stem_lock = threading.Lock()
 
-
-def _stem(word: str) -> str:
-    global _stemmer
-    if _stemmer is None:
-        import Stemmer
-
-        with _stem_lock:
-            if _stemmer is None:
-                _stemmer = Stemmer.Stemmer("english")
-    return _stemmer.stemWord(word)
+def _norm(word: str) -> str:
+    """A light plural-folding: 'exosomes' -> 'exosome', 'therapies' -> 'therapy' (no stemming:
+    'islamism' must stay apart from 'islam')."""
+    w = word.lower()
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith("es") and w[-3] in "sxz" or w.endswith(("ches", "shes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
 
 
 def parts(phrase: str) -> list[str]:
-    """Stemmed lower-case parts of a phrase; hyphens and spaces both separate parts."""
-    return [_stem(p) for p in _PARTS.findall(phrase.lower().replace("’", "'").replace("'s", ""))]
+    """Lower-case, plural-folded parts of a phrase; hyphens and spaces both separate parts."""
+    return [_norm(p) for p in _PARTS.findall(phrase.lower().replace("’", "'").replace("'s", ""))]
 
 
 def key(phrase: str) -> str:
@@ -91,20 +93,35 @@ def key(phrase: str) -> str:
     return "".join(parts(phrase))
 
 
+_stemmer = None
+_stem_lock = threading.Lock()
+
+
+def stems(text: str) -> list[str]:
+    """Snowball stems of a text's words, as the BM25 vocabulary of the index holds them."""
+    global _stemmer
+    if _stemmer is None:
+        import Stemmer
+
+        with _stem_lock:
+            _stemmer = _stemmer or Stemmer.Stemmer("english")
+    return _stemmer.stemWords(re.findall(r"\w\w+", text.lower()))
+
+
 def is_abbreviation(word: str) -> bool:
     letters = [c for c in word if c.isalpha()]
-    return 2 <= len(word) <= 10 and " " not in word and sum(c.isupper() for c in letters) >= 2 and bool(_ABBR.match(word))
+    return 2 <= len(word) <= 10 and sum(c.isupper() for c in letters) >= 2 and bool(_ABBR.match(word))
 
 
 def abbreviates(abbr: str, phrase: str) -> bool:
     """True when the letters of `abbr` are the initials of `phrase`'s words (function words optional)."""
     letters = [c.lower() for c in abbr if c.isalnum()]
     words = [w for w in re.split(r"[\s\-–]+", phrase.strip()) if w]
-    if not words or not letters:
+    if not words or not letters or words[0][0].lower() != letters[0]:
         return False
     strict = [w[0].lower() for w in words]
     loose = [w[0].lower() for w in words if w.lower() not in STOPWORDS]
-    return letters in (strict, loose) and words[0][0].lower() == letters[0]
+    return letters in (strict, loose)
 
 
 # --- the result ------------------------------------------------------------------------------
@@ -114,9 +131,9 @@ class Subject:
     id: int
     name: str  # the label answers carry as `about`
     aliases: list[str]  # surface forms, lower-case except abbreviations
-    rows: np.ndarray  # passage rows that mention it (text or section heading)
-    sources: set[str] = field(default_factory=set)  # how it was found: compared, named, abbreviation, title, glossary
-    mentions: int = 0  # mentions in the corpus
+    rows: np.ndarray  # passage rows whose text or section heading names it
+    sources: set[str] = field(default_factory=set)  # compared, named, abbreviation, core, title, glossary
+    mentions: int = 0  # times the passages name it
 
 
 @dataclass(frozen=True)
@@ -128,15 +145,13 @@ class Mention:
 
 
 class Subjects:
-    """The subjects of one index, with a matcher for their aliases."""
+    """The subjects of one index, with one matcher for all their aliases (the longest alias wins)."""
 
-    def __init__(self, subjects: list[Subject], n_passages: int, body: list[frozenset[int]], heading: list[frozenset[int]]):
+    def __init__(self, subjects: list[Subject], body: list[frozenset[int]], heading: list[frozenset[int]]):
         self.subjects = subjects
-        self.n_passages = n_passages
-        self.body = body  # passage row -> subjects its text mentions
-        self.heading = heading  # passage row -> subjects its section heading mentions
+        self.body = body  # passage row -> subjects its text names
+        self.heading = heading  # passage row -> subjects its section heading (or one-subject title) names
         self._regex, self._owner = _compile(subjects)
-        self._tokens: dict[str, list[str]] = {}
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -152,27 +167,12 @@ class Subjects:
 
     def ids_in(self, text: str) -> list[int]:
         """Subjects named in `text`, each once, in order of first mention."""
-        out: list[int] = []
-        for m in self.find(text):
-            if m.subject not in out:
-                out.append(m.subject)
-        return out
-
-    def bm25_tokens(self, alias: str) -> list[str]:
-        """The index's BM25 tokens of an alias (cached)."""
-        toks = self._tokens.get(alias)
-        if toks is None:
-            from .index import tokenize
-
-            toks = self._tokens[alias] = list(tokenize([alias])[0])
-        return toks
+        return list(dict.fromkeys(m.subject for m in self.find(text)))
 
     def by_name(self, name: str) -> Subject | None:
+        """The subject one of whose aliases is `name` (any case, hyphenation or number)."""
         k = key(name)
-        for s in self.subjects:
-            if key(s.name) == k or any(key(a) == k for a in s.aliases):
-                return s
-        return None
+        return next((s for s in self.subjects if any(key(a) == k for a in s.aliases)), None)
 
     def rows(self, ids: list[int]) -> np.ndarray:
         if not ids:
@@ -184,31 +184,27 @@ class Subjects:
                 for s in self.subjects]
 
 
-def _alias_pattern(alias: str, case_sensitive: bool) -> str:
+def _alias_pattern(alias: str) -> str:
+    """'micro-needling' also matches 'micro needling', 'Micro-Needling', 'micro-needlings', "micro-needling's"."""
     words = [w for w in re.split(r"[\s\-–]+", alias) if w]
-    body = r"[\s\-–]*".join(re.escape(w) for w in words)
-    if not words[-1][-1:].isdigit():
-        body += r"(?:'s|’s|e?s)?"
+    last, plural = words[-1], r"(?:'s|’s|e?s)?"
+    if not last[-1:].isalpha() or alias.isupper():
+        tail = re.escape(last) + (plural if last[-1:].isalpha() else "")
+    else:
+        one = _norm(last) if last.lower().startswith(_norm(last)[:-1]) else last.lower()  # 'peels' -> 'peel'
+        tail = re.escape(one[:-1]) + r"(?:y|ies)(?:'s|’s)?" if one.endswith("y") else re.escape(one) + plural
+    body = r"[\s\-–]*".join([re.escape(w) for w in words[:-1]] + [tail])
     body = rf"(?<![\w\-]){body}(?![\w])"
-    return f"(?-i:{body})" if case_sensitive else body
+    # a short abbreviation that is also a word ('IT', 'US') only matches in capitals
+    return f"(?-i:{body})" if alias.isupper() and alias.lower() in STOPWORDS else body
 
 
 def _compile(subjects: list[Subject]):
-    alts = []
-    owner: dict[str, int] = {}
-    for s in subjects:
-        for a in s.aliases:
-            alts.append((len(a), a, s.id))
+    alts = sorted(((a, s.id) for s in subjects for a in s.aliases), key=lambda x: (-len(x[0]), x[0]))
     if not alts:
-        return None, owner
-    alts.sort(key=lambda x: (-x[0], x[1]))
-    pats = []
-    for n, (_, a, sid) in enumerate(alts):
-        g = f"a{n}"
-        owner[g] = sid
-        cs = is_abbreviation(a) and a.isupper() and len(a) <= 3 and a.lower() in STOPWORDS
-        pats.append(f"(?P<{g}>{_alias_pattern(a, cs)})")
-    return re.compile("|".join(pats), re.I), owner
+        return None, {}
+    owner = {f"a{n}": sid for n, (_, sid) in enumerate(alts)}
+    return re.compile("|".join(f"(?P<a{n}>{_alias_pattern(a)})" for n, (a, _) in enumerate(alts)), re.I), owner
 
 
 # --- discovery -------------------------------------------------------------------------------
@@ -218,13 +214,13 @@ class _Groups:
 
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
-        self.forms: dict[str, Counter] = defaultdict(Counter)  # key -> surface forms
+        self.forms: dict[str, Counter] = defaultdict(Counter)
         self.sources: dict[str, set[str]] = defaultdict(set)
 
     def add(self, phrase: str, source: str) -> str | None:
         phrase = _clean_phrase(phrase)
         k = key(phrase)
-        if not k or len(k) < 2:
+        if len(k) < 2:
             return None
         self.parent.setdefault(k, k)
         self.forms[k][phrase] += 1
@@ -251,8 +247,7 @@ class _Groups:
 
 
 def _clean_phrase(p: str) -> str:
-    p = re.sub(r"\s+", " ", p.replace("’", "'")).strip(" -–—'\"")
-    words = p.split(" ")
+    words = re.sub(r"\s+", " ", p.replace("’", "'")).strip(" -–—'\"").split(" ")
     while words and words[0].lower() in STOPWORDS:
         words = words[1:]
     while words and words[-1].lower() in STOPWORDS:
@@ -264,10 +259,15 @@ def _content(tok: str) -> bool:
     return tok.lower() not in STOPWORDS and any(c.isalpha() for c in tok) and len(tok) >= 2
 
 
-class _Stats:
-    """Counts of part n-grams over the corpus, to validate phrase boundaries."""
+def _segments(text: str) -> list[list[str]]:
+    """Runs of word tokens between punctuation; 'vs.' is kept as a token."""
+    return [toks for seg in _BOUNDARY.split(_VS.sub(" vs ", text)) if (toks := _TOKEN.findall(seg))]
 
-    def __init__(self, texts: list[str], max_n: int = 5) -> None:
+
+class _Stats:
+    """Counts of word n-grams over the corpus, to validate phrase boundaries."""
+
+    def __init__(self, texts: list[str], max_n: int = 4) -> None:
         self.counts: Counter = Counter()
         for text in texts:
             for seg in _segments(text):
@@ -280,30 +280,17 @@ class _Stats:
         return self.counts.get(" ".join(parts(phrase)), 0)
 
 
-def _segments(text: str) -> list[list[str]]:
-    """Runs of word tokens between punctuation; 'vs.' is kept as a token."""
-    text = _VS.sub(" vs ", text)
-    out = []
-    for seg in _BOUNDARY.split(text):
-        toks = _TOKEN.findall(seg)
-        if toks:
-            out.append(toks)
-    return out
-
-
 def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max_words: int = 4) -> str | None:
-    """The phrase next to a cue: the longest run of content words the corpus repeats."""
+    """The phrase next to a cue: the longest run of content words that the corpus repeats."""
     run: list[str] = []
-    seq = reversed(tokens) if leftwards else iter(tokens)
-    for t in seq:
+    for t in reversed(tokens) if leftwards else tokens:
         if not _content(t) or t.lower() in ("vs", "versus") or len(run) >= max_words:
             break
         run.append(t)
     if leftwards:
         run.reverse()
     for n in range(len(run), 0, -1):
-        cand = run[-n:] if leftwards else run[:n]
-        phrase = " ".join(cand)
+        phrase = " ".join(run[-n:] if leftwards else run[:n])
         if stats.count(phrase) >= min_count:
             return phrase
     return None
@@ -311,7 +298,7 @@ def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max
 
 def _tokens_before(text: str) -> list[str]:
     segs = _segments(text)
-    return segs[-1] if segs and not _BOUNDARY.search(text[-1:] if text else "") else []
+    return segs[-1] if segs and text and not _BOUNDARY.search(text[-1:]) else []
 
 
 def _tokens_after(text: str) -> list[str]:
@@ -322,12 +309,11 @@ def _tokens_after(text: str) -> list[str]:
 
 
 def _named_after(text: str, max_words: int = 5) -> list[str]:
-    """'the vampire facial) involves' -> ['vampire facial']; 'A or B, is' -> ['A', 'B']."""
-    text = _PAREN.sub(" ", text)
-    m = re.match(r"[^,.;:!?()\[\]\"“”]*", text)
-    chunk = m.group(0) if m else ""
+    """The names after 'also known as': 'the vampire facial) involves' -> ['vampire facial'];
+    'bio-revitalization or bio-rejuvenation, is' -> both."""
+    m = re.match(r"[^,.;:!?()\[\]\"“”]*", _PAREN.sub(" ", text))
     out = []
-    for alt in re.split(r"\s+or\s+|\s+and\s+|/", chunk):
+    for alt in re.split(r"\s+or\s+|\s+and\s+|/", m.group(0) if m else ""):
         toks = _TOKEN.findall(alt)
         while toks and not _content(toks[0]):
             toks = toks[1:]
@@ -338,55 +324,39 @@ def _named_after(text: str, max_words: int = 5) -> list[str]:
             run.append(t)
         if run:
             out.append(" ".join(run))
-        if len(out) >= 3:
-            break
-    return out
+    return out[:3]
 
 
-def _discover(index: Index) -> tuple[_Groups, set[str], _Stats]:
-    """Candidate aliases grouped by the naming patterns; returns groups, keys of compared sides, stats."""
-    docs = list(index.docs.values())
-    texts = []
-    for d in docs:
-        texts.append(d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}")
-    stats = _Stats(texts)
+def _corpus_texts(index: Index) -> list[str]:
+    return [d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}" for d in index.docs.values()]
+
+
+def _discover(texts: list[str], stats: _Stats) -> _Groups:
+    """Candidate names, grouped by the naming and comparing patterns of the articles."""
     g = _Groups()
-    compared: set[str] = set()
 
-    lines = [line for t in texts for line in t.split("\n") if line.strip()]
-    for line in lines:
-        norm = _VS.sub("vs", line)
-        # "X vs. Y" (chains: "X vs. Y vs. Z")
-        pieces = re.split(r"\bvs\b", norm)
-        if len(pieces) > 1:
-            for i in range(len(pieces) - 1):
-                left = _side(_tokens_before(pieces[i]), stats, True, 2)
-                right = _side(_tokens_after(pieces[i + 1].lstrip()), stats, False, 2)
-                if left and right:
-                    ka, kb = g.add(left, "compared"), g.add(right, "compared")
-                    if ka and kb and ka != kb:
-                        compared.update((ka, kb))
+    def pair(left: str | None, right: str | None) -> None:
+        if left and right and key(left) != key(right):
+            g.add(left, "compared")
+            g.add(right, "compared")
+
+    for line in (line for t in texts for line in t.split("\n") if line.strip()):
+        # "X vs. Y" (and chains: "X vs. Y vs. Z")
+        pieces = re.split(r"\bvs\b", _VS.sub("vs", line))
+        for a, b in zip(pieces, pieces[1:]):
+            pair(_side(_tokens_before(a), stats, True, 2), _side(_tokens_after(b.lstrip()), stats, False, 2))
         # "between X and Y", "comparing X and/with/to Y"
         for m in _BETWEEN.finditer(line):
-            rest = line[m.end() :]
-            mm = re.match(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})", rest)
-            if not mm:
-                continue
-            left = _side(_tokens_after(mm.group(1)) if len(_segments(mm.group(1))) == 1 else [], stats, False, 2)
-            if left is None or _clean_phrase(mm.group(1)) != left:
-                continue  # X must be the whole phrase between the cue and "and"
-            right = _side(_tokens_after(mm.group(2)), stats, False, 2)
-            if right:
-                ka, kb = g.add(left, "compared"), g.add(right, "compared")
-                if ka and kb and ka != kb:
-                    compared.update((ka, kb))
+            mm = re.match(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})", line[m.end() :])
+            if mm and len(_segments(mm.group(1))) == 1:
+                left = _side(_tokens_after(mm.group(1)), stats, False, 2)
+                if left is not None and _clean_phrase(mm.group(1)) == left:  # X is all of it
+                    pair(left, _side(_tokens_after(mm.group(2)), stats, False, 2))
         # "X, also known as Y", "X (also known as Y)", "X is also called Y"
         for m in _ALIAS_CUE.finditer(line):
-            if not (m.group("pre") or m.group("adv") or m.group(0).lower().startswith(("aka", "a.k.a"))):
-                continue
-            before = line[: m.start()] if not m.group("pre") else line[: m.start("pre")]
-            before = re.sub(r"\s*[(,]\s*$", "", before)
-            x = _side(_tokens_before(before.rstrip()), stats, True, 1)
+            if not (m.group("pre") or m.group("adv") or m.group("aka")):
+                continue  # "This is called ...", "known for": not a naming
+            x = _side(_tokens_before(line[: m.start()].rstrip()), stats, True, 1)
             ys = _named_after(line[m.end() :])
             if x and ys:
                 kx = g.add(x, "named")
@@ -395,55 +365,49 @@ def _discover(index: Index) -> tuple[_Groups, set[str], _Stats]:
         # abbreviations: "long form (ABBR)", "ABBR (long form)", "(long form – ABBR)"
         for m in _PAREN.finditer(line):
             inner = m.group(1).strip()
-            inner_parts = [p.strip() for p in re.split(r"\s[–—-]\s|[–—]|,|;", inner) if p.strip()]
-            if len(inner_parts) == 2:
-                a, b = inner_parts
-                for abbr, long in ((a, b), (b, a)):
+            halves = [p.strip() for p in re.split(r"\s[–—-]\s|[–—]|,|;", inner) if p.strip()]
+            if len(halves) == 2:
+                for abbr, long in (halves, halves[::-1]):
                     if is_abbreviation(abbr) and abbreviates(abbr, long):
                         g.union(g.add(abbr, "abbreviation"), g.add(long, "abbreviation"))
-            before_toks = _tokens_before(line[: m.start()].rstrip())
+            before = _tokens_before(line[: m.start()].rstrip())
             if is_abbreviation(inner):
-                for n in range(min(len(before_toks), len(inner) + 3), 0, -1):
-                    long = " ".join(before_toks[-n:])
-                    if abbreviates(inner, long):
-                        g.union(g.add(inner, "abbreviation"), g.add(long, "abbreviation"))
+                for n in range(min(len(before), len(inner) + 3), 0, -1):
+                    if abbreviates(inner, " ".join(before[-n:])):
+                        g.union(g.add(inner, "abbreviation"), g.add(" ".join(before[-n:]), "abbreviation"))
                         break
-            elif before_toks and is_abbreviation(before_toks[-1]) and abbreviates(before_toks[-1], inner):
-                g.union(g.add(before_toks[-1], "abbreviation"), g.add(inner, "abbreviation"))
-    return g, compared, stats
+            elif before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
+                g.union(g.add(before[-1], "abbreviation"), g.add(inner, "abbreviation"))
+    return g
 
 
-def _merge_heads(g: _Groups, index: Index, passage_texts: list[str]) -> None:
-    """'PRP injections' ~ 'PRP'; 'exosome therapy' -> also 'exosome' when 'therapy' heads several names."""
-    multi = [(k, f) for k in list(g.parent) for f in g.forms[k] if len(parts(f)) >= 2]
+def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
+    """'PRP injections' joins 'PRP'; 'exosome therapy' also answers to 'exosome' when 'therapy'
+    is the last word of several different subjects' names."""
+    multi = [(k, f) for k in list(g.parent) for f in list(g.forms[k]) if len(parts(f)) >= 2]
     heads: dict[str, set[str]] = defaultdict(set)
     for k, f in multi:
-        ps = parts(f)
-        heads[ps[-1]].add(" ".join(ps[:-1]))
-    generic = {h for h, rests in heads.items() if len(rests) >= 2}
+        heads[parts(f)[-1]].add(g.find(k))
+    generic = {h for h, roots in heads.items() if len(roots) >= 2}
     by_parts = {" ".join(parts(f)): k for k in g.parent for f in g.forms[k]}
-    n = max(1, len(passage_texts))
     lowered = [t.lower() for t in passage_texts]
     for k, f in multi:
-        words = re.split(r"\s+", f)
         ps = parts(f)
         rest = " ".join(ps[:-1])
-        if rest in by_parts:  # the phrase minus its last word is a known name
+        if rest in by_parts:  # the name without its last word is a known name
             g.union(by_parts[rest], k)
-            continue
-        if ps[-1] in generic and len(words) >= 2:
-            core = " ".join(words[:-1])
-            core_l = core.lower()
-            if core_l in STOPWORDS or len(core_l) < 3:
+        elif ps[-1] in generic:
+            core = " ".join(f.split(" ")[:-1]) if " " in f else ""
+            if len(core) < 3 or core.lower() in STOPWORDS:
                 continue
-            pat = re.compile(_alias_pattern(core_l, False), re.I)
+            pat = re.compile(_alias_pattern(core.lower()), re.I)
             df = sum(1 for t in lowered if pat.search(t))
-            if is_abbreviation(core) or df <= 0.5 * n:
-                g.union(k, g.add(core_l, "core"))
+            if is_abbreviation(core) or df <= 0.5 * max(1, len(lowered)):  # not a word every passage uses
+                g.union(k, g.add(core if is_abbreviation(core) else core.lower(), "core"))
 
 
-def _title_subject(title: str, text: str, stats: _Stats, others: list[str]) -> str | None:
-    """The most repeated noun phrase of a title in its own article ('Hydrafacial: What to Expect')."""
+def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
+    """The noun phrase of a title that its article keeps returning to ('Hydrafacial: What to Expect')."""
     best, best_score = None, 0.0
     low = text.lower()
     for seg in _segments(title):
@@ -455,12 +419,13 @@ def _title_subject(title: str, text: str, stats: _Stats, others: list[str]) -> s
             for i in range(len(run)):
                 for j in range(i + 1, min(len(run), i + 4) + 1):
                     phrase = " ".join(run[i:j])
-                    c = len(re.findall(_alias_pattern(phrase.lower(), False), low, re.I))
-                    if c < 3:
+                    c = len(re.findall(_alias_pattern(phrase.lower()), low, re.I))
+                    if c < (3 if j - i == 1 else 2):
                         continue
-                    total = stats.count(phrase) or c
-                    share = c / max(total, 1)  # how much of its use is in this article
-                    score = c * share * (1 + 0.25 * (j - i - 1))
+                    share = c / max(stats.count(phrase), c)  # how much of its use is in this article
+                    if share < 0.5:
+                        continue  # a word the other articles use as much: not what this one is about
+                    score = c * share * (j - i) ** 2  # the whole name over a word of it
                     if score > best_score:
                         best, best_score = phrase, score
             run = []
@@ -468,144 +433,144 @@ def _title_subject(title: str, text: str, stats: _Stats, others: list[str]) -> s
 
 
 def build(index: Index, glossary: dict | None = None) -> Subjects:
-    """Discover the subjects of an index (then apply a parsed glossary)."""
-    passages = index.passages
-    ptexts = [index.docs[p.doc_id].text[p.start : p.end] for p in passages]
-    g, compared, stats = _discover(index)
-    _merge_heads(g, index, ptexts)
+    """Discover the subjects of an index, then apply a parsed glossary."""
+    texts = _corpus_texts(index)
+    ptexts = [index.docs[p.doc_id].text[p.start : p.end] for p in index.passages]
+    stats = _Stats(texts)
+    g = _discover(texts, stats)
+    _merge_heads(g, ptexts)
 
-    groups = g.groups()
-    # title fallback: an article whose title names no subject found above
-    def _matches(title: str) -> bool:
-        tk = set()
-        for seg in _segments(title):
-            ps = [p for t in seg for p in parts(t)]
-            for i in range(len(ps)):
-                for j in range(i + 1, min(len(ps), i + 5) + 1):
-                    tk.add("".join(ps[i:j]))
-        return any(k in tk for k in g.parent if (g.sources[k] & {"compared", "named"}) or g.find(k) in named_roots)
+    def candidates() -> list[tuple[set, Counter]]:
+        out = []
+        for keys in g.groups().values():
+            srcs = set().union(*(g.sources[k] for k in keys))
+            if srcs & {"compared", "named", "title"}:  # an abbreviation alone (FDA, JAMA) is no subject
+                forms: Counter = Counter()
+                for k in keys:
+                    forms.update(g.forms[k])
+                out.append((srcs, forms))
+        return out
 
-    named_roots = {g.find(k) for k in g.parent if g.sources[k] & {"compared", "named"}}
+    # an article whose title names none of them: its title's most repeated noun phrase
+    probe = _subjects_of(index, ptexts, candidates(), min_passages=0)
+    by_title: dict[str, list[str]] = defaultdict(list)  # articles split in parts share a title
     for d in index.docs.values():
-        if not _matches(d.title):
-            phrase = _title_subject(d.title, d.text, stats, [])
-            if phrase:
-                k = g.add(phrase.lower(), "title")
-                # attach to an abbreviation group that already holds it
-                named_roots.add(g.find(k))
-    groups = g.groups()
-
-    # candidate subjects: groups with a naming or comparing source
-    cands = []
-    for root, keys in groups.items():
-        srcs = set().union(*(g.sources[k] for k in keys))
-        if not srcs & {"compared", "named", "title"}:
-            continue  # abbreviations alone (FDA, JAMA) are aliases, not subjects
-        forms: Counter = Counter()
-        for k in keys:
-            forms.update(g.forms[k])
-        cands.append((srcs, forms))
-
-    cands = _apply_glossary(cands, glossary) if glossary else cands
-    return _finish(index, ptexts, cands)
+        if not probe.find(d.title):
+            by_title[d.title].append(d.text)
+    for title, bodies in by_title.items():
+        phrase = _title_subject(title, "\n".join(bodies), stats)
+        if phrase:
+            g.add(phrase.lower(), "title")
+    cands = candidates()
+    if glossary:
+        cands = _apply_glossary(cands, glossary)
+    return _subjects_of(index, ptexts, cands)
 
 
-def _finish(index: Index, ptexts: list[str], cands: list[tuple[set, Counter]], min_passages: int = 2) -> Subjects:
-    passages = index.passages
-    heads = [p.heading or "" for p in passages]
-    subjects: list[Subject] = []
+def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter]], min_passages: int = 1) -> Subjects:
+    """Subjects from candidate alias groups: where the passages name them, and a label for each."""
+    subjects = []
+    labels: dict[int, str] = {}
     for srcs, forms in cands:
         aliases = _aliases(forms)
-        if not aliases:
-            continue
-        tmp = Subject(id=len(subjects), name=aliases[0], aliases=aliases, rows=np.zeros(0, np.int64), sources=set(srcs))
-        subjects.append(tmp)
-    # mentions per passage, one matcher for all (longest alias wins)
-    probe = Subjects(subjects, len(passages), [], [])
-    body_sets: list[set[int]] = []
-    head_sets: list[set[int]] = []
-    counts: Counter = Counter()
+        if aliases:
+            label = next((x[len("name:"):] for x in srcs if x.startswith("name:")), None)
+            if label:
+                labels[len(subjects)] = label
+            subjects.append(Subject(len(subjects), label or aliases[0], aliases, np.zeros(0, np.int64),
+                                    {x for x in srcs if not x.startswith("name:")}))
+    probe = Subjects(subjects, [], [])
+    body = [{m.subject for m in probe.find(t)} for t in ptexts]
+    # what a passage is about besides what it names: its section heading, and the title of its
+    # article when that names a single subject (an article about one thing)
+    about_doc = {}
+    for d in index.docs.values():
+        named = {m.subject for m in probe.find(d.title)}
+        about_doc[d.doc_id] = named if len(named) == 1 else set()
+    heads = [{m.subject for m in probe.find(p.heading or "")} | about_doc.get(p.doc_id, set()) for p in index.passages]
     surface: dict[int, Counter] = defaultdict(Counter)
-    for t, h in zip(ptexts, heads):
-        ms = probe.find(t)
-        body_sets.append({m.subject for m in ms})
-        for m in ms:
-            counts[m.subject] += 1
+    for t in ptexts:
+        for m in probe.find(t):
             surface[m.subject][m.text] += 1
-        head_sets.append({m.subject for m in probe.find(h)})
+    rows_of: dict[int, list[int]] = defaultdict(list)
+    for r in range(len(ptexts)):
+        for s in body[r] | heads[r]:
+            rows_of[s].append(r)
     keep = []
     for s in subjects:
-        rows = [i for i in range(len(passages)) if s.id in body_sets[i] or s.id in head_sets[i]]
-        if len(rows) < min_passages and "glossary" not in s.sources:
+        s.rows = np.asarray(rows_of[s.id], dtype=np.int64)
+        s.mentions = sum(surface[s.id].values())
+        if len(s.rows) < min_passages and "glossary" not in s.sources:
             continue
-        s.rows = np.asarray(rows, dtype=np.int64)
-        s.mentions = counts[s.id]
-        if "glossary-name" not in s.sources:
-            s.name = _display_name(s, surface[s.id])
+        s.name = labels.get(s.id) or _display_name(s, surface[s.id])  # a glossary name is the label
         keep.append(s)
-    # re-number, most discussed first
-    keep.sort(key=lambda s: (-len(s.rows), s.name.lower()))
+    keep.sort(key=lambda s: (-len(s.rows), s.name.lower()))  # most discussed first
     remap = {s.id: i for i, s in enumerate(keep)}
     for s in keep:
         s.id = remap[s.id]
-    body = [frozenset(remap[x] for x in b if x in remap) for b in body_sets]
-    head = [frozenset(remap[x] for x in h if x in remap) for h in head_sets]
-    return Subjects(keep, len(passages), body, head)
+    return Subjects(
+        keep,
+        [frozenset(remap[x] for x in b if x in remap) for b in body],
+        [frozenset(remap[x] for x in h if x in remap) for h in heads],
+    )
 
 
 def _aliases(forms: Counter) -> list[str]:
-    """Distinct surface forms: abbreviations keep their case, the rest are lower-cased."""
+    """Distinct surface forms, most used first: abbreviations keep their case, the rest are lower-cased."""
     seen: dict[str, str] = {}
-    for f, _ in forms.most_common():
+    weight: Counter = Counter()
+    for f, c in forms.items():
         f = f.strip()
         if not f:
             continue
         shown = f if is_abbreviation(f) and f.upper() == f else f.lower()
-        k = shown.lower().replace("-", " ").replace("–", " ")
-        k = re.sub(r"\s+", " ", k)
-        if k not in seen:
-            seen[k] = shown
-    return sorted(seen.values(), key=lambda a: (-forms.get(a, 0), len(a)))
+        k = re.sub(r"[\s\-–]+", " ", shown.lower())
+        seen.setdefault(k, shown)
+        weight[seen[k]] += c
+    return sorted(seen.values(), key=lambda a: (-weight[a], len(a)))
 
 
 def _display_name(s: Subject, surface: Counter) -> str:
-    """The alias the articles use most on its own; lower-case unless only ever written in capitals."""
+    """The alias the articles use most on its own (the longest alias wins a match), in lower case
+    when the articles write it so, else as they write it ('PRP', 'HydraFacial')."""
     if not surface:
         return s.name
     by_alias: Counter = Counter()
     variants: dict[str, Counter] = defaultdict(Counter)
     for text, c in surface.items():
-        # map the matched text back to the alias it came from
         base = re.sub(r"(?:'s|’s)$", "", text)
-        k = key(base)
-        alias = next((a for a in s.aliases if key(a) == k), base)
+        alias = next((a for a in s.aliases if key(a) == key(base)), base)
         by_alias[alias] += c
         variants[alias][base] += c
-    # prefer names the articles compare or name over derived cores
     best = max(by_alias, key=lambda a: (by_alias[a], -len(a)))
     forms = variants[best]
     lower = [v for v in forms if v == v.lower()]
-    if lower:
+    if lower:  # written in lower case in running text: capitals were only sentence starts
         return max(lower, key=lambda v: forms[v])
-    if all(v.upper() == v for v in forms):
-        return max(forms, key=lambda v: forms[v])
-    return best.lower() if not is_abbreviation(best) else best
+    return max(forms, key=lambda v: (forms[v], v))  # 'PRP', 'HydraFacial'
+
 
 
 # --- glossary --------------------------------------------------------------------------------
 
 def load_glossary(path: Path) -> dict | None:
-    """Parse corpus/glossary.toml; a missing file is None, a malformed one logs a warning and is None.
+    """Parse `glossary.toml`. A missing file is None; a malformed one logs a warning and is None.
 
-    Format:
-
+        # corpus/glossary.toml
         [[subject]]
         name = "PRP"                                   # the label answers get (optional)
         aliases = ["platelet-rich plasma", "vampire facial"]
 
+        [[subject]]
+        name = "HydraFacial"                           # one discovery missed
+        aliases = ["hydradermabrasion"]
+
         [ignore]
         aliases = ["plasma"]                           # never an alias of anything
-        subjects = ["facial rejuvenation"]             # drop a discovered subject holding this name
+        subjects = ["facial rejuvenation"]             # drop the discovered subject holding this name
+
+    An entry whose name or alias matches a discovered subject changes that subject (its aliases
+    are added; an alias listed here moves here from any other subject); otherwise it adds one.
     """
     path = Path(path)
     if not path.is_file():
@@ -624,8 +589,7 @@ def load_glossary(path: Path) -> dict | None:
         if not isinstance(entry, dict):
             log.warning("glossary %s: subject #%d ignored (not a table)", path, i)
             continue
-        name = entry.get("name")
-        aliases = entry.get("aliases", [])
+        name, aliases = entry.get("name"), entry.get("aliases", [])
         if name is not None and not (isinstance(name, str) and name.strip()):
             log.warning("glossary %s: subject #%d ignored ('name' must be a non-empty string)", path, i)
             continue
@@ -633,22 +597,22 @@ def load_glossary(path: Path) -> dict | None:
             log.warning("glossary %s: subject #%d ignored ('aliases' must be a list of strings)", path, i)
             continue
         if not name and not aliases:
-            log.warning("glossary %s: subject #%d ignored (neither name nor aliases)", path, i)
+            log.warning("glossary %s: subject #%d ignored (neither a name nor aliases)", path, i)
             continue
         out["subject"].append({"name": name.strip() if name else None, "aliases": [a.strip() for a in aliases]})
-    ign = data.get("ignore", {})
-    if not isinstance(ign, dict):
+    ignore = data.get("ignore", {})
+    if not isinstance(ignore, dict):
         log.warning("glossary %s: 'ignore' must be a table ([ignore]); ignored", path)
-        ign = {}
+        ignore = {}
     for k in ("aliases", "subjects"):
-        v = ign.get(k, [])
+        v = ignore.get(k, [])
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
             out["ignore"][k] = [x.strip() for x in v if x.strip()]
         else:
             log.warning("glossary %s: ignore.%s must be a list of strings; ignored", path, k)
-    unknown = set(data) - {"subject", "ignore"}
+    unknown = sorted(set(data) - {"subject", "ignore"})
     if unknown:
-        log.warning("glossary %s: unknown keys %s ignored", path, ", ".join(sorted(unknown)))
+        log.warning("glossary %s: unknown keys ignored: %s", path, ", ".join(unknown))
     return out
 
 
@@ -657,10 +621,7 @@ def _apply_glossary(cands: list[tuple[set, Counter]], glossary: dict) -> list[tu
 
     def holder(term: str) -> int | None:
         k = key(term)
-        for i, (_, forms) in enumerate(cands):
-            if any(key(f) == k for f in forms):
-                return i
-        return None
+        return next((i for i, (_, forms) in enumerate(cands) if any(key(f) == k for f in forms)), None)
 
     def remove(term: str) -> None:
         k = key(term)
@@ -684,24 +645,14 @@ def _apply_glossary(cands: list[tuple[set, Counter]], glossary: dict) -> list[tu
         for term in ([name] if name else []) + aliases:
             h = holder(term)
             if h is not None and h != target:
-                remove(term)  # a fix: the glossary moves the alias here
-            forms[term] += 1000  # glossary names rank first among aliases
+                remove(term)  # a fix: the alias moves here
+            forms[term] += 1
         srcs.add("glossary")
         if name:
-            srcs.add("glossary-name")
-            forms[name] += 1000
-    out = []
-    for srcs, forms in cands:
-        forms = Counter({f: c for f, c in forms.items() if c > 0})
-        if forms:
-            out.append((srcs, forms))
-    # a glossary name is the label
-    for entry in glossary["subject"]:
-        if entry["name"]:
-            for srcs, forms in out:
-                if entry["name"] in forms:
-                    forms[entry["name"]] += 10**6
-    return out
+            for x in [x for x in srcs if x.startswith("name:")]:
+                srcs.discard(x)
+            srcs.add(f"name:{name}")  # the label answers get
+    return [(srcs, Counter({f: c for f, c in forms.items() if c > 0})) for srcs, forms in cands if forms]
 
 
 # --- per-index cache -------------------------------------------------------------------------
@@ -721,7 +672,8 @@ def _signature(path: Path | None) -> tuple:
 
 
 def for_index(index: Index, corpus_dir: Path | None = None) -> Subjects:
-    """The subjects of a loaded index, built on first use and cached (keyed by index and glossary)."""
+    """The subjects of a loaded index, built on first use and cached per index and glossary version
+    (an edited glossary applies at the next question; new articles at the next reindex)."""
     gpath = Path(corpus_dir) / GLOSSARY_NAME if corpus_dir is not None else None
     sig = _signature(gpath)
     hit = _cache.get(id(index))
@@ -731,10 +683,13 @@ def for_index(index: Index, corpus_dir: Path | None = None) -> Subjects:
         hit = _cache.get(id(index))
         if hit is not None and hit[0]() is index and hit[1] == sig:
             return hit[2]
-        glossary = load_glossary(gpath) if gpath is not None else None
-        subjects = build(index, glossary)
+        try:
+            subjects = build(index, load_glossary(gpath) if gpath is not None else None)
+        except Exception:  # discovery must never take answering down: answer without subjects
+            log.exception("could not discover the subjects of the index; answering without them")
+            subjects = Subjects([], [frozenset()] * len(index.passages), [frozenset()] * len(index.passages))
         for k in [k for k, v in _cache.items() if v[0]() is None]:
             del _cache[k]
         _cache[id(index)] = (weakref.ref(index), sig, subjects)
-        log.info("subjects: %s", ", ".join(f"{s.name} ({len(s.rows)})" for s in subjects))
+        log.info("subjects: %s", "; ".join(f"{s.name} ({len(s.rows)} passages)" for s in subjects))
         return subjects

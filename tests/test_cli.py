@@ -169,9 +169,6 @@ def test_ask_history_is_used(small_assistant):
     assert r.exit_code == 0 and json.loads(r.stdout)["resolved_question"] == "How long does it take?"
 
 
-@pytest.mark.xfail(strict=True, reason="subjects.py does not recognise 'glowberry peel' (title 'Glowberry Peel Guide') "
-                   "as a subject, and conversation._in_play takes the last turn *with subjects*, skipping the newer "
-                   "turn: 'it' is read as the frostleaf mask asked about two questions earlier")
 def test_ask_history_pronoun_refers_to_the_latest_question(small_assistant):
     r = run("ask", "How long does it take?", "--history", "What is the frostleaf mask?",
             "--history", "What is the glowberry peel?", "--json", *dirs(small_assistant))

@@ -188,8 +188,6 @@ def test_top_k_bounds_the_number_of_answers(seed_assistant):
         assert len({(x.source.doc_id, x.source.start) for x in res.answers}) == k  # distinct passages
 
 
-@pytest.mark.xfail(strict=True, reason="conversation.compare returns up to top_k//2 comparison passages plus "
-                   "ceil(2*top_k/(n+1)) per subject, more than top_k; the API documents top_k as 'at most'")
 @pytest.mark.parametrize("top_k", [1, 3])
 def test_comparison_questions_return_at_most_top_k_answers(seed_assistant, top_k):
     res = seed_assistant.ask("Has the FDA approved PRP or mesotherapy?", top_k=top_k)

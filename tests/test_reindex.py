@@ -1,0 +1,738 @@
+"""Incremental reindex with the real model, FAISS and BM25: add, change, remove, the lock,
+crashes, PDFs, hot swap in a server with two workers, and `assistant add` (file and URL).
+
+The shared pieces (a small base corpus built once, an invented article the base cannot
+answer, a PDF writer, polling helpers) are imported by test_admin.py and test_watch.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.server
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest_server import REAL_CORPUS, free_socket
+
+REPO = Path(__file__).resolve().parent.parent
+ASSISTANT_BIN = str(Path(sys.executable).parent / "assistant")
+
+# --- an invented article the base corpus cannot answer ---------------------------------------
+
+NEW_ID = "velmoria-cryo-peel"
+NEW_V1 = """Velmoria Cryo-Peel Guide
+The Velmoria cryo-peel is a cold enzyme peel made with zandrelite crystals.
+A Velmoria cryo-peel session lasts exactly 17 minutes.
+Clients repeat the Velmoria cryo-peel every five weeks.
+"""
+NEW_V2 = """Velmoria Cryo-Peel Guide
+The Velmoria cryo-peel is a cold enzyme peel made with quillofern resin.
+A Velmoria cryo-peel session lasts exactly 41 minutes.
+Clients repeat the Velmoria cryo-peel every nine weeks.
+"""
+QUESTION = "How long does a Velmoria cryo-peel session last?"
+OLD_FACT, NEW_FACT = "17 minutes", "41 minutes"
+OLD_WORD, NEW_WORD = "zandrelite", "quillofern"
+
+BASE_ARTICLES = {
+    "lumen-sauna.txt": """Lumen Infrared Sauna Basics
+The Lumen infrared sauna warms the body with far-infrared panels instead of hot air.
+A Lumen sauna session usually lasts thirty minutes at about fifty degrees Celsius.
+Drink water before and after a Lumen session to stay hydrated.
+""",
+    "guides/tidewater-float.md": """# Tidewater Float Therapy
+
+Tidewater float therapy means lying in a shallow pool of warm salt water in a dark, quiet room.
+
+A float lasts about an hour. Many people say it eases sore muscles and helps them sleep.
+""",
+}
+
+
+def write_base_corpus(corpus: Path) -> None:
+    corpus.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REAL_CORPUS / "microneedling-with-prp.txt", corpus / "microneedling-with-prp.txt")
+    for name, text in BASE_ARTICLES.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_text(text, encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from assistant.embedder import get_embedder
+
+    return get_embedder()
+
+
+@pytest.fixture(scope="session")
+def base_build(tmp_path_factory, embedder) -> Path:
+    """The base corpus and its index, built once; tests work on copies (`workspace`)."""
+    from assistant import Settings
+    from assistant.reindex import reindex
+
+    root = tmp_path_factory.mktemp("base")
+    write_base_corpus(root / "corpus")
+    report = reindex(Settings(corpus_dir=root / "corpus", index_dir=root / "index"), embedder)
+    assert report.articles == 3, report
+    return root
+
+
+@pytest.fixture
+def workspace(base_build, tmp_path):
+    """Settings over a private copy of the base corpus and its index."""
+    from assistant import Settings
+
+    shutil.copytree(base_build / "corpus", tmp_path / "corpus")
+    shutil.copytree(base_build / "index", tmp_path / "index")
+    return Settings(corpus_dir=tmp_path / "corpus", index_dir=tmp_path / "index")
+
+
+def open_assistant(settings, embedder):
+    from assistant import Assistant
+
+    return Assistant.open(settings=settings, embedder=embedder, require_index=False)
+
+
+# --- looking at answers ----------------------------------------------------------------------
+
+def _answers(resp) -> list[dict]:
+    if not isinstance(resp, dict):
+        resp = resp.model_dump()
+    return resp.get("answers") or []
+
+
+def cited(resp, doc_id: str) -> bool:
+    """Whether any answer quotes `doc_id` (as source or as `also_in`)."""
+    return any(
+        a["source"]["doc_id"] == doc_id or any(x["doc_id"] == doc_id for x in a.get("also_in") or [])
+        for a in _answers(resp)
+    )
+
+
+def top_cites(resp, doc_id: str, fact: str) -> bool:
+    a = _answers(resp)
+    return bool(a) and a[0]["source"]["doc_id"] == doc_id and fact in a[0]["text"]
+
+
+def quoted(resp, text: str) -> bool:
+    return any(text in a["text"] for a in _answers(resp))
+
+
+def wait_until(fn: Callable[[], object], timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    """Poll `fn` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def ask_until(ast, ok: Callable[[object], bool], question: str = QUESTION, timeout: float = 15.0):
+    """Ask until the answer satisfies `ok` (a server swaps to a new index within a second or two)."""
+    def attempt():
+        r = ast.ask(question)
+        return r if ok(r) else None
+
+    return wait_until(attempt, timeout=timeout, interval=0.2, what=f"an answer to {question!r} that passes")
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (hidden ones too), for "nothing was written" checks."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def http_ask(base: str, question: str = QUESTION) -> dict:
+    r = httpx.post(base + "/ask", json={"question": question}, timeout=60.0)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# --- a PDF with a text layer, written by hand -------------------------------------------------
+
+def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
+    """A minimal valid PDF: each page some lines of Helvetica text (pypdf cannot typeset text)."""
+    objs: list[bytes | None] = []
+
+    def add(body: bytes | None) -> int:
+        objs.append(body)
+        return len(objs)
+
+    catalog, pages_id = add(None), add(None)
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    kids = []
+    for lines in pages:
+        ops = [b"BT /F1 11 Tf 72 720 Td 14 TL"]
+        for line in lines:
+            esc = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+            ops.append(b"(" + esc + b") Tj T*")
+        ops.append(b"ET")
+        stream = b"\n".join(ops)
+        content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+        kids.append(add(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] "
+                        b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>" % (pages_id, font, content)))
+    objs[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id
+    objs[pages_id - 1] = b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % len(kids)
+    info = add(b"<< /Title (" + title.encode("latin-1") + b") >>") if title else None
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
+    for off in offsets:
+        out += b"%010d 00000 n \n" % off
+    out += b"trailer\n<< /Size %d /Root %d 0 R" % (len(objs) + 1, catalog)
+    if info:
+        out += b" /Info %d 0 R" % info
+    out += b" >>\nstartxref\n%d\n%%%%EOF\n" % xref
+    return bytes(out)
+
+
+PDF_ID = "orravine-scalp-mist"
+PDF_PAGES = [
+    ["Orravine Scalp Mist", "The Orravine scalp mist is sprayed on the scalp after washing and is",
+     "left on overnight. It is made with fermented kelboria root.", "Safety", "- do not use on broken skin",
+     "- keep it away from the eyes", "1"],
+    ["Orravine Scalp Mist", "An Orravine bottle holds 120 millilitres and lasts about six weeks of daily",
+     "use. Most people notice softer hair after the third week of treat-", "ment.", "2"],
+]
+PDF_QUESTION = "What is the Orravine scalp mist made with?"
+
+
+# --- incremental reindex ---------------------------------------------------------------------
+
+def _vocab_has(index, word: str) -> bool:
+    from assistant.index import tokenize
+
+    return tokenize([word])[0][0] in index.vocab
+
+
+def _check_stores(index) -> None:
+    """FAISS holds exactly the passages and sentences of the index, under their ids."""
+    from assistant import index as ix
+
+    assert len(index.passage_store) == len(index.passages)
+    assert len(index.sentence_store) == len(index.sent_passage)
+    want = sorted(ix.int_id(p.id) for p in index.passages)
+    got = sorted(int(index.passage_store.index.id_map.at(i)) for i in range(len(index.passage_store)))
+    assert got == want
+
+
+def test_add_change_remove_cites_only_the_current_text(workspace, embedder):
+    from assistant import index as ix
+
+    ast = open_assistant(workspace, embedder)
+    assert not cited(ast.ask(QUESTION), NEW_ID)
+    path = workspace.corpus_dir / f"{NEW_ID}.txt"
+
+    path.write_text(NEW_V1, encoding="utf-8")
+    r = ast.reindex()
+    assert r.added == [NEW_ID] and r.unchanged == 3 and not r.changed and not r.removed, r
+    assert r.embedded_passages == 1, r  # only the new article was embedded
+    resp = ast.ask(QUESTION)
+    assert top_cites(resp, NEW_ID, OLD_FACT), resp
+
+    path.write_text(NEW_V2, encoding="utf-8")
+    r = ast.reindex()
+    assert r.changed == [NEW_ID] and r.unchanged == 3, r
+    resp = ast.ask(QUESTION)
+    assert top_cites(resp, NEW_ID, NEW_FACT) and not quoted(resp, OLD_FACT), resp
+    index = ix.load(workspace.index_dir)
+    assert not any(OLD_WORD in p.text for p in index.passages)
+    assert not _vocab_has(index, OLD_WORD) and _vocab_has(index, NEW_WORD)  # BM25 forgot the old text
+    _check_stores(index)
+    resp = ast.ask(f"Which peel is made with {OLD_WORD} crystals?")
+    assert not quoted(resp, OLD_WORD), resp
+
+    path.unlink()
+    r = ast.reindex()
+    assert r.removed == [NEW_ID] and r.articles == 3, r
+    for q in (QUESTION, "What is the Velmoria cryo-peel made with?", f"Tell me about {NEW_WORD} resin"):
+        assert not cited(ast.ask(q), NEW_ID)
+    index = ix.load(workspace.index_dir)
+    assert not any(p.doc_id == NEW_ID for p in index.passages) and NEW_ID not in index.docs
+    assert not _vocab_has(index, NEW_WORD)
+    _check_stores(index)
+
+
+def test_incremental_index_equals_a_fresh_build(workspace, embedder, tmp_path):
+    """After adds, changes and removals, the index is what a build from scratch would make."""
+    from assistant import Settings
+    from assistant import index as ix
+    from assistant.reindex import reindex
+
+    c = workspace.corpus_dir
+    (c / f"{NEW_ID}.txt").write_text(NEW_V1, encoding="utf-8")
+    reindex(workspace, embedder)
+    (c / f"{NEW_ID}.txt").write_text(NEW_V2, encoding="utf-8")
+    (c / "lumen-sauna.txt").unlink()
+    (c / "guides" / "tidewater-float.md").write_text(BASE_ARTICLES["guides/tidewater-float.md"] + "\nFloats cost forty euros.\n")
+    reindex(workspace, embedder)
+    inc = ix.load(workspace.index_dir)
+
+    fresh_settings = Settings(corpus_dir=c, index_dir=tmp_path / "fresh-index")
+    reindex(fresh_settings, embedder)
+    fresh = ix.load(fresh_settings.index_dir)
+
+    assert [p.id for p in inc.passages] == [p.id for p in fresh.passages]
+    assert inc.docs.keys() == fresh.docs.keys()
+    assert inc.vocab == fresh.vocab
+    assert np.array_equal(inc.sent_passage, fresh.sent_passage)
+    np.testing.assert_allclose(inc.passage_vectors, fresh.passage_vectors, atol=1e-4)
+    np.testing.assert_allclose(inc.sent_vectors, fresh.sent_vectors, atol=1e-4)
+    for query in (["velmoria", "peel"], ["float", "euro"], ["prp"]):
+        toks = [t for q in query for t in ix.tokenize([q])[0]]
+        np.testing.assert_allclose(ix.bm25_scores(inc.bm25_passages, toks, len(inc.passages)),
+                                   ix.bm25_scores(fresh.bm25_passages, toks, len(fresh.passages)), rtol=1e-5)
+        np.testing.assert_allclose(ix.bm25_scores(inc.bm25_sentences, toks, len(inc.sent_passage)),
+                                   ix.bm25_scores(fresh.bm25_sentences, toks, len(fresh.sent_passage)), rtol=1e-5)
+    _check_stores(inc)
+
+
+def test_unchanged_articles_are_neither_reread_nor_rehashed(workspace, embedder, monkeypatch):
+    from assistant import index as ix
+    from assistant import reindex as rx
+
+    c = workspace.corpus_dir
+    past = time.time() - 3600
+    for p in c.rglob("*"):
+        os.utime(p, (past, past))
+    rx.reindex(workspace, embedder)  # copied files: hashed once, then their stats are trusted
+    gen = ix.current_generation(workspace.index_dir)
+
+    reads, hashes = [], []
+    real_read, real_hash = rx.read_document, rx.file_sha256
+    monkeypatch.setattr(rx, "read_document", lambda p, *a, **k: reads.append(p.name) or real_read(p, *a, **k))
+    monkeypatch.setattr(rx, "file_sha256", lambda p: hashes.append(p.name) or real_hash(p))
+    t: dict = {}
+    r = rx.reindex(workspace, embedder, timings=t)
+    assert not r.touched and reads == [] and hashes == [], (r, reads, hashes)
+    assert ix.current_generation(workspace.index_dir) == gen  # nothing changed: no new generation
+
+    (c / f"{NEW_ID}.txt").write_text(NEW_V1, encoding="utf-8")
+    r = rx.reindex(workspace, embedder, timings=t)
+    assert r.added == [NEW_ID] and reads == [f"{NEW_ID}.txt"] and hashes == [f"{NEW_ID}.txt"], (reads, hashes)
+    assert ix.load_tokens(ix.current_generation(workspace.index_dir)) is not None  # tokens cached for next time
+
+    # same size, same mtime, different bytes: the ctime still gives the change away
+    p = c / "lumen-sauna.txt"
+    st = p.stat()
+    p.write_text(BASE_ARTICLES["lumen-sauna.txt"].replace("thirty", "ninety"), encoding="utf-8")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.stat().st_size == st.st_size
+    r = rx.reindex(workspace, embedder)
+    assert r.changed == ["lumen-sauna"], r
+
+
+def test_unreadable_files_are_skipped_without_rebuilding_each_time(workspace, embedder):
+    from assistant import index as ix
+    from assistant.reindex import reindex
+
+    (workspace.corpus_dir / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (workspace.corpus_dir / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me notes.".encode("latin-1"))
+    r = reindex(workspace, embedder)
+    assert sorted(r.skipped) == ["broken.pdf", "latin1.txt"] and r.articles == 3, r
+    gen = ix.current_generation(workspace.index_dir)
+    r = reindex(workspace, embedder)
+    assert sorted(r.skipped) == ["broken.pdf", "latin1.txt"] and not r.touched
+    assert ix.current_generation(workspace.index_dir) == gen
+
+
+def test_pdf_articles_are_read_and_answered(workspace, embedder):
+    from assistant.documents import read_document
+
+    pdf = workspace.corpus_dir / f"{PDF_ID}.pdf"
+    pdf.write_bytes(make_pdf(PDF_PAGES, title="Orravine Scalp Mist"))
+    doc = read_document(pdf, workspace.corpus_dir)
+    assert doc.title == "Orravine Scalp Mist"
+    assert "It is made with fermented kelboria root." in doc.text
+    assert "after the third week of treatment." in doc.text  # hyphenation undone across lines
+    assert "- keep it away from the eyes" in doc.text.splitlines()  # list items stay lines
+    assert not any(line.strip() in ("1", "2") for line in doc.text.splitlines())  # page numbers out
+    assert doc.text.count("Orravine Scalp Mist") == 1  # the running header once
+
+    ast = open_assistant(workspace, embedder)
+    r = ast.reindex()
+    assert r.added == [PDF_ID], r
+    resp = ast.ask(PDF_QUESTION)
+    assert top_cites(resp, PDF_ID, "kelboria"), resp
+    assert _answers(resp)[0]["source"]["path"] == f"{PDF_ID}.pdf"
+
+
+# --- the lock, crashes -----------------------------------------------------------------------
+
+def test_a_second_reindex_waits_for_the_lock_or_fails_clearly(workspace, embedder):
+    from assistant.errors import ReindexBusyError
+    from assistant.reindex import reindex, reindex_lock
+
+    (workspace.corpus_dir / f"{NEW_ID}.txt").write_text(NEW_V1, encoding="utf-8")
+    done = {}
+    with reindex_lock(workspace.index_dir):
+        t0 = time.monotonic()
+        with pytest.raises(ReindexBusyError, match="Another reindex .* is running .*pid"):
+            reindex(workspace, embedder, lock_timeout=0.3)
+        assert time.monotonic() - t0 < 5
+        waiter = threading.Thread(target=lambda: done.setdefault("report", reindex(workspace, embedder, lock_timeout=60)))
+        waiter.start()
+        time.sleep(0.5)
+        assert "report" not in done  # still waiting for us
+    waiter.join(60)
+    assert done["report"].added == [NEW_ID]
+
+
+def test_a_crash_while_writing_leaves_the_old_index_serving(workspace, embedder, monkeypatch):
+    from assistant import index as ix
+    from assistant.reindex import reindex
+
+    ast = open_assistant(workspace, embedder)
+    before = ix.current_generation(workspace.index_dir)
+    (workspace.corpus_dir / f"{NEW_ID}.txt").write_text(NEW_V1, encoding="utf-8")
+    real_save = ix.FaissStore.save
+    calls = []
+
+    def crash_on_second(self, path):
+        calls.append(path)
+        if len(calls) == 2:  # passages.faiss written, then the process "dies"
+            raise OSError(28, "No space left on device")
+        return real_save(self, path)
+
+    monkeypatch.setattr(ix.FaissStore, "save", crash_on_second)
+    with pytest.raises(OSError, match="No space"):
+        reindex(workspace, embedder)
+    monkeypatch.setattr(ix.FaissStore, "save", real_save)
+
+    assert ix.current_generation(workspace.index_dir) == before
+    assert list(workspace.index_dir.glob(".tmp-gen-*"))  # the half-written build is there...
+    resp = ast.ask("How long does a Lumen sauna session last?")
+    assert top_cites(resp, "lumen-sauna", "thirty minutes"), resp  # ...and the old index still answers
+    assert not cited(ast.ask(QUESTION), NEW_ID)
+
+    r = reindex(workspace, embedder)  # the next one recovers
+    assert r.added == [NEW_ID], r
+    assert not list(workspace.index_dir.glob(".tmp-gen-*"))
+    wait_until(lambda: top_cites(ast.ask(QUESTION), NEW_ID, OLD_FACT), timeout=15, what="the new index")
+
+
+@pytest.mark.slow
+def test_a_reindex_killed_mid_embedding_leaves_the_old_index_and_the_next_one_completes(workspace, embedder):
+    from assistant import index as ix
+    from assistant.reindex import reindex, reindex_lock
+    from tests.bench_reindex import synthetic_articles, write_articles
+
+    ast = open_assistant(workspace, embedder)
+    before = ix.current_generation(workspace.index_dir)
+    write_articles(workspace.corpus_dir / "batch", synthetic_articles(60), age_seconds=0)  # ~10 s to embed
+    proc = subprocess.Popen(
+        [ASSISTANT_BIN, "reindex", "--corpus", str(workspace.corpus_dir), "--index", str(workspace.index_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    try:
+        lock = workspace.index_dir / ".lock"
+        # the model loads before the lock is taken: once the lock names the child, it is embedding
+        wait_until(lambda: proc.poll() is None and lock.exists() and lock.read_text().split()[:1] == [str(proc.pid)],
+                   timeout=120, interval=0.05, what="the reindex subprocess to take the lock")
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert ix.current_generation(workspace.index_dir) == before
+    resp = ast.ask("How long does a Lumen sauna session last?")
+    assert top_cites(resp, "lumen-sauna", "thirty minutes"), resp
+
+    with reindex_lock(workspace.index_dir, timeout=0):  # the dead process's lock is gone
+        pass
+    r = reindex(workspace, embedder)
+    assert len(r.added) == 60 and r.articles == 63, r
+    assert ix.current_generation(workspace.index_dir) != before
+
+
+# --- hot swap --------------------------------------------------------------------------------
+
+def test_a_running_assistant_swaps_to_a_generation_written_by_another_process(workspace, embedder):
+    """Another process's reindex (here: the core called directly) is picked up within seconds."""
+    from assistant.reindex import reindex
+
+    ast = open_assistant(workspace, embedder)
+    assert not cited(ast.ask(QUESTION), NEW_ID)
+    (workspace.corpus_dir / f"{NEW_ID}.txt").write_text(NEW_V1, encoding="utf-8")
+    reindex(workspace, embedder)
+    wait_until(lambda: top_cites(ast.ask(QUESTION), NEW_ID, OLD_FACT), timeout=15, interval=0.2,
+               what="the assistant to answer from the new generation")
+
+
+@pytest.mark.slow
+def test_serve_with_two_workers_and_watch_switches_every_worker(workspace):
+    """`assistant serve --workers 2 --watch`: a file dropped in the corpus is answered by every worker."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    base = f"http://127.0.0.1:{port}"
+    token = "two-workers-token"
+    env = {**os.environ, "ASSISTANT_CORPUS_DIR": str(workspace.corpus_dir), "ASSISTANT_INDEX_DIR": str(workspace.index_dir),
+           "ASSISTANT_ADMIN_TOKEN": token}
+    proc = subprocess.Popen([ASSISTANT_BIN, "serve", "--workers", "2", "--watch", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def fresh(path: str, **kw) -> httpx.Response:  # a new connection each time: any worker may answer
+        with httpx.Client(timeout=60.0, headers={"Connection": "close"}) as c:
+            return c.request(kw.pop("method", "GET"), base + path, **kw)
+
+    def health_articles() -> int | None:
+        try:
+            r = fresh("/health")
+            return r.json()["articles"] if r.status_code == 200 else None
+        except httpx.HTTPError:
+            return None
+
+    try:
+        wait_until(lambda: proc.poll() is None and all(health_articles() == 3 for _ in range(10)), timeout=180,
+                   interval=0.5, what="both workers to serve the base index")
+        assert not cited(fresh("/ask", method="POST", json={"question": QUESTION}).json(), NEW_ID)
+        (workspace.corpus_dir / f"{NEW_ID}.txt").write_text(NEW_V1, encoding="utf-8")
+
+        def all_switched() -> bool:
+            return all(health_articles() == 4 for _ in range(30))
+
+        wait_until(all_switched, timeout=60, interval=0.5, what="every worker to serve the new generation")
+        failures = []
+        for _ in range(12):
+            r = fresh("/ask", method="POST", json={"question": QUESTION})
+            if r.status_code != 200 or not top_cites(r.json(), NEW_ID, OLD_FACT):
+                failures.append(r.text[:200])
+        assert not failures, failures
+
+        # an upload answers once every worker has switched: ask right away, any worker answers it
+        auth = {"Authorization": f"Bearer {token}"}
+        r = fresh("/documents", method="POST", headers=auth, files={"file": (f"{PDF_ID}.pdf", make_pdf(PDF_PAGES))})
+        assert r.status_code == 201, r.text
+        answers = [fresh("/ask", method="POST", json={"question": PDF_QUESTION}).json() for _ in range(20)]
+        assert all(top_cites(a, PDF_ID, "kelboria") for a in answers), answers
+        r = fresh(f"/documents/{PDF_ID}", method="DELETE", headers=auth)
+        assert r.status_code == 200, r.text
+        answers = [fresh("/ask", method="POST", json={"question": PDF_QUESTION}).json() for _ in range(20)]
+        assert not any(cited(a, PDF_ID) for a in answers), answers
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+# --- `assistant add` -------------------------------------------------------------------------
+
+def run_cli(*args: str):
+    """The typer app in this process (it shares the loaded model)."""
+    from typer.testing import CliRunner
+
+    from assistant.cli import app
+
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def cli_dirs(settings) -> list[str]:
+    return ["--corpus", str(settings.corpus_dir), "--index", str(settings.index_dir)]
+
+
+def test_cli_add_a_file_then_change_and_remove_it(workspace, embedder, tmp_path):
+    src = tmp_path / "incoming" / f"{NEW_ID}.txt"
+    src.parent.mkdir()
+    src.write_text(NEW_V1, encoding="utf-8")
+    res = run_cli("add", str(src), *cli_dirs(workspace))
+    assert res.exit_code == 0, res.output
+    assert "answerable now" in res.output and NEW_ID in res.output
+    assert (workspace.corpus_dir / f"{NEW_ID}.txt").read_text() == NEW_V1
+    ast = open_assistant(workspace, embedder)
+    assert top_cites(ast.ask(QUESTION), NEW_ID, OLD_FACT)
+
+    src.write_text(NEW_V2, encoding="utf-8")
+    res = run_cli("add", str(src), *cli_dirs(workspace))  # never overwrite silently
+    assert res.exit_code == 2 and "--replace" in res.output and "different content" in res.output, res.output
+    assert (workspace.corpus_dir / f"{NEW_ID}.txt").read_text() == NEW_V1
+    res = run_cli("add", str(src), "--replace", *cli_dirs(workspace))
+    assert res.exit_code == 0, res.output
+    resp = ask_until(ast, lambda r: top_cites(r, NEW_ID, NEW_FACT))
+    assert not quoted(resp, OLD_FACT)
+
+    (workspace.corpus_dir / f"{NEW_ID}.txt").unlink()
+    res = run_cli("reindex", *cli_dirs(workspace))
+    assert res.exit_code == 0 and f"removed: {NEW_ID}" in res.output, res.output
+    wait_until(lambda: not cited(ast.ask(QUESTION), NEW_ID), timeout=10)
+
+
+def test_cli_add_a_pdf_under_another_name(workspace, embedder, tmp_path):
+    src = tmp_path / "Scan 0042.PDF"
+    src.write_bytes(make_pdf(PDF_PAGES))
+    res = run_cli("add", str(src), "--name", "orravine notes", *cli_dirs(workspace))
+    assert res.exit_code == 0, res.output
+    assert (workspace.corpus_dir / "orravine-notes.pdf").exists()
+    assert top_cites(open_assistant(workspace, embedder).ask(PDF_QUESTION), "orravine-notes", "kelboria")
+
+
+def test_cli_add_refuses_bad_input_with_exit_code_2(workspace, tmp_path):
+    before = snapshot(workspace.corpus_dir)
+    (tmp_path / "notes.docx").write_bytes(b"PK\x03\x04 not really")
+    (tmp_path / "empty.txt").write_text("   \n")
+    (tmp_path / "garbage.pdf").write_bytes(b"not a pdf at all")
+    cases = [
+        ([str(tmp_path / "missing.txt")], "no such file"),
+        ([str(tmp_path / "notes.docx")], "unsupported file type '.docx'"),
+        ([str(tmp_path / "empty.txt")], "is empty"),
+        ([str(tmp_path / "garbage.pdf")], "not a readable PDF"),
+        ([str(tmp_path)], "not a file"),
+        (["ftp://example.org/a.html"], "only http:// and https://"),
+    ]
+    for args, message in cases:
+        res = run_cli("add", *args, *cli_dirs(workspace))
+        assert res.exit_code == 2, (args, res.output)
+        assert message in res.output, (args, res.output)
+    assert snapshot(workspace.corpus_dir) == before
+    # the real executable too: exit status 2 and the message on stderr
+    p = subprocess.run([ASSISTANT_BIN, "add", str(tmp_path / "missing.txt"), *cli_dirs(workspace)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "no such file" in p.stderr, p
+
+
+# --- `assistant add URL` from a local web server ---------------------------------------------
+
+PAGE_HTML = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Velmoria Cryo-Peel: A Clinic Guide | Frostline Spa</title></head>
+<body>
+<nav><a href="/">Home</a> <a href="/shop">Shop</a> <a href="/contact">Contact us</a></nav>
+<article>
+<h1>Velmoria Cryo-Peel: A Clinic Guide</h1>
+<p>The Velmoria cryo-peel is a cold enzyme peel made with {word} crystals that is applied to clean skin.</p>
+<p>A Velmoria cryo-peel session lasts exactly {fact}, including the time needed to warm the skin up again.</p>
+<p>Clients usually repeat the Velmoria cryo-peel every few weeks, and the mild redness fades within a day.</p>
+</article>
+<footer>Copyright Frostline Spa. Call us at 555-123-4567. Subscribe to our newsletter.</footer>
+</body></html>
+"""
+
+
+@contextlib.contextmanager
+def web_server(routes: dict[str, tuple[int, str, bytes]]) -> Iterator[str]:
+    """http.server on 127.0.0.1 answering path -> (status, content type, body); routes may change."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            status, ctype, body = routes.get(self.path, (404, "text/html", b"<h1>Not found</h1>"))
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_add_a_web_page_by_url(workspace, embedder):
+    page = lambda word, fact: (200, "text/html; charset=utf-8", PAGE_HTML.format(word=word, fact=fact).encode())  # noqa: E731
+    routes = {"/guides/velmoria.html": page(OLD_WORD, OLD_FACT)}
+    with web_server(routes) as site:
+        url = site + "/guides/velmoria.html"
+        before = set(workspace.corpus_dir.iterdir())
+        res = run_cli("add", url, *cli_dirs(workspace))
+        assert res.exit_code == 0, res.output
+        new = set(workspace.corpus_dir.iterdir()) - before
+        assert len(new) == 1, new
+        saved = new.pop()
+        assert saved.suffix == ".html" and saved.name.startswith("velmoria-cryo-peel-a-clinic-guide"), saved  # from the title
+        doc_id = saved.stem
+        ast = open_assistant(workspace, embedder)
+        resp = ast.ask(QUESTION)
+        assert top_cites(resp, doc_id, OLD_FACT), resp
+        assert not quoted(resp, "555-123-4567") and not quoted(resp, "Shop")  # page furniture left out
+
+        res = run_cli("add", url, *cli_dirs(workspace))  # the same page again: nothing to do
+        assert res.exit_code == 0 and "already in the corpus" in res.output, res.output
+
+        routes["/guides/velmoria.html"] = page(NEW_WORD, NEW_FACT)  # the page changed
+        res = run_cli("add", url, *cli_dirs(workspace))
+        assert res.exit_code == 2 and "--replace" in res.output, res.output
+        res = run_cli("add", url, "--replace", *cli_dirs(workspace))
+        assert res.exit_code == 0, res.output
+        resp = ask_until(ast, lambda r: top_cites(r, doc_id, NEW_FACT))
+        assert not quoted(resp, OLD_FACT)
+
+        saved.unlink()
+        assert run_cli("reindex", *cli_dirs(workspace)).exit_code == 0
+        wait_until(lambda: not cited(ast.ask(QUESTION), doc_id), timeout=10)
+
+
+def test_cli_add_url_refuses_what_is_not_a_web_page(workspace):
+    before = snapshot(workspace.corpus_dir)
+    routes = {
+        "/file.pdf": (200, "application/pdf", make_pdf(PDF_PAGES)),
+        "/data.json": (200, "application/json", b"{}"),
+        "/empty.html": (200, "text/html", b"<html><body><nav>Home</nav></body></html>"),
+        "/gone.html": (410, "text/html", b"gone"),
+    }
+    closed = free_socket()
+    dead_url = f"http://127.0.0.1:{closed.getsockname()[1]}/page.html"
+    closed.close()  # nothing listens there any more
+    with web_server(routes) as site:
+        cases = [
+            (site + "/missing.html", "HTTP 404"),
+            (site + "/gone.html", "HTTP 410"),
+            (site + "/file.pdf", "not an HTML page (Content-Type: application/pdf)"),
+            (site + "/data.json", "not an HTML page"),
+            (site + "/empty.html", "no article text"),
+            (dead_url, "could not be fetched"),
+        ]
+        for url, message in cases:
+            res = run_cli("add", url, *cli_dirs(workspace))
+            assert res.exit_code == 2, (url, res.output)
+            assert message in res.output, (url, res.output)
+    assert snapshot(workspace.corpus_dir) == before
+
+
+# --- file names ------------------------------------------------------------------------------
+
+def test_file_names_are_tidied_and_paths_refused():
+    from assistant import sources
+    from assistant.errors import UnsupportedFileError
+
+    assert sources.plain_filename("My Article (v2).TXT") == "My-Article-v2.txt"
+    assert sources.plain_filename("Mésothérapie guide.md") == "Mésothérapie-guide.md"
+    assert sources.plain_filename(".hidden.txt") == "hidden.txt"
+    assert sources.plain_filename("_draft.txt") == "draft.txt"
+    for bad in ("../../x.txt", "a/b.txt", "..\\x.txt", "C:x.txt", "/etc/passwd.txt", "..", "", "x\x00.txt"):
+        with pytest.raises(sources.InvalidNameError):
+            sources.plain_filename(bad)
+    for bad in ("notes.docx", "noext", "script.html.exe"):
+        with pytest.raises(UnsupportedFileError):
+            sources.plain_filename(bad)
+    with pytest.raises(sources.InvalidNameError):
+        sources.plain_filename("(((.txt")
+    assert sources.slug("Exosomes vs. PRP – A Guide!") == "exosomes-vs-prp-a-guide"
