@@ -42,9 +42,14 @@ def highlight(index: Index, hit: Hit, ratio: float, max_sentences: int = 2) -> l
 
 
 def _sentence_sets(index: Index, row: int) -> list[frozenset[str]]:
-    p = index.passages[row]
-    text = index.docs[p.doc_id].text
-    return [_norm_tokens(text[s.start : s.end]) for s in p.sentences if not s.heading]
+    """Word sets of a passage's sentences, computed once per loaded index."""
+    cache = index.__dict__.setdefault("_sentence_sets", {})
+    sets = cache.get(row)
+    if sets is None:
+        p = index.passages[row]
+        text = index.docs[p.doc_id].text
+        sets = cache[row] = [_norm_tokens(text[s.start : s.end]) for s in p.sentences if not s.heading]
+    return sets
 
 
 def near_duplicate(index: Index, a: int, b: int, threshold: float = 0.8) -> bool:
@@ -69,8 +74,9 @@ def near_duplicate(index: Index, a: int, b: int, threshold: float = 0.8) -> bool
     return max(covered(sa, sb), covered(sb, sa)) >= 0.6
 
 
-def dedupe(index: Index, hits: list[Hit]) -> list[tuple[Hit, list[Hit]]]:
-    """Group near-duplicate passages; the best-scoring one leads, the others become `also_in`."""
+def dedupe(index: Index, hits: list[Hit], limit: int | None = None) -> list[tuple[Hit, list[Hit]]]:
+    """Group near-duplicate passages; the best-scoring one leads, the others become `also_in`.
+    With `limit`, at most that many groups are formed (later hits only join them)."""
     groups: list[tuple[Hit, list[Hit]]] = []
     for h in hits:
         for lead, others in groups:
@@ -78,7 +84,8 @@ def dedupe(index: Index, hits: list[Hit]) -> list[tuple[Hit, list[Hit]]]:
                 others.append(h)  # to_answer lists each other article once, never the lead's own
                 break
         else:
-            groups.append((h, []))
+            if limit is None or len(groups) < limit:
+                groups.append((h, []))
     return groups
 
 
@@ -161,4 +168,4 @@ def should_abstain(index: Index, q: Query, hits: list[Hit], settings: Settings) 
 
 def answers_from_hits(index: Index, hits: list[Hit], settings: Settings, top_k: int, about: str | None = None) -> list[Answer]:
     """The top_k distinct passages as answers; near-duplicates fold into `also_in`."""
-    return [to_answer(index, h, others, settings, about) for h, others in dedupe(index, hits)[:top_k]]
+    return [to_answer(index, h, others, settings, about) for h, others in dedupe(index, hits, limit=top_k)]
