@@ -406,6 +406,8 @@ class _Reader:
                 pos = m.end
             out.append(base.query[pos:])
             query = "".join(out)
+            for name in set(mapping.values()):  # "platelet-rich plasma (PRP)" became "X (X)"
+                query = re.sub(rf"({re.escape(name)})\s*\(\s*{re.escape(name)}\s*\)", r"\1", query)
             if extra:
                 query = f"{query.rstrip(' ?')}{extra}?"
             ids = S.ids_in(query)
@@ -419,17 +421,18 @@ class _Reader:
         """Historical query expansion: the rarest topical words of recent turns, weighted by recency."""
         have = {"".join(sj.stems(w)) for w in _content_words(q)}
         score: dict[str, float] = {}
-        surface: dict[str, str] = {}
+        surface: dict[str, tuple[int, int, str]] = {}  # key -> (age, position, word): to show in reading order
         floor = 0.3 * _idf_max(self.ctx.index)
         for age, t in enumerate(reversed(context[-3:])):
-            for w, idf in self.ctx.terms(t.query):
+            for pos, (w, idf) in enumerate(self.ctx.terms(t.query)):
                 k = "".join(sj.stems(w))
                 if k in have or idf < floor:
                     continue
                 score[k] = score.get(k, 0.0) + idf * DECAY**age
-                surface.setdefault(k, w)
+                surface.setdefault(k, (age, pos, w))
         best = sorted(score, key=lambda k: -score[k])[:HQE_TERMS]
-        return [surface[k] for k in best if score[k] >= 0.6 * score[best[0]]]  # the latest turn's words lead
+        keep = [k for k in best if score[k] >= 0.6 * score[best[0]]]  # the latest turn's words lead
+        return [surface[k][2] for k in sorted(keep, key=lambda k: surface[k][:2])]
 
 
 def resolve(question: str, history: list[str] | None = None, index: Index | None = None,
@@ -515,7 +518,28 @@ def _lead_subject(subjects: sj.Subjects, sentence: str) -> int | None:
     return None
 
 
+def _duplicate(index: Index, subjects: sj.Subjects, a: int, b: int) -> bool:
+    """extraction.near_duplicate, remembered per index (passages do not change within one)."""
+    memo = subjects.memo.setdefault("duplicate", {})
+    if len(memo) > 200_000:
+        memo.clear()
+    pair = (a, b) if a < b else (b, a)
+    if pair not in memo:
+        memo[pair] = near_duplicate(index, a, b)
+    return memo[pair]
+
+
 def comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[int]) -> tuple[int, bool, bool]:
+    memo = subjects.memo.setdefault("kind", {})
+    if len(memo) > 200_000:
+        memo.clear()
+    k = (row, tuple(sorted(ids)))
+    if k not in memo:
+        memo[k] = _comparison_kind(index, subjects, row, ids)
+    return memo[k]
+
+
+def _comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[int]) -> tuple[int, bool, bool]:
     """How a passage naming two or more of the subjects compares them: (framing, states, contrasts).
 
     framing is 2 when a heading inside the passage sets the subjects side by side ('PRP Therapy vs.
@@ -596,10 +620,10 @@ def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj
     used: list[int] = []
 
     def fresh(h: Hit) -> bool:
-        return h.row not in used and not any(near_duplicate(index, h.row, u) for u in used)
+        return h.row not in used and not any(_duplicate(index, S, h.row, u) for u in used)
 
     def take(h: Hit, pool: list[Hit], about: str) -> None:
-        others = [o for o in pool if o.row != h.row and near_duplicate(index, h.row, o.row)]
+        others = [o for o in pool if o.row != h.row and o.row not in used and _duplicate(index, S, h.row, o.row)]
         answers.append(to_answer(index, h, others, settings, about=about))
         used.extend([h.row] + [o.row for o in others])
 

@@ -152,6 +152,7 @@ class Subjects:
         self.body = body  # passage row -> subjects its text names
         self.heading = heading  # passage row -> subjects its section heading (or one-subject title) names
         self._regex, self._owner = _compile(subjects)
+        self.memo: dict = {}  # facts about this index's passages that answering remembers (see conversation)
 
     def __len__(self) -> int:
         return len(self.subjects)
