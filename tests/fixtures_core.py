@@ -45,31 +45,33 @@ def copy_seed_corpus(folder: Path) -> Path:
     return folder
 
 
-def minimal_pdf(lines: list[str], title: str | None = None) -> bytes:
-    """A valid one-page PDF whose content stream shows `lines` in Helvetica, one per line.
+def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
+    """A minimal valid PDF, written by hand (pypdf cannot typeset text): each page some lines of
+    Helvetica, an optional info title, and a cross-reference table with exact byte offsets."""
+    objs: list[bytes | None] = []
 
-    Written by hand (pypdf cannot author text): catalog, pages, page, content stream, font,
-    an optional info dictionary, and a cross-reference table with exact byte offsets.
-    """
+    def add(body: bytes | None) -> int:
+        objs.append(body)
+        return len(objs)
 
-    def esc(s: str) -> str:
-        return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-    ops = ["BT", "/F1 11 Tf", "14 TL", "72 740 Td"]
-    ops += [f"({esc(line)}) Tj T*" for line in lines]
-    ops.append("ET")
-    stream = "\n".join(ops).encode("latin-1")
-    objs = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
-        b"/Resources << /Font << /F1 5 0 R >> >> >>",
-        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-    ]
-    if title is not None:
-        objs.append(b"<< /Title (" + esc(title).encode("latin-1") + b") >>")
-    out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    catalog, pages_id = add(None), add(None)
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
+    kids = []
+    for lines in pages:
+        ops = [b"BT /F1 11 Tf 72 720 Td 14 TL"]
+        for line in lines:
+            esc = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
+            ops.append(b"(" + esc + b") Tj T*")
+        ops.append(b"ET")
+        stream = b"\n".join(ops)
+        content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+        kids.append(add(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] "
+                        b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>" % (pages_id, font, content)))
+    objs[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id
+    objs[pages_id - 1] = b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % len(kids)
+    esc_title = (title or "").replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    info = add(b"<< /Title (" + esc_title.encode("latin-1") + b") >>") if title else None
+    out = bytearray(b"%PDF-1.4\n")
     offsets = []
     for i, body in enumerate(objs, 1):
         offsets.append(len(out))
@@ -78,9 +80,16 @@ def minimal_pdf(lines: list[str], title: str | None = None) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
     for off in offsets:
         out += b"%010d 00000 n \n" % off
-    info = b" /Info %d 0 R" % len(objs) if title is not None else b""
-    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, info, xref)
+    out += b"trailer\n<< /Size %d /Root %d 0 R" % (len(objs) + 1, catalog)
+    if info:
+        out += b" /Info %d 0 R" % info
+    out += b" >>\nstartxref\n%d\n%%%%EOF\n" % xref
     return bytes(out)
+
+
+def minimal_pdf(lines: list[str], title: str | None = None) -> bytes:
+    """A valid one-page PDF whose content shows `lines` in Helvetica, one per line."""
+    return make_pdf([lines], title)
 
 
 # --- a small corpus: three invented articles, two sharing a copied paragraph -------------------

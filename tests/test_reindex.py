@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.conftest_server import REAL_CORPUS, free_socket
+from tests.fixtures_core import make_pdf  # noqa: F401  (test_admin imports it from here)
 
 REPO = Path(__file__).resolve().parent.parent
 ASSISTANT_BIN = str(Path(sys.executable).parent / "assistant")
@@ -162,44 +163,6 @@ def http_ask(base: str, question: str = QUESTION) -> dict:
 
 # --- a PDF with a text layer, written by hand -------------------------------------------------
 
-def make_pdf(pages: list[list[str]], title: str | None = None) -> bytes:
-    """A minimal valid PDF: each page some lines of Helvetica text (pypdf cannot typeset text)."""
-    objs: list[bytes | None] = []
-
-    def add(body: bytes | None) -> int:
-        objs.append(body)
-        return len(objs)
-
-    catalog, pages_id = add(None), add(None)
-    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    kids = []
-    for lines in pages:
-        ops = [b"BT /F1 11 Tf 72 720 Td 14 TL"]
-        for line in lines:
-            esc = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)").encode("latin-1")
-            ops.append(b"(" + esc + b") Tj T*")
-        ops.append(b"ET")
-        stream = b"\n".join(ops)
-        content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-        kids.append(add(b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] "
-                        b"/Resources << /Font << /F1 %d 0 R >> >> /Contents %d 0 R >>" % (pages_id, font, content)))
-    objs[catalog - 1] = b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id
-    objs[pages_id - 1] = b"<< /Type /Pages /Kids [" + b" ".join(b"%d 0 R" % k for k in kids) + b"] /Count %d >>" % len(kids)
-    info = add(b"<< /Title (" + title.encode("latin-1") + b") >>") if title else None
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for i, body in enumerate(objs, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1)
-    for off in offsets:
-        out += b"%010d 00000 n \n" % off
-    out += b"trailer\n<< /Size %d /Root %d 0 R" % (len(objs) + 1, catalog)
-    if info:
-        out += b" /Info %d 0 R" % info
-    out += b" >>\nstartxref\n%d\n%%%%EOF\n" % xref
-    return bytes(out)
 
 
 PDF_ID = "orravine-scalp-mist"
