@@ -27,6 +27,8 @@ class Settings:
     w_dense_sentence: float = 0.30
     w_bm25_sentence: float = 0.20
     candidates: int = 50
+    # "What is X?": bonus for a passage with a sentence that defines X ("X, also known as Y, is ...")
+    definition_bonus: float = 0.1
 
     # extraction
     highlight_ratio: float = 0.85

@@ -106,12 +106,13 @@ DECAY = 0.6  # weight of a turn, per on-topic turn back: recent turns weigh more
 HQE_TERMS = 3  # topical words added by historical query expansion
 MAX_SUBJECTS = 6  # subjects gathered by "which ...?" with none in play
 EVERY_TOP = 5  # ... from the subjects of its best passages
-FOCUS = 0.15  # bonus for a passage naming the subject(s) a follow-up was read as being about ...
-PURITY = 0.5  # ... shrunk when it names other subjects too: (share of its subjects that are these) ** PURITY
+FOCUS = 0.15  # bonus for a passage naming the subject(s) a follow-up was read as being about
 FOCUS_ALWAYS = False  # also for single questions that name their subject (off: the core's ranking stays as is)
 ASPECT_WEIGHT = 0.5  # share of the aspect-only vector in a comparison's dense scores
 CONTRAST_BONUS = 0.05  # among comparisons, one that contrasts the subjects beats one that only names them
-COMPARE_FIRST = 0.7  # a comparison leads when it scores at least this share of the best single-subject passage
+DIRECT_BONUS = 0.05  # ... and more when one sentence sets two of them against each other ('more X than Y')
+COMPARE_FIRST = 0.7
+LEAD = float(__import__('os').environ.get('LEAD', '1.2'))  # a comparison leads when it scores at least this share of the best single-subject passage
 
 
 @dataclass
@@ -499,13 +500,14 @@ def _general(aspect: str) -> bool:
 
 def focus(subjects: sj.Subjects, hits: list[Hit], ids: list[int]) -> list[Hit]:
     """Re-rank a follow-up's hits: passages about the subject(s) it was read as being about rise
-    (named in the text, the section heading or a one-subject title), most when about them alone."""
+    (named in the text, the section heading or a one-subject title). A passage that also names
+    other subjects is not held back: comparing the subject with another often is the answer
+    ("Are they regulated?" -> how exosomes and PRP are each regulated); measured, README)."""
     want = set(ids)
 
     def bonus(h: Hit) -> float:
         named = subjects.body[h.row] | subjects.heading[h.row]
-        k = len(named & want)
-        return FOCUS * (k / len(want)) * (k / len(named)) ** PURITY if k else 0.0  # about them, and mostly them
+        return FOCUS * len(named & want) / len(want)
 
     return sorted(hits, key=lambda h: -(h.score + bonus(h)))
 
@@ -529,7 +531,7 @@ def _duplicate(index: Index, subjects: sj.Subjects, a: int, b: int) -> bool:
     return memo[pair]
 
 
-def comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[int]) -> tuple[int, bool, bool]:
+def comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[int]) -> tuple[int, bool, bool, bool]:
     memo = subjects.memo.setdefault("kind", {})
     if len(memo) > 200_000:
         memo.clear()
@@ -539,21 +541,22 @@ def comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[int
     return memo[k]
 
 
-def _comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[int]) -> tuple[int, bool, bool]:
-    """How a passage naming two or more of the subjects compares them: (framing, states, contrasts).
+def _comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[int]) -> tuple[int, bool, bool, bool]:
+    """How a passage naming two or more of the subjects compares them: (framing, states, contrasts, direct).
 
     framing is 2 when a heading inside the passage sets the subjects side by side ('PRP Therapy vs.
     Mesotherapy'), 1 when a sentence does ('the difference between X and Y'), else 0; states is
     True when it says anything comparative about them; contrasts when a sentence naming one of
     them contrasts ('less painful', 'more affordable than', 'on the other hand'), or parallel list
-    items give one line per subject ('- X: ...', '- Y: ...').
+    items give one line per subject ('- X: ...', '- Y: ...'); direct when one sentence names two of
+    them and contrasts them ('more research is available on X than Y'), or parallel items do.
     """
     p = index.passages[row]
     want = set(ids)
     if len(subjects.body[row] & want) < 2:
-        return 0, False, False
+        return 0, False, False, False
     text = index.docs[p.doc_id].text
-    framing, states, contrasts, leads = 0, False, False, set()
+    framing, states, contrasts, direct, leads = 0, False, False, False, set()
     for s in p.sentences:
         sent = text[s.start : s.end]
         ms = [m for m in subjects.find(sent) if m.subject in want]
@@ -566,11 +569,13 @@ def _comparison_kind(index: Index, subjects: sj.Subjects, row: int, ids: list[in
             continue
         states = states or bool(named and _COMPARE.search(sent))
         contrasts = contrasts or bool(named and _SPECIFIC.search(sent)) or bool(len(named) >= 2 and _JOINT.search(sent))
+        direct = direct or bool(len(named) >= 2 and _SPECIFIC.search(sent))
         lead = _lead_subject(subjects, sent)
         if lead in want:
             leads.add(lead)
     contrasts = contrasts or len(leads) >= 2
-    return framing, states or contrasts or framing > 0, contrasts
+    direct = direct or len(leads) >= 2
+    return framing, states or contrasts or framing > 0, contrasts, direct
 
 
 def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj.Subjects, turn: Resolved,
@@ -607,8 +612,8 @@ def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj
     for h in hits:
         named = S.body[h.row] & want
         if len(named) >= 2:
-            framing, states, contrasts = comparison_kind(index, S, h.row, ids)
-            rank = h.score + (CONTRAST_BONUS if contrasts else 0.0)
+            framing, states, contrasts, direct = comparison_kind(index, S, h.row, ids)
+            rank = h.score + (CONTRAST_BONUS if contrasts else 0.0) + (DIRECT_BONUS if direct else 0.0)
             comp.append((((framing, rank) if general else (rank,)), h, states))
         else:
             own = named or (S.heading[h.row] & want)
@@ -631,16 +636,18 @@ def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj
         return " vs. ".join(S.subjects[i].name for i in ids if i in S.body[h.row])
 
     # 1. the comparison itself, when it is about as relevant as the best single-subject passage
-    #    (with every subject in play, a passage comparing two of them must beat the best single one)
+    #    (with every subject in play, a passage comparing two of them must beat the best single one);
+    #    for a question with an aspect, further comparisons lead while they beat every single-subject
+    #    passage. Nothing here depends on top_k: a shorter answer list is a prefix of a longer one.
     every = turn.how == "all subjects"
     first = 1.0 if every else COMPARE_FIRST
     comp_hits = [h for _, h, _ in comp]
     stating = [h for _, h, states in comp if states]
     for n, h in enumerate(stating):
-        if len(answers) >= max(1, top_k // 3):
-            break
         if not fresh(h):
             continue
+        if answers and (general or h.score < best_single):
+            break  # more comparisons lead only while more relevant than any single-subject passage
         if not (general and n == 0 and not every) and h.score < first * best_single:
             break
         take(h, comp_hits, about(h))

@@ -112,14 +112,25 @@ def int_id(hex_id: str) -> int:
 _STEMMER = None
 
 
+_HYPHENATED = re.compile(r"\b[A-Za-z]+(?:-[A-Za-z]+)+\b")
+
+
+def _catenate(text: str) -> str:
+    """Add the joined form of hyphenated words ("micro-needling" -> also "microneedling"), so
+    either spelling finds the other (Lucene's word-delimiter filter with catenate_words)."""
+    return _HYPHENATED.sub(lambda m: f"{m.group(0)} {m.group(0).replace('-', '')}", text)
+
+
 def tokenize(texts: list[str]) -> list[list[str]]:
-    """Lower-cased, stop-worded, Snowball-stemmed tokens (bm25s + PyStemmer)."""
+    """Lower-cased, stop-worded, Snowball-stemmed tokens (bm25s + PyStemmer), hyphenated words
+    both split and joined."""
     global _STEMMER
     import bm25s
     import Stemmer
 
     if _STEMMER is None:
         _STEMMER = Stemmer.Stemmer("english")
+    texts = [_catenate(t) if "-" in t else t for t in texts]
     return bm25s.tokenize(texts, stopwords=_stopwords(), stemmer=_STEMMER, return_ids=False, show_progress=False)
 
 

@@ -124,7 +124,7 @@ def fingerprints() -> dict:
     return {
         "content": _source_hash(documents, chunking, ix.passage_embed_text, ix.sentence_embed_text),
         "bm25": _source_hash(
-            ix.tokenize, ix._stopwords, ix.passage_bm25_text, ix.sentence_bm25_text,
+            ix.tokenize, ix._catenate, ix._stopwords, ix.passage_bm25_text, ix.sentence_bm25_text,
             ix.passage_embed_text, ix.sentence_embed_text,
         ) + f"/bm25s-{_version('bm25s')}/PyStemmer-{_version('PyStemmer')}",
     }
@@ -280,7 +280,8 @@ def reindex(
         tm["files"], tm["hashed"] = len(files), hashed
         lap("scan")
 
-        if prev_index is not None and not report.touched:
+        if prev_index is not None and not report.touched and prev.tokens is not None:
+            # nothing to do (without a usable token cache, BM25 is rebuilt below: new tokenising code)
             if stats != old_stats and prev_index.path is not None:
                 with contextlib.suppress(OSError):
                     ix.update_file_stats(prev_index.path, stats)  # next time, no hashing

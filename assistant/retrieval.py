@@ -20,6 +20,20 @@ _NAMING = re.compile(r"\b(also|otherwise|commonly|sometimes)\s+(called|named|kno
                      r"\b(another|other|different)\s+names?\b|\bwhat\s+(else\s+)?(is|are)\s+.{1,60}\s+called\b", re.I)
 _NAMING_ANSWER = "known called named termed referred"
 
+# A definition question ("What is microneedling?", "What are exosomes?", "Define mesotherapy") and
+# the shape of a sentence that defines something: a short subject, then a defining verb
+# ("Microneedling, also known as collagen induction therapy, involves ..."). TREC QA systems
+# answered definition questions with such surface patterns.
+_DEFINITION_Q = re.compile(
+    r"^\s*(?:(?:what|who)\s+(?:is|are|was|were)|what['’]s|define|explain)\s+(?:an?\s+|the\s+)?"
+    r"(?P<x>[^?.!,;:]{1,60}?)\s*[?.!]*\s*$", re.I)
+_DEFINES = re.compile(
+    r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
+    r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
+DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
+# ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
+_NOT_DEFINITION = re.compile(r"\b(?:to|for|of|in|on|at|by|with|from|as|about|after|\w+ed|doing|made|done)\s*$", re.I)
+
 
 @dataclass
 class Query:
@@ -30,6 +44,7 @@ class Query:
     tokens: list[str]  # the question's own words (abstention measures their coverage)
     search_tokens: list[str] | None = None  # what BM25 searches: the tokens plus any rewrite
     equivalents: dict[str, frozenset[str]] | None = None  # a question word -> answer words that cover it
+    defines: frozenset[str] | None = None  # "What is X?": the tokens of X
 
     def __post_init__(self) -> None:
         if self.search_tokens is None:
@@ -95,7 +110,28 @@ class Retriever:
             answer = tokenize([_NAMING_ANSWER])[0]
             search += [t for t in answer if t not in search]
             equivalents.update({t: frozenset(answer) for t in tokens if t in answer})
-        return Query(text=text, vector=vector, tokens=tokens, search_tokens=search, equivalents=equivalents)
+        m = _DEFINITION_Q.match(text)
+        x = m.group("x") if m else ""
+        x = tokenize([x])[0] if x and len(x.split()) <= DEFINITION_MAX_WORDS and not _NOT_DEFINITION.search(x) else []
+        return Query(text=text, vector=vector, tokens=tokens, search_tokens=search, equivalents=equivalents,
+                     defines=frozenset(x) or None)
+
+    def _definition_head(self, sent_row: int) -> frozenset[str] | None:
+        """The tokens of what a sentence defines, if it is shaped like a definition (cached)."""
+        cache = self.__dict__.setdefault("_heads", {})
+        if sent_row not in cache:
+            m = None if self.index.sent_is_heading[sent_row] else _DEFINES.match(self.index.sentence_text(sent_row))
+            cache[sent_row] = frozenset(tokenize([m.group("head")])[0]) if m else None
+        return cache[sent_row]
+
+    def _defines(self, q: Query, sent_rows: np.ndarray) -> np.ndarray:
+        """1.0 for the sentences that define what a definition question asks about, else 0.0."""
+        out = np.zeros(len(sent_rows), dtype=np.float32)
+        for i, r in enumerate(sent_rows):
+            head = self._definition_head(int(r))
+            if head and q.defines <= head:
+                out[i] = 1.0
+        return out
 
     def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
         """The k best passages, best first. `restrict` limits the search to some passage rows."""
@@ -141,6 +177,10 @@ class Retriever:
         )
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
+        if q.defines and s.definition_bonus:
+            d = self._defines(q, sent_idx)
+            fused = fused + s.definition_bonus * np.maximum.reduceat(d, offsets)
+            s_fused = s_fused + s.definition_bonus * d
         order = np.argsort(-fused)[:k]
         hits = []
         for o in order:

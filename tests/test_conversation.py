@@ -257,7 +257,6 @@ def test_comparisons_through_the_subjects_in_play(seed_assistant, history, quest
 
 @pytest.mark.parametrize("question, subjects", [
     ("Which is less invasive, PRP or exosome therapy?", {"PRP", "exosome therapy"}),
-    ("Is PRP or mesotherapy better supported by research?", {"PRP", "mesotherapy"}),
     ("Compare PRP and mesotherapy.", {"PRP", "mesotherapy"}),
     ("mesotherapy vs microneedling", {"mesotherapy", "microneedling"}),
 ])
@@ -268,6 +267,29 @@ def test_explicit_comparisons_answer_side_by_side(seed_assistant, question, subj
     abouts = [a.about for a in res.answers]
     singles = {a for a in abouts if " vs. " not in a}
     assert singles == subjects, abouts  # each subject has evidence of its own
+
+
+def test_comparisons_more_relevant_than_any_single_passage_lead(seed_assistant):
+    """'Better supported by research?': the articles hold several passages setting PRP against
+    mesotherapy on that point, all more relevant than any passage about one of them alone."""
+    res = seed_assistant.ask("Is PRP or mesotherapy better supported by research?", top_k=3)
+    assert not res.abstained and about_names(res) == {"PRP", "mesotherapy"}
+    assert all(a.about == "PRP vs. mesotherapy" for a in res.answers), [a.about for a in res.answers]
+    assert any("more research is available" in a.text for a in res.answers), [a.text[:60] for a in res.answers]
+
+
+@pytest.mark.parametrize("question, history", [
+    ("Is PRP or mesotherapy better supported by research?", []),
+    ("Compare PRP and mesotherapy.", []),
+    ("Which has less downtime?", []),
+    ("Which one is safer?", ["Compare PRP and mesotherapy."]),
+    ("What is microneedling?", []),
+])
+def test_a_shorter_answer_list_is_a_prefix_of_a_longer_one(seed_assistant, question, history):
+    short = seed_assistant.ask(question, history, top_k=3)
+    long = seed_assistant.ask(question, history, top_k=10)
+    assert [a.text for a in short.answers] == [a.text for a in long.answers][: len(short.answers)]
+    assert [a.about for a in short.answers] == [a.about for a in long.answers][: len(short.answers)]
 
 
 def test_a_passage_stating_the_comparison_ranks_first(seed_assistant):

@@ -301,6 +301,28 @@ def test_unchanged_articles_are_neither_reread_nor_rehashed(workspace, embedder,
     assert r.changed == ["lumen-sauna"], r
 
 
+def test_changed_tokenising_code_rebuilds_bm25_without_re_embedding(workspace, embedder, monkeypatch):
+    """New tokenising code (an upgrade) with no article changed: BM25 is rebuilt from the new
+    tokens on the next reindex; nothing is re-embedded."""
+    from assistant import index as ix
+    from assistant import reindex as rx
+
+    rx.reindex(workspace, embedder)
+    gen = ix.current_generation(workspace.index_dir)
+    assert not _vocab_has(ix.load(workspace.index_dir), "zzmarker")
+    prints = dict(rx.fingerprints())
+    monkeypatch.setattr(rx, "fingerprints", lambda: {**prints, "bm25": prints["bm25"] + "-new"})
+    real = ix.tokenize
+    monkeypatch.setattr(ix, "tokenize", lambda texts: [t + ["zzmarker"] for t in real(texts)])
+    r = rx.reindex(workspace, embedder)
+    assert not r.touched and r.embedded_passages == 0, r
+    assert ix.current_generation(workspace.index_dir) != gen
+    index = ix.load(workspace.index_dir)
+    assert "zzmarker" in index.vocab  # the passages were tokenised again, by the new code
+    monkeypatch.undo()
+    assert rx.reindex(workspace, embedder).embedded_passages == 0
+
+
 def test_unreadable_files_are_skipped_without_rebuilding_each_time(workspace, embedder):
     from assistant import index as ix
     from assistant.reindex import reindex
