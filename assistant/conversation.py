@@ -482,7 +482,7 @@ def answer_turn(
         answers = compare(index, retriever, settings, subjects, turn, q, top_k, aspect_vector)
     if not answers:
         if turn.ids and (turn.how in ("pronoun", "ellipsis", "implicit") or FOCUS_ALWAYS):
-            hits = focus(subjects, hits, turn.ids)
+            hits = focus(index, subjects, hits, turn.ids)
         answers = answers_from_hits(index, hits, settings, top_k)
     return AskResponse(question=question, resolved_question=turn.query, abstained=False, answers=answers)
 
@@ -498,15 +498,26 @@ def _general(aspect: str) -> bool:
     return not [w for w in _content_words(aspect) if not _GENERAL.fullmatch(w) and w.lower() not in _GENERIC]
 
 
-def focus(subjects: sj.Subjects, hits: list[Hit], ids: list[int]) -> list[Hit]:
+def focus(index: Index, subjects: sj.Subjects, hits: list[Hit], ids: list[int]) -> list[Hit]:
     """Re-rank a follow-up's hits: passages about the subject(s) it was read as being about rise
     (named in the text, the section heading or a one-subject title). A passage that also names
-    other subjects is not held back: comparing the subject with another often is the answer
-    ("Are they regulated?" -> how exosomes and PRP are each regulated); measured, README)."""
+    other subjects is not held back, since comparing the subject with another often is the answer
+    ("Are they regulated?" -> how exosomes and PRP are each regulated), unless its answering
+    sentence is about another subject only ("What does PRP contain?" -> "Mesotherapy injections
+    often contain minerals ...")."""
     want = set(ids)
 
     def bonus(h: Hit) -> float:
         named = subjects.body[h.row] | subjects.heading[h.row]
+        if not named & want:
+            return 0.0
+        p = index.passages[h.row]
+        scores = [-1.0 if s.heading else float(v) for s, v in zip(p.sentences, h.sentence_scores)]
+        if scores:
+            s = p.sentences[max(range(len(scores)), key=scores.__getitem__)]
+            said = set(subjects.ids_in(index.docs[p.doc_id].text[s.start : s.end]))
+            if said and not said & want:
+                return 0.0  # the sentence that answers is about another subject
         return FOCUS * len(named & want) / len(want)
 
     return sorted(hits, key=lambda h: -(h.score + bonus(h)))

@@ -122,7 +122,7 @@ class Evidence:
 # Logistic model over Evidence, fitted on XQuAD (answerable), off-topic questions and XQuAD
 # questions asked of an index without their article (near-topic); the seed corpus is held out.
 # Refit with `python tests/calibrate_abstention.py` (README, "Abstention").
-ABSTAIN_WEIGHTS = {"bias": -3.046, "dense": 2.169, "dense_sentence": 2.213, "coverage": 2.889, "unknown": -1.453}
+ABSTAIN_WEIGHTS = {"bias": -3.045, "dense": 2.166, "dense_sentence": 2.211, "coverage": 2.885, "unknown": -1.453}
 
 
 def confidence(e: Evidence, weights: dict | None = None) -> float:

@@ -139,7 +139,10 @@ def _stopwords() -> list[str]:
     """bm25s's extended English list plus the question words it leaves in ("also", "much")."""
     from bm25s.stopwords import STOPWORDS_EN_PLUS
 
-    extra = {"also", "much", "many", "would", "could", "should", "can", "may", "might", "must", "shall"}
+    extra = {"also", "much", "many", "would", "could", "should", "can", "may", "might", "must", "shall",
+             # light verbs of questions ("Who should not get X?", "How is X made?"), as in the
+             # SMART and closed-class stop lists: they match any passage that happens to use them
+             "get", "gets", "got", "gotten", "getting", "make", "makes", "made", "making", "done"}
     return sorted(set(STOPWORDS_EN_PLUS) | extra)
 
 

@@ -371,14 +371,15 @@ def test_our_conversation_set(seed_assistant):
     # reading the conversation beats both naive ways clearly, on follow-ups and overall
     assert conv.hit_at(1, followups=True) >= max(alone.hit_at(1, followups=True), concat.hit_at(1, followups=True)) + 0.2
     assert conv.hit_at(1) > max(alone.hit_at(1), concat.hit_at(1))
-    assert conv.hit_at(1, followups=True) >= FOLLOWUP_BAR, [
-        (t.case, t.turn, t.resolved, t.rank) for t in conv.misses()
-    ]
+    misses = [(t.case, t.turn, t.resolved, t.rank) for t in conv.misses()]
+    assert conv.hit_at(1) >= OWN_SET_BAR, misses
+    assert conv.hit_at(1, followups=True) >= FOLLOWUP_BAR, misses
     # off-topic questions still abstain inside a conversation
     assert all(t.abstained for t in conv.turns if t.expect_abstain)
 
 
-# Follow-up hit@1 on tests/conversations.jsonl. The bar is 0.90; with the core's ranking
-# as it is, a person's own rewrite of each follow-up, asked alone, scores 0.725 on this set
-# (see README, "Conversations"): the misses left are ranking and abstention of single questions.
-FOLLOWUP_BAR = 0.75
+# hit@1 on tests/conversations.jsonl: the bar for the whole set is 0.90 (measured 0.903,
+# follow-up turns 0.875; README, "Conversations"). The misses left: three resolved follow-ups
+# whose best passage falls just under the abstention threshold, and ranking of single questions.
+OWN_SET_BAR = 0.90
+FOLLOWUP_BAR = 0.85

@@ -1,0 +1,88 @@
+"""Retrieval rewrites that hold on any corpus: hyphenated spellings, definition questions, light
+verbs. Real model and index over small corpora written here."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from assistant.index import tokenize
+from tests.fixtures_core import open_assistant, write_corpus
+
+DEFINE_CORPUS = {
+    "zelmar-vs-quillan.txt": """Zelmar vs. Quillan
+
+Method:
+- Zelmar: uses chilled rollers on the scalp.
+- Quillan: uses warm stones on the back.
+""",
+    "spa-history.txt": """A Short History of Coastal Spas
+
+Coastal spas first offered warm baths. Zelmar, also known as scalp chilling, is a spa treatment that cools the scalp with chilled steel rollers to calm irritation. Most of the old spas now offer Zelmar in winter.
+""",
+    "cryo.txt": """The Cryo-Facial
+
+A cryo-facial session takes twelve minutes and uses a stream of cold nitrogen vapour over the face.
+
+Afterwards the skin looks brighter for a day or two.
+""",
+    "tonics.txt": """Herbal Tonics
+
+The harbourside market made a profit last year selling jars of tonic to tourists.
+
+Verrow tonic is brewed from nettle leaves and honey over three days, then bottled cold.
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def define_assistant(tmp_path_factory, embedder):
+    root = tmp_path_factory.mktemp("define")
+    return open_assistant(write_corpus(root / "corpus", DEFINE_CORPUS), root / "index")
+
+
+def test_hyphenated_words_are_also_indexed_joined():
+    toks = tokenize(["A micro-needling session"])[0]
+    assert {"micro", "microneedl"} <= set(toks)
+    assert "microneedl" in tokenize(["microneedling"])[0]  # so either spelling finds the other
+
+
+@pytest.mark.parametrize("question", ["How long does a cryofacial take?", "How long does a cryo-facial take?"])
+def test_either_spelling_of_a_hyphenated_word_finds_the_article(define_assistant, question):
+    res = define_assistant.ask(question, top_k=3)
+    assert not res.abstained and res.answers[0].source.doc_id == "cryo", res.answers
+
+
+def test_light_verbs_of_questions_are_not_searched():
+    assert tokenize(["How is Verrow tonic made?"])[0] == tokenize(["Verrow tonic"])[0]
+    assert tokenize(["Who should not get it?"])[0] == []
+
+
+def test_a_definition_question_finds_the_defining_sentence(define_assistant):
+    res = define_assistant.ask("What is Zelmar?", top_k=3)
+    top = res.answers[0]
+    assert top.source.doc_id == "spa-history", [a.text[:50] for a in res.answers]
+    marked = " ".join(top.text[h.start : h.end] for h in top.highlight)
+    assert "also known as scalp chilling, is a spa treatment" in marked, marked
+
+
+def test_without_the_definition_signal_the_comparison_list_wins(define_assistant):
+    """The corpus above is one where the signal matters: with it switched off, the list that
+    names Zelmar most often ranks first (so the test above measures the signal, not luck)."""
+    loaded = define_assistant._current()
+    r = loaded.retriever
+    q = r.prepare("What is Zelmar?", define_assistant.embedder.encode_query("What is Zelmar?"))
+    assert q.defines == frozenset(tokenize(["Zelmar"])[0])
+    on = r.search(q, k=3)
+    off = r.search(replace(q, defines=None), k=3)
+    doc = lambda h: loaded.index.passages[h.row].doc_id  # noqa: E731
+    assert doc(on[0]) == "spa-history" and doc(off[0]) != "spa-history", ([doc(h) for h in on], [doc(h) for h in off])
+
+
+@pytest.mark.parametrize("question", [
+    "What are stators attached to?", "What is the name of the river that flows through the old city?",
+    "How is Zelmar done?", "Which spa offers Zelmar?",
+])
+def test_other_questions_are_not_read_as_definition_questions(define_assistant, question):
+    r = define_assistant._current().retriever
+    assert r.prepare(question, define_assistant.embedder.encode_query(question)).defines is None
