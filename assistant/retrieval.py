@@ -80,9 +80,8 @@ class Retriever:
         self.s = settings
         self.n_passages = len(index.passages)
         self.n_sentences = int(len(index.sent_passage))
-        # sentence rows of each passage, as one flat array plus boundaries, for vectorised max
-        self._vocab = sorted(t for t in index.vocab if t)
-        self._starts = np.array([a for a, _ in index.sent_rows], dtype=np.int64)
+        self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
+        self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -118,11 +117,10 @@ class Retriever:
 
     def _definition_head(self, sent_row: int) -> frozenset[str] | None:
         """The tokens of what a sentence defines, if it is shaped like a definition (cached)."""
-        cache = self.__dict__.setdefault("_heads", {})
-        if sent_row not in cache:
+        if sent_row not in self._heads:
             m = None if self.index.sent_is_heading[sent_row] else _DEFINES.match(self.index.sentence_text(sent_row))
-            cache[sent_row] = frozenset(tokenize([m.group("head")])[0]) if m else None
-        return cache[sent_row]
+            self._heads[sent_row] = frozenset(tokenize([m.group("head")])[0]) if m else None
+        return self._heads[sent_row]
 
     def _defines(self, q: Query, sent_rows: np.ndarray) -> np.ndarray:
         """1.0 for the sentences that define what a definition question asks about, else 0.0."""
