@@ -8,7 +8,7 @@ in DIR (default: $TMPDIR/assistant-bench-reindex); later runs copy the cache and
 Each size is timed for: a no-op reindex right after copying (every file is re-hashed: the
 stat cache does not trust copied files), a no-op reindex, adding one article (median of
 --repeat runs, with where the time goes), changing one, and removing one. It also times what a
-serving worker pays to load the new generation (--subjects: and to build its subjects).
+serving worker pays to load the new generation and build its subjects (`subjects.py`).
 
 Prints the timings; asserts nothing (tests do not assert timings).
 """
@@ -138,7 +138,7 @@ def _fmt(t: dict) -> str:
     return ", ".join(f"{k} {t.get(k, 0) * 1000:.0f}" for k in keys if k in t) + f" ms; hashed {t.get('hashed', 0)} files"
 
 
-def bench_size(root: Path, embedder, extra: list[tuple[str, str]], repeat: int, subjects_too: bool = False) -> dict:
+def bench_size(root: Path, embedder, extra: list[tuple[str, str]], repeat: int) -> dict:
     from assistant import index as ix
     from assistant import subjects
     from assistant.reindex import reindex
@@ -171,9 +171,8 @@ def bench_size(root: Path, embedder, extra: list[tuple[str, str]], repeat: int, 
     t0 = time.perf_counter()
     index = ix.load(s.index_dir)
     t1 = time.perf_counter()
-    if subjects_too:
-        subjects.for_index(index, s.corpus_dir)
-    out["swap"] = (t1 - t0, time.perf_counter() - t1 if subjects_too else None)
+    subjects.for_index(index, s.corpus_dir)
+    out["swap"] = (t1 - t0, time.perf_counter() - t1)
     out["size"] = (len(index.docs), len(index.passages), int(len(index.sent_passage)))
     return out
 
@@ -184,8 +183,6 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("ASSISTANT_BENCH_CACHE", "")) if os.environ.get(
         "ASSISTANT_BENCH_CACHE") else Path(tempfile.gettempdir()) / "assistant-bench-reindex")
     ap.add_argument("--rebuild", action="store_true", help="rebuild the cached 1,000-article index")
-    ap.add_argument("--subjects", action="store_true",
-                    help="also time building the subjects of the new index (what a worker's first question pays)")
     args = ap.parse_args()
 
     import logging
@@ -206,11 +203,11 @@ def main() -> None:
         small = Path(tmp) / "small"
         write_articles(small / "corpus", synthetic_articles(N_SMALL))
         reindex(_settings(small), embedder)
-        results[N_SMALL] = bench_size(small, embedder, extra, args.repeat, args.subjects)
+        results[N_SMALL] = bench_size(small, embedder, extra, args.repeat)
         large = Path(tmp) / "large"
         shutil.copytree(cache / "corpus", large / "corpus")  # copy2: mtimes kept, ctimes new
         shutil.copytree(cache / "index", large / "index")
-        results[N_LARGE] = bench_size(large, embedder, extra, args.repeat, args.subjects)
+        results[N_LARGE] = bench_size(large, embedder, extra, args.repeat)
 
     print()
     print(f"{'':34}{N_SMALL:>10} articles{N_LARGE:>10} articles")
@@ -234,7 +231,7 @@ def main() -> None:
         d, p, sn = results[n]["size"]
         load, subj = results[n]["swap"]
         print(f"  a worker swapping to the new index ({d} articles, {p} passages, {sn} sentences): "
-              f"load {load * 1000:.0f} ms" + (f" + subjects {subj * 1000:.0f} ms" if subj is not None else ""))
+              f"load {load * 1000:.0f} ms + subjects {subj * 1000:.0f} ms")
     ratio = results[N_LARGE]["add"][0] / max(1e-9, results[N_SMALL]["add"][0])
     print(f"\nadding one article to {N_LARGE} articles costs {ratio:.1f}x what adding it to {N_SMALL} does")
 

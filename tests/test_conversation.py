@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from assistant import subjects as sj
@@ -74,6 +77,59 @@ def test_mentions_and_passages(seed_assistant):
         p = index.passages[row]
         named = S.ids_in(index.docs[p.doc_id].text[p.start : p.end] + " " + p.heading + " " + index.docs[p.doc_id].title)
         assert prp.id in named
+
+
+
+MATCH_GROUPS = [
+    ["platelet-rich plasma therapy", "platelet-rich plasma", "PRP", "the vampire facial"],
+    ["plasma therapy"], ["micro-needling", "collagen induction therapy"], ["therapy"], ["3-D peel"],
+    ["US"], [".NET facial"], ["Dr. Glow"], ["K-beauty"], ["istanbul lift"], ["e-light"], ["eLight therapy"],
+]
+MATCH_TEXTS = [
+    "Platelet-rich plasma therapy (PRP) vs. plasma therapy: PRP's and PRPs, the Vampire-Facials.",
+    "micro needling, Micro-Needlings, microneedling's; micro--needling and micro – needling; collagen induction therapies",
+    "therapies, a therapy's cost; 3D peels, 3 d peel, 3-D-peel; US and us; IT",
+    ".NET facial and .net facials, x.NET facial; Dr. Glow, dr glow; K-beauty; kbeauty; İstanbul lift",
+    "a-PRP, PRP-rich, -PRP, _PRP, PRP_, 5PRP, PRP5 and PRP.", "e-light, E light, eLight therapy, e-light therapies",
+    "", "   ",
+]
+
+
+def _one_alternation(subjects: list[sj.Subject]):
+    """The reference: one regex alternation of every alias, longest first (leftmost match, then longest)."""
+    alts = sorted(((a, s.id) for s in subjects for a in s.aliases), key=lambda x: (-len(x[0]), x[0]))
+    rx = re.compile("|".join(f"(?P<a{n}>{sj._alias_pattern(a)})" for n, (a, _) in enumerate(alts)), re.I)
+    return lambda text: [(alts[int(m.lastgroup[1:])][1], m.start(), m.end(), m.group()) for m in rx.finditer(text)]
+
+
+def test_alias_matcher_finds_what_one_alternation_finds():
+    """The matcher is linear in the text (a regex alternation of thousands of aliases took 0.1 s per
+    passage) but finds exactly the mentions that alternation would."""
+    subs = [sj.Subject(i, g[0], g, np.zeros(0, np.int64)) for i, g in enumerate(MATCH_GROUPS)]
+    S, ref = sj.Subjects(subs, [], []), _one_alternation(subs)
+    for text in MATCH_TEXTS:
+        assert [(m.subject, m.start, m.end, m.text) for m in S.find(text)] == ref(text), text
+    ms = S.find(MATCH_TEXTS[0])
+    assert [(MATCH_GROUPS[m.subject][0], m.text) for m in ms][:3] == [
+        ("platelet-rich plasma therapy", "Platelet-rich plasma therapy"), ("platelet-rich plasma therapy", "PRP"),
+        ("plasma therapy", "plasma therapy")]
+    assert [m.text for m in S.find("eLight therapy")] == ["eLight therapy"]  # not 'eLight' ('e-light')
+    assert [m.text for m in S.find("US and us")] == ["US"]  # a capitalised word-abbreviation stays capitalised
+    text = "Ask about the İstanbul lift."
+    (m,) = S.find(text)
+    assert text[m.start : m.end] == m.text == "İstanbul lift"  # offsets survive case folding
+
+    # thousands of aliases sharing their first letters, as in a large corpus
+    rng = random.Random(7)
+    names = sorted({"".join(rng.choice("bdklmnprst") + rng.choice("aeiou") for _ in range(rng.randint(2, 4)))
+                    for _ in range(800)})
+    subs = [sj.Subject(i, n, [n, f"{n} peel"] + ([n.upper()[:3]] if i % 5 == 0 else []), np.zeros(0, np.int64))
+            for i, n in enumerate(names)]
+    S, ref = sj.Subjects(subs, [], []), _one_alternation(subs)
+    for _ in range(10):
+        words = [rng.choice(names + ["the", "a", "peel", "peels", "and"]) for _ in range(40)]
+        text = " ".join(w.capitalize() if rng.random() < 0.3 else w for w in words)
+        assert [(m.subject, m.start, m.end, m.text) for m in S.find(text)] == ref(text)
 
 
 HYDRA = """# HydraFacial vs. Chemical Peels
@@ -326,17 +382,12 @@ def test_single_questions_go_through_unchanged(seed_assistant):
         assert res.resolved_question == q
 
 
-def test_long_history_weighs_recent_turns_and_stays_fast(seed_assistant):
+def test_long_history_weighs_recent_turns(seed_assistant):
     history = ["What is mesotherapy?", "Does it hurt?", "How tall is Mount Everest?", "What is PRP?", "Is it safe?"] * 4
     assert len(history) == 20
     turn = read(seed_assistant, "How long is the recovery?", history)
     assert turn.subjects == ["PRP"]  # the most recent subject, not the first or the most frequent
-    index = seed_assistant._current().index
-    S = subjects_of(seed_assistant)
-    t = time.perf_counter()
-    for _ in range(20):
-        resolve("How long is the recovery?", history, index, S)
-    assert (time.perf_counter() - t) / 20 < 0.02  # reading 20 turns costs milliseconds, not searches
+    assert "PRP" in turn.query and "mesotherapy" not in turn.query
 
 
 # --- the question sets -----------------------------------------------------------------------------
