@@ -28,7 +28,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+
+def _web_dir() -> Path:
+    """web/ of a source checkout, or the copy a wheel installs as assistant/web."""
+    here = Path(__file__).resolve().parent
+    return next((d for d in (here.parent / "web", here / "web") if (d / "templates").is_dir()), here.parent / "web")
+
+
+WEB_DIR = _web_dir()
 TEMPLATES_DIR = WEB_DIR / "templates"
 STATIC_DIR = WEB_DIR / "static"
 EXAMPLES_FILE = WEB_DIR / "examples.json"

@@ -5,8 +5,11 @@ Fixtures (live_server, unindexed_server) come from tests/conftest_server.py.
 from __future__ import annotations
 
 import concurrent.futures
+import fnmatch
 import json
 import socket
+import tomllib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -383,6 +386,19 @@ def test_chat_page_and_static_files(live_server):
         assert s.status_code == 200 and ctype in s.headers["content-type"], name
         assert "https://" not in s.text
 
+
+
+def test_a_wheel_ships_every_template_and_static_file():
+    """pyproject installs web/ as assistant/web, so a wheel (not only this checkout) serves the page."""
+    root = Path(__file__).resolve().parent.parent
+    conf = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]
+    assert conf["package-dir"]["assistant.web"] == "web"
+    data = conf["package-data"]
+    for sub, package in [("templates", "assistant.web.templates"), ("static", "assistant.web.static")]:
+        files = [f.name for f in (root / "web" / sub).iterdir() if f.is_file()]
+        assert files and package in conf["packages"]
+        assert all(any(fnmatch.fnmatch(f, g) for g in data[package]) for f in files), (package, files)
+    assert "examples.json" in data["assistant.web"]
 
 def test_example_questions_come_from_a_config_file(built_assistant, tmp_path, monkeypatch):
     from assistant.api import create_app
