@@ -235,6 +235,16 @@ class _Matcher:
         extra = "".join(re.escape(c) for c in sorted(odd))
         self._starts = re.compile(rf"(?<![\w\-])(?:\w{'|[' + extra + ']' if extra else ''})")
 
+    def _candidates(self, low: str, i: int) -> list[tuple[int, re.Pattern, int]]:
+        """The aliases whose literal start is at `i` of the folded text, in the given order."""
+        cands: list[tuple[int, re.Pattern, int]] = []
+        for n in self._lengths:
+            k = low[i : i + n]
+            if len(k) == n and k in self._table:
+                cands += self._table[k]
+        cands.sort(key=lambda c: c[0])
+        return cands
+
     def find(self, text: str) -> list[Mention]:
         if not self._table or not text:
             return []
@@ -245,18 +255,25 @@ class _Matcher:
             i = s.start()
             if i < pos:
                 continue
-            cands: list[tuple[int, re.Pattern, int]] = []
-            for n in self._lengths:
-                k = low[i : i + n]
-                if len(k) == n and k in self._table:
-                    cands += self._table[k]
-            cands.sort(key=lambda c: c[0])
-            for _, rx, sid in cands:
+            for _, rx, sid in self._candidates(low, i):
                 m = rx.match(text, i)
                 if m:
                     out.append(Mention(sid, i, m.end(), m.group()))
                     pos = m.end()
                     break
+        return out
+
+    def present(self, text: str) -> set[int]:
+        """The ids with an alias that matches anywhere in `text`, overlaps included (as one
+        `re.search` per alias would tell)."""
+        out: set[int] = set()
+        if not self._table or not text:
+            return out
+        low = _fold(text)
+        for s in self._starts.finditer(text):
+            for _, rx, sid in self._candidates(low, s.start()):
+                if sid not in out and rx.match(text, s.start()):
+                    out.add(sid)
         return out
 
 
@@ -443,19 +460,29 @@ def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
         heads[parts(f)[-1]].add(g.find(k))
     generic = {h for h, roots in heads.items() if len(roots) >= 2}
     by_parts = {" ".join(parts(f)): k for k in g.parent for f in g.forms[k]}
-    lowered = [t.lower() for t in passage_texts]
+
+    def core_of(f: str) -> str:
+        core = " ".join(f.split(" ")[:-1]) if " " in f else ""
+        return "" if len(core) < 3 or core.lower() in STOPWORDS else core
+
+    # how many passages use each core (one pass over the passages for all of them)
+    cores = sorted({core_of(f).lower() for _, f in multi if parts(f)[-1] in generic} - {""})
+    number = {c: n for n, c in enumerate(cores)}
+    matcher = _Matcher(list(number.items()))
+    df: Counter = Counter()
+    for t in passage_texts:
+        df.update(matcher.present(t.lower()))
     for k, f in multi:
         ps = parts(f)
         rest = " ".join(ps[:-1])
         if rest in by_parts:  # the name without its last word is a known name
             g.union(by_parts[rest], k)
         elif ps[-1] in generic:
-            core = " ".join(f.split(" ")[:-1]) if " " in f else ""
-            if len(core) < 3 or core.lower() in STOPWORDS:
+            core = core_of(f)
+            if not core:
                 continue
-            pat = re.compile(_alias_pattern(core.lower()), re.I)
-            df = sum(1 for t in lowered if pat.search(t))
-            if is_abbreviation(core) or df <= 0.5 * max(1, len(lowered)):  # not a word every passage uses
+            used = df[number[core.lower()]]
+            if is_abbreviation(core) or used <= 0.5 * max(1, len(passage_texts)):  # not a word every passage uses
                 g.union(k, g.add(core if is_abbreviation(core) else core.lower(), "core"))
 
 

@@ -109,6 +109,10 @@ def test_alias_matcher_finds_what_one_alternation_finds():
     S, ref = sj.Subjects(subs, [], []), _one_alternation(subs)
     for text in MATCH_TEXTS:
         assert [(m.subject, m.start, m.end, m.text) for m in S.find(text)] == ref(text), text
+    every = sj._Matcher([(a, s.id) for s in subs for a in s.aliases])  # overlaps too (discovery counts with it)
+    for text in MATCH_TEXTS:
+        assert every.present(text) == {s.id for s in subs for a in s.aliases
+                                       if re.search(sj._alias_pattern(a), text, re.I)}, text
     ms = S.find(MATCH_TEXTS[0])
     assert [(MATCH_GROUPS[m.subject][0], m.text) for m in ms][:3] == [
         ("platelet-rich plasma therapy", "Platelet-rich plasma therapy"), ("platelet-rich plasma therapy", "PRP"),
