@@ -48,6 +48,11 @@ class Embedder:
         """One query -> (dim,) unit vector."""
         return self._encode([text], batch_size=1)[0]
 
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        """A few queries -> (n, dim) unit vectors, in one batch (a comparison's question and its
+        aspect cost little more than one)."""
+        return self._encode(texts, batch_size=max(1, len(texts)))
+
     def encode_passages(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Many texts -> (n, dim) unit vectors."""
         if not texts:

@@ -97,6 +97,16 @@ def test_manifest_and_layout(built, embedder):
         assert (gen / name).is_file(), name
 
 
+
+def test_queries_encode_alike_one_by_one_and_in_a_batch(embedder):
+    """A comparison encodes its question and its aspect in one batch: padding must not move them."""
+    texts = ["Which is safer, PRP or mesotherapy?", "Which is safer?", "How long does a glowberry peel session take?"]
+    batch = embedder.encode_queries(texts)
+    assert batch.shape == (3, embedder.dim) and batch.dtype == np.float32
+    for text, v in zip(texts, batch):
+        assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-4
+        assert float(embedder.encode_query(text) @ v) > 0.9999
+
 def test_corpus_fingerprint_follows_the_corpus(built):
     a, corpus, index = built
     first = ix.load(index).manifest["corpus_fingerprint"]
