@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-
 def _web_dir() -> Path:
     """web/ of a source checkout, or the copy a wheel installs as assistant/web."""
     here = Path(__file__).resolve().parent
