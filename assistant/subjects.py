@@ -471,7 +471,7 @@ def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
     matcher = _Matcher(list(number.items()))
     df: Counter = Counter()
     for t in passage_texts:
-        df.update(matcher.present(t.lower()))
+        df.update(matcher.present(t))
     for k, f in multi:
         ps = parts(f)
         rest = " ".join(ps[:-1])
