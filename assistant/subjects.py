@@ -466,8 +466,8 @@ def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
         return "" if len(core) < 3 or core.lower() in STOPWORDS else core
 
     # how many passages use each core (one pass over the passages for all of them)
-    cores = sorted({core_of(f).lower() for _, f in multi if parts(f)[-1] in generic} - {""})
-    number = {c: n for n, c in enumerate(cores)}
+    cores = {core_of(f).lower() for _, f in multi if parts(f)[-1] in generic} - {""}
+    number = {c: n for n, c in enumerate(sorted(cores))}
     matcher = _Matcher(list(number.items()))
     df: Counter = Counter()
     for t in passage_texts:

@@ -387,7 +387,6 @@ def test_chat_page_and_static_files(live_server):
         assert "https://" not in s.text
 
 
-
 def test_a_wheel_ships_every_template_and_static_file():
     """pyproject installs web/ as assistant/web, so a wheel (not only this checkout) serves the page."""
     root = Path(__file__).resolve().parent.parent
@@ -399,6 +398,7 @@ def test_a_wheel_ships_every_template_and_static_file():
         assert files and package in conf["packages"]
         assert all(any(fnmatch.fnmatch(f, g) for g in data[package]) for f in files), (package, files)
     assert "examples.json" in data["assistant.web"]
+
 
 def test_example_questions_come_from_a_config_file(built_assistant, tmp_path, monkeypatch):
     from assistant.api import create_app

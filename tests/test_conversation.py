@@ -10,7 +10,6 @@ import json
 import logging
 import random
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +76,6 @@ def test_mentions_and_passages(seed_assistant):
         p = index.passages[row]
         named = S.ids_in(index.docs[p.doc_id].text[p.start : p.end] + " " + p.heading + " " + index.docs[p.doc_id].title)
         assert prp.id in named
-
 
 
 MATCH_GROUPS = [
