@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 from . import index as ix
 from .config import MODEL_NAME, Settings
@@ -16,6 +17,49 @@ from .reindex import reindex as run_reindex
 from .retrieval import Retriever
 
 log = logging.getLogger(__name__)
+
+_CITATION_FIELDS = ("author", "published", "site", "original_url")
+
+
+def _citation(d: ix.DocRecord) -> dict:
+    return {k: getattr(d, k, None) for k in _CITATION_FIELDS}
+
+
+def _with_citations(resp: AskResponse, index: ix.Index) -> AskResponse:
+    """Each answer's source carries its article's author, date, site and original URL."""
+    for a in resp.answers:
+        d = index.docs.get(a.source.doc_id)
+        if d is not None:
+            for k, v in _citation(d).items():
+                setattr(a.source, k, v)
+    return resp
+
+
+class _Capturing:
+    """The embedder, recording the first query vector into `capture.vector` (the resolved
+    question's: conversation encodes it first)."""
+
+    def __init__(self, inner: Embedder, capture: Any) -> None:
+        self._inner = inner
+        self._capture = capture
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _keep(self, v: Any) -> None:
+        if getattr(self._capture, "vector", None) is None:
+            self._capture.vector = v
+
+    def encode_query(self, text: str):
+        v = self._inner.encode_query(text)
+        self._keep(v)
+        return v
+
+    def encode_queries(self, texts: list[str]):
+        vs = self._inner.encode_queries(texts)
+        if len(vs):
+            self._keep(vs[0])
+        return vs
 
 class _Loaded:
     """An index and its retriever: swapped as one reference, so a request sees one or the other."""
@@ -160,13 +204,16 @@ class Assistant:
                 self._loaded = fresh
                 log.info("now serving index generation %s (was %s)", fresh.generation, old.generation if old else None)
 
-    def reindex(self, progress: bool = False, lock_timeout: float = 600.0) -> ReindexReport:
+    def reindex(self, progress: bool = False, lock_timeout: float = 600.0,
+                on_progress: Callable[[str, int, int], None] | None = None) -> ReindexReport:
         """Bring the index up to date with the corpus folder; answering goes on meanwhile.
 
         Waits up to `lock_timeout` seconds for another reindex (ReindexBusyError after that).
-        When it returns, this Assistant answers with the new index.
+        When it returns, this Assistant answers with the new index. `on_progress(phase, done,
+        total)` is called as files are read and passages embedded (the admin page's progress).
         """
-        report = run_reindex(self.settings, self.embedder, progress=progress, lock_timeout=lock_timeout)
+        kw = {"on_progress": on_progress} if on_progress is not None else {}
+        report = run_reindex(self.settings, self.embedder, progress=progress, lock_timeout=lock_timeout, **kw)
         try:
             self._current(force=True)
         except NotIndexedError:
@@ -175,8 +222,12 @@ class Assistant:
 
     # --- asking ------------------------------------------------------------------------------
 
-    def ask(self, question: str, history: list[str] | None = None, top_k: int = 3) -> AskResponse:
-        """Answer with passages of the articles, verbatim and cited, or abstain."""
+    def ask(self, question: str, history: list[str] | None = None, top_k: int = 3,
+            capture: Any = None) -> AskResponse:
+        """Answer with passages of the articles, verbatim and cited, or abstain.
+
+        `capture`, if given, gets `.vector`: the query vector of what was searched (the question
+        log groups unanswered questions by it without encoding them again)."""
         s = self.settings
         if not isinstance(question, str) or not question.strip():
             raise InvalidQuestionError("The question is empty: ask something about the articles.")
@@ -188,15 +239,17 @@ class Assistant:
         if not 1 <= top_k <= s.max_top_k:
             raise InvalidQuestionError(f"top_k must be between 1 and {s.max_top_k}.")
         loaded = self._current()
-
-        return answer_turn(loaded.index, loaded.retriever, self.embedder, s, question, history, top_k)
+        embedder = self.embedder if capture is None else _Capturing(self.embedder, capture)
+        resp = answer_turn(loaded.index, loaded.retriever, embedder, s, question, history, top_k)
+        return _with_citations(resp, loaded.index)
 
     # --- documents ---------------------------------------------------------------------------
 
     def documents(self) -> list[DocumentInfo]:
         index = self._current().index
         return [
-            DocumentInfo(doc_id=d.doc_id, title=d.title, path=d.path, passages=d.n_passages, indexed_at=d.indexed_at)
+            DocumentInfo(doc_id=d.doc_id, title=d.title, path=d.path, passages=d.n_passages, indexed_at=d.indexed_at,
+                         **_citation(d))
             for d in index.docs.values()
         ]
 
@@ -206,7 +259,8 @@ class Assistant:
         if d is None:
             raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
         spans = [PassageSpan(id=p.id, start=p.start, end=p.end) for p in index.passages if p.doc_id == doc_id]
-        return ArticleView(doc_id=d.doc_id, title=d.title, path=d.path, text=d.text, passages=spans, indexed_at=d.indexed_at)
+        return ArticleView(doc_id=d.doc_id, title=d.title, path=d.path, text=d.text, passages=spans,
+                           indexed_at=d.indexed_at, **_citation(d))
 
     def health(self) -> Health:
         try:

@@ -110,7 +110,10 @@ def render_text(res) -> str:
         out.append(text[pos:])
         about = f" ({ans.about})" if ans.about else ""
         lines.append(f"{i}.{about} " + "".join(out).replace("\n", "\n   "))
-        cite = f"   [{ans.source.title}] {ans.source.path}:{ans.source.start}-{ans.source.end}"
+        src = ans.source
+        byline = " · ".join(x for x in (getattr(src, "author", None), getattr(src, "published", None),
+                                         getattr(src, "site", None)) if x)
+        cite = f"   [{src.title}{f' — {byline}' if byline else ''}] {src.path}:{src.start}-{src.end}"
         if ans.also_in:
             cite += "; also in " + ", ".join(f"[{x.title}]" for x in ans.also_in)
         lines.append(cite)
@@ -217,6 +220,32 @@ def add(
     )
 
 
+@app.command("export-eval")
+def export_eval(
+    file: Annotated[Path, typer.Argument(help="Where to write the question set (dev.jsonl format).", show_default=False)],
+    index: IndexOpt = None,
+) -> None:
+    """Write readers' helpful answers and the questions you marked unanswerable as a question set for `assistant eval`."""
+    from .owner_log import DB_ENV, OwnerLog, OwnerLogError
+
+    s = _settings(None, index)
+    owner = OwnerLog.from_env(s.index_dir)
+    if not owner.db_path.is_file():
+        _fail(f"no question log at {owner.db_path} (it is written by `assistant serve`; {DB_ENV} names another file)")
+    if file.exists() and file.is_dir():
+        _fail(f"{file} is a folder; give a file name like questions.jsonl")
+    if not file.parent.is_dir():
+        _fail(f"folder {file.parent}/ does not exist")
+    try:
+        answers, abstains = owner.export_eval(file)
+    except (OwnerLogError, OSError) as e:
+        _fail(f"could not export: {e}")
+    finally:
+        owner.close()
+    typer.echo(f"wrote {answers + abstains} cases to {file}: {answers} helpful answers (expect_any), "
+               f"{abstains} questions marked unanswerable (expect_abstain). Run `assistant eval {file}`.")
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -244,7 +273,7 @@ def serve(
         start_watcher(s)
         typer.echo(f"Watching {s.corpus_dir}/: added, changed and removed articles are reindexed within seconds")
     typer.echo(f"Serving on http://{host}:{port}  (corpus {s.corpus_dir}/, index {s.index_dir}/)")
-    uvicorn.run("assistant.api:app_factory", factory=True, host=host, port=port, workers=workers, log_level="warning")
+    uvicorn.run("assistant.app:app_factory", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import citation as cit
 from .errors import UnsupportedFileError
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,11 @@ class Document:
     path: str
     text: str
     sha256: str
+    # what the article says about itself (citation.py); never part of `text`
+    author: str | None = None
+    published: str | None = None
+    site: str | None = None
+    original_url: str | None = None
 
 
 class UnreadableFileError(Exception):
@@ -60,7 +66,16 @@ def doc_id_for(path: Path, corpus_dir: Path) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """The article's content hash: its bytes, and its metadata sidecar when it has one (so
+    adding or fixing the original URL counts as a change for the next reindex)."""
+    return _content_sha256(Path(path).read_bytes(), cit.read_sidecar_bytes(path))
+
+
+def _content_sha256(raw: bytes, sidecar: bytes | None) -> str:
+    h = hashlib.sha256(raw)
+    if sidecar:
+        h.update(b"\x00sidecar\x00" + sidecar)
+    return h.hexdigest()
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -78,17 +93,23 @@ def read_document(path: Path, corpus_dir: Path, raw: bytes | None = None) -> Doc
         raw = path.read_bytes() if raw is None else raw
     except OSError as e:
         raise UnreadableFileError(f"{path}: cannot be read ({e.strerror or e})") from e
-    sha = hashlib.sha256(raw).hexdigest()
+    sidecar = cit.read_sidecar_bytes(path)
+    sha = _content_sha256(raw, sidecar)
     if suffix in PDF_SUFFIXES:
-        lines, title = _pdf_lines(raw, path)
+        lines, title, meta = _pdf_lines(raw, path)
     else:
         text = _decode(raw, path)
         if suffix in HTML_SUFFIXES:
-            lines, title = _html_lines(text)
+            lines, title, meta = _html_lines(text)
         elif suffix in MARKDOWN_SUFFIXES:
             lines, title = _markdown_lines(text)
+            meta = cit.from_front_matter(_front_matter(text))
         else:
-            lines, title = _plain_lines(text), None
+            lines, title, meta = _plain_lines(text), None, cit.Citation()
+    by, used = cit.byline(lines)
+    if used:  # byline and date lines are metadata, not article text
+        lines = [x for i, x in enumerate(lines) if i not in used]
+    meta = cit.from_sidecar(sidecar, path).merged(meta).merged(by).with_site_from_url()
     lines = clean_lines(lines)
     if not lines:
         raise UnreadableFileError(f"{path}: no article text found")
@@ -101,6 +122,10 @@ def read_document(path: Path, corpus_dir: Path, raw: bytes | None = None) -> Doc
         path=Path(path).relative_to(corpus_dir).as_posix(),
         text="\n".join(lines),
         sha256=sha,
+        author=meta.author,
+        published=meta.published,
+        site=meta.site,
+        original_url=meta.original_url,
     )
 
 
@@ -162,7 +187,22 @@ def _strip_inline_md(s: str) -> str:
     return s
 
 
-def _html_lines(html: str) -> tuple[list[str], str | None]:
+def _front_matter(text: str) -> dict[str, str]:
+    """`key: value` lines of a Markdown file's YAML front matter (flat keys only)."""
+    body = text.lstrip("\ufeff").splitlines()
+    items: dict[str, str] = {}
+    if not body or body[0].strip() != "---":
+        return items
+    for line in body[1:60]:
+        if line.strip() == "---":
+            return items
+        m = re.match(r"^([A-Za-z_][\w-]*)\s*:\s*['\"]?(.*?)['\"]?\s*$", line)
+        if m and m.group(2):
+            items[m.group(1).lower()] = m.group(2)
+    return {}
+
+
+def _html_lines(html: str) -> tuple[list[str], str | None, cit.Citation]:
     """Article text of a web page via trafilatura (it drops navigation, ads and footers)."""
     import trafilatura
 
@@ -179,16 +219,16 @@ def _html_lines(html: str) -> tuple[list[str], str | None]:
     meta = trafilatura.extract_metadata(html)
     title = meta.title if meta is not None and meta.title else None
     if not extracted:
-        return [], title
+        return [], title, cit.Citation()
     lines, md_title = _markdown_lines(extracted)
-    return lines, title or md_title
+    return lines, title or md_title, cit.from_html(html, meta)
 
 
 _PAGE_NUMBER = re.compile(r"^(?:page\s*)?[-–—(\[]?\s*\d{1,4}\s*[-–—)\]]?(?:\s*(?:of|/)\s*\d{1,4})?$", re.I)
 _BAD_PDF_TITLE = re.compile(r"^(untitled|microsoft (word|powerpoint) - .*|.*\.(docx?|pdf|odt|rtf|pptx?|tex|indd))$", re.I)
 
 
-def _pdf_lines(raw: bytes, path: Path) -> tuple[list[str], str | None]:
+def _pdf_lines(raw: bytes, path: Path) -> tuple[list[str], str | None, cit.Citation]:
     """Text of a PDF via pypdf, as paragraphs: page numbers and running headers/footers out,
     hard-wrapped lines joined back (hyphenation undone), list items and headings kept apart.
 
@@ -217,6 +257,7 @@ def _pdf_lines(raw: bytes, path: Path) -> tuple[list[str], str | None]:
             meta_title = reader.metadata.title if reader.metadata else None
         except Exception:
             meta_title = None
+        info = cit.from_pdf_info(reader.metadata)
     except UnreadableFileError:
         raise
     except Exception as e:  # pypdf raises many kinds on damaged files; none may stop a reindex
@@ -258,7 +299,7 @@ def _pdf_lines(raw: bytes, path: Path) -> tuple[list[str], str | None]:
     title = meta_title.strip() if isinstance(meta_title, str) else None
     if title and (_BAD_PDF_TITLE.match(title) or len(title) < 3):
         title = None
-    return paragraphs, title
+    return paragraphs, title, info
 
 
 def _drop_page_furniture(pages: list[list[str]]) -> list[list[str]]:

@@ -103,6 +103,9 @@ def evaluate_cases(assistant: Assistant, cases: list[dict], k: int = 10, mode: s
         history: list[str] = []
         for i, turn in enumerate(case["turns"]):
             q = turn["q"]
+            if turn.get("context"):  # asked earlier only as history (exported feedback): not scored
+                history.append(q)
+                continue
             if mode == "alone":
                 res = assistant.ask(q, [], top_k=k)
             elif mode == "concat":

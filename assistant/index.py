@@ -175,6 +175,11 @@ class DocRecord:
     indexed_at: str
     text: str
     n_passages: int = 0
+    # citation metadata (optional: generations written before it load with None)
+    author: str | None = None
+    published: str | None = None
+    site: str | None = None
+    original_url: str | None = None
 
 
 @dataclass
@@ -546,7 +551,8 @@ def now_iso() -> str:
 
 
 def doc_record(doc: Document, indexed_at: str, n_passages: int) -> DocRecord:
-    return DocRecord(doc.doc_id, doc.title, doc.path, doc.sha256, indexed_at, doc.text, n_passages)
+    return DocRecord(doc.doc_id, doc.title, doc.path, doc.sha256, indexed_at, doc.text, n_passages,
+                     author=doc.author, published=doc.published, site=doc.site, original_url=doc.original_url)
 
 
 def safe_doc_id(doc_id: str) -> bool:

@@ -1,7 +1,7 @@
 """Pydantic models for everything that crosses a boundary: answers, documents, reindex reports."""
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 
 class Span(BaseModel):
@@ -11,7 +11,16 @@ class Span(BaseModel):
     end: int
 
 
-class Source(BaseModel):
+class Citation(BaseModel):
+    """What an article says about itself (null when unknown): never part of the answer text."""
+
+    author: str | None = Field(default=None, description="Who wrote the article, as the article names them.")
+    published: str | None = Field(default=None, description="Publication (or last update) date, ISO 8601 (YYYY-MM-DD).")
+    site: str | None = Field(default=None, description="The site or publisher's name (or the host of original_url).")
+    original_url: str | None = Field(default=None, description="Where the article was published on the web.")
+
+
+class Source(Citation):
     doc_id: str
     title: str
     path: str = Field(description="Path of the article relative to the corpus folder.")
@@ -44,7 +53,7 @@ class AskResponse(BaseModel):
     answers: list[Answer] = Field(default_factory=list)
 
 
-class DocumentInfo(BaseModel):
+class DocumentInfo(Citation):
     doc_id: str
     title: str
     path: str
@@ -58,7 +67,7 @@ class PassageSpan(BaseModel):
     end: int
 
 
-class ArticleView(BaseModel):
+class ArticleView(Citation):
     doc_id: str
     title: str
     path: str
@@ -90,3 +99,77 @@ class Health(BaseModel):
     passages: int
     model: str
     built_at: str | None
+
+
+# --- feedback on answers ----------------------------------------------------------------------
+
+_MAX_TEXT = 1000
+
+
+class FeedbackIn(BaseModel):
+    """A reader's verdict on one answer card. Nothing in it identifies the reader."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: StrictStr = Field(description="The question as the reader typed it.", max_length=_MAX_TEXT)
+    history: list[StrictStr] = Field(default_factory=list, max_length=20,
+                                     description="The earlier questions of the conversation, oldest first.")
+    resolved_question: StrictStr | None = Field(default=None, max_length=_MAX_TEXT)
+    doc_id: StrictStr | None = Field(default=None, max_length=300,
+                                     description="The answer's article (null: feedback on an abstention).")
+    start: StrictInt | None = Field(default=None, ge=0, description="The passage's offsets in the article.")
+    end: StrictInt | None = Field(default=None, ge=0)
+    highlight: StrictStr | None = Field(default=None, max_length=2 * _MAX_TEXT,
+                                        description="The highlighted (answering) sentence of the card.")
+    helpful: StrictBool
+
+    @field_validator("question")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("The question is empty.")
+        return v
+
+    @field_validator("history")
+    @classmethod
+    def _short_items(cls, v: list[str]) -> list[str]:
+        if any(len(h) > _MAX_TEXT for h in v):
+            raise ValueError(f"Each history item must be at most {_MAX_TEXT} characters.")
+        return v
+
+
+class FeedbackOut(BaseModel):
+    id: str = Field(description="Send DELETE /feedback/{id} to take the feedback back.")
+
+
+class FeedbackItem(FeedbackIn):
+    """Feedback as the admin page lists it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    at: str = Field(description="When it was given (UTC, ISO 8601).")
+    title: str | None = None
+
+
+class LoggedQuestion(BaseModel):
+    """One entry of the question log (no reader identity: no IP, no cookie)."""
+
+    id: int
+    at: str
+    question: str
+    resolved_question: str
+    abstained: bool
+    top_doc: str | None = None
+    top_score: float | None = None
+    mark: str | None = Field(default=None, description="`unanswerable`: the owner says the library should abstain.")
+
+
+class QuestionGroup(BaseModel):
+    """Abstained questions that mean nearly the same: an article the library is missing."""
+
+    count: int
+    latest_at: str
+    examples: list[LoggedQuestion] = Field(description="The latest few, newest first.")
+    ids: list[int] = Field(description="Every question in the group.")
+    marked_unanswerable: bool = False

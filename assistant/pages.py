@@ -1,12 +1,10 @@
-"""HTML pages: the chat page, the article view and the error page (Jinja2, autoescaped).
+"""Readers' HTML pages: the chat page and the article view (Jinja2, autoescaped; see templating).
 
-Templates live in web/templates, CSS and JS in web/static (served at /static). Example
-questions for the empty chat page come from web/examples.json, or from the JSON file named by
-the ASSISTANT_EXAMPLES_FILE environment variable.
+Example questions for the empty chat page come from web/examples.json, or from the JSON file
+named by the ASSISTANT_EXAMPLES_FILE environment variable.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -15,67 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from .errors import AssistantError
 from .models import ArticleView
+from .templating import STATIC_DIR, WEB_DIR, render
 
 if TYPE_CHECKING:
-    from .api import AssistantHolder
+    from .http_base import AssistantHolder
 
 log = logging.getLogger(__name__)
 
 
-def _web_dir() -> Path:
-    """web/ of a source checkout, or the copy a wheel installs as assistant/web."""
-    here = Path(__file__).resolve().parent
-    return next((d for d in (here.parent / "web", here / "web") if (d / "templates").is_dir()), here.parent / "web")
-
-
-WEB_DIR = _web_dir()
-TEMPLATES_DIR = WEB_DIR / "templates"
-STATIC_DIR = WEB_DIR / "static"
 EXAMPLES_FILE = WEB_DIR / "examples.json"
 EXAMPLES_ENV = "ASSISTANT_EXAMPLES_FILE"
-
-_env: jinja2.Environment | None = None
-_static_version: str | None = None
-
-
-def env() -> jinja2.Environment:
-    global _env
-    if _env is None:
-        _env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
-            autoescape=True,  # everything from an article is text, never markup
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        _env.globals["static"] = static_url
-    return _env
-
-
-def static_url(name: str) -> str:
-    """/static/<name>?v=<hash of the static files>, so browsers never keep a stale script."""
-    global _static_version
-    if _static_version is None:
-        h = hashlib.sha256()
-        for p in sorted(STATIC_DIR.rglob("*")):
-            if p.is_file():
-                h.update(p.name.encode())
-                h.update(p.read_bytes())
-        _static_version = h.hexdigest()[:10]
-    return f"/static/{name}?v={_static_version}"
-
-
-def render(request: Request, name: str, context: dict[str, Any], status: int = 200,
-           headers: dict | None = None) -> HTMLResponse:
-    root = (request.scope.get("root_path") or "").rstrip("/")
-    html = env().get_template(name).render(root=root, **context)
-    return HTMLResponse(html, status_code=status, headers=headers)
 
 
 # --- examples --------------------------------------------------------------------------------
@@ -164,14 +117,6 @@ def render_article(request: Request, view: ArticleView, start: int | None, end: 
         "asked_for_passage": start is not None or end is not None,
         "words": len(view.text.split()),
     })
-
-
-def render_error(request: Request, status: int, message: str, headers: dict | None = None) -> HTMLResponse:
-    titles = {400: "Bad request", 404: "Not found", 405: "Not allowed", 413: "Too large",
-              422: "Cannot use that request", 503: "Not ready yet", 500: "Something went wrong"}
-    return render(request, "error.html", {
-        "status": status, "title": titles.get(status, "Error"), "message": message,
-    }, status=status, headers=headers)
 
 
 # --- routes ----------------------------------------------------------------------------------

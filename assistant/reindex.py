@@ -23,6 +23,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -119,10 +120,10 @@ def _version(dist: str) -> str:
 def fingerprints() -> dict:
     """`content`: how articles are read, cleaned, chunked and what is embedded (a change
     rebuilds everything); `bm25`: how BM25 texts are tokenised (a change re-tokenises)."""
-    from . import chunking, documents
+    from . import chunking, citation, documents
 
     return {
-        "content": _source_hash(documents, chunking, ix.passage_embed_text, ix.sentence_embed_text),
+        "content": _source_hash(documents, citation, chunking, ix.passage_embed_text, ix.sentence_embed_text),
         "bm25": _source_hash(
             ix.tokenize, ix._catenate, ix._stopwords, ix.passage_bm25_text, ix.sentence_bm25_text,
             ix.passage_embed_text, ix.sentence_embed_text,
@@ -195,12 +196,16 @@ def reindex(
     progress: bool = False,
     lock_timeout: float = 600.0,
     timings: dict | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
 ) -> ReindexReport:
     """Bring index_dir up to date with corpus_dir. Returns what changed.
 
     Waits up to `lock_timeout` seconds for another reindex to finish, then raises
-    ReindexBusyError. `timings`, if given, is filled with seconds per phase.
+    ReindexBusyError. `timings`, if given, is filled with seconds per phase. `on_progress`,
+    if given, is called with (phase, done, total): ("reading", files, files) and
+    ("embedding", passages, passages).
     """
+    tick = on_progress or (lambda phase, done, total: None)
     t0 = time.perf_counter()
     tm = timings if timings is not None else {}
     clock = [t0]
@@ -233,7 +238,8 @@ def reindex(
         scan_started = time.time_ns()
         files = discover(corpus_dir)
         hashed = 0
-        for path in tqdm(files, desc="Reading", unit="file", disable=not progress, leave=False):
+        for n_read, path in enumerate(tqdm(files, desc="Reading", unit="file", disable=not progress, leave=False)):
+            tick("reading", n_read, len(files))
             rel = path.relative_to(corpus_dir).as_posix()
             doc_id = doc_id_for(path, corpus_dir)
             if doc_id in seen:  # a.md and a.txt: the first one wins
@@ -277,6 +283,7 @@ def reindex(
         if prev_index:
             report.removed = sorted(d for d in prev_index.docs if d not in seen)
         report.unchanged = len(kept_docs)
+        tick("reading", len(files), len(files))
         tm["files"], tm["hashed"] = len(files), hashed
         lap("scan")
 
@@ -300,7 +307,9 @@ def reindex(
         lap("chunk")
         p_texts = [ix.passage_embed_text(p, new_records[p.doc_id].title, new_records[p.doc_id].text) for p in new_passages]
         s_texts = [ix.sentence_embed_text(p, s, new_records[p.doc_id].text) for p in new_passages for s in p.sentences]
-        vecs = _embed(embedder, p_texts + s_texts, progress)
+        n_new = len(new_passages)
+        vecs = _embed(embedder, p_texts + s_texts, progress,
+                      on_batch=lambda done, total: tick("embedding", round(done * n_new / total), n_new))
         p_vecs, s_vecs = vecs[: len(p_texts)], vecs[len(p_texts) :]
         report.embedded_passages = len(new_passages)
         lap("embed")
@@ -426,7 +435,8 @@ def _bm25(tokens: list[list[str]]):
     return retriever
 
 
-def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EMBED_BATCH) -> np.ndarray:
+def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EMBED_BATCH,
+           on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Unit vectors of `texts`, in order. Texts are batched by length (a batch is padded to its
     longest text: mixing a 100-word passage with short sentences wastes most of the work), and
     batches are small, so a question asked meanwhile waits for one batch at most."""
@@ -439,6 +449,8 @@ def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EM
             rows = order[i : i + batch]
             out[rows] = embedder.encode_passages([texts[j] for j in rows], batch_size=batch)
             bar.update(len(rows))
+            if on_batch is not None:
+                on_batch(min(i + batch, len(texts)), len(texts))
             time.sleep(0.0005)  # let a question waiting for the model have it
     return out
 

@@ -143,8 +143,12 @@ def files_of(corpus_dir: Path, doc_id: str) -> list[Path]:
     return sorted(out)
 
 
-def add_bytes(corpus_dir: Path, filename: str, data: bytes, replace: bool = False) -> Added:
-    """Save an article under `filename` (a plain name) in the corpus folder, after checking it reads."""
+def add_bytes(corpus_dir: Path, filename: str, data: bytes, replace: bool = False,
+              original_url: str | None = None) -> Added:
+    """Save an article under `filename` (a plain name) in the corpus folder, after checking it reads.
+
+    `original_url` (where the article was published) goes into the article's metadata sidecar
+    (citation.py), written before the article so a reindex never sees one without the other."""
     corpus_dir = Path(corpus_dir)
     name = plain_filename(filename)
     if len(data) > MAX_BYTES:
@@ -165,8 +169,11 @@ def add_bytes(corpus_dir: Path, filename: str, data: bytes, replace: bool = Fals
             f"The article {doc.doc_id!r} already exists as {others[0].name}; "
             "remove it first, choose another name, or replace it."
         )
+    meta_changed = _write_sidecar(target, original_url) if original_url else False
     if target.exists() and target.read_bytes() == data:
         status = "unchanged"
+        if meta_changed:
+            os.utime(target)  # new size/time stamps: the next reindex re-reads it with its metadata
     elif target.exists():
         if not replace:
             raise DocumentExistsError(
@@ -180,10 +187,41 @@ def add_bytes(corpus_dir: Path, filename: str, data: bytes, replace: bool = Fals
         _atomic_write(target, data, replace=False)
     for p in others:  # replace=True: the other spelling of this doc_id goes
         p.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if original_url is None and _sidecar_of(p).exists() and not _sidecar_of(target).exists():
+                os.replace(_sidecar_of(p), _sidecar_of(target))  # its metadata moves with it
+            else:
+                _sidecar_of(p).unlink()
     if others and status == "unchanged":
         status = "replaced"
     log.info("%s %s", status, target)
     return Added(doc.doc_id, target, status, doc.title)
+
+
+def _sidecar_of(article: Path) -> Path:
+    from .citation import sidecar_path
+
+    return sidecar_path(article)
+
+
+def _write_sidecar(article: Path, original_url: str) -> bool:
+    """Set `original_url` in the article's metadata sidecar (other fields kept); True if it changed."""
+    import json
+
+    from .citation import sidecar_path
+
+    side = sidecar_path(article)
+    current: dict = {}
+    try:
+        loaded = json.loads(side.read_text(encoding="utf-8"))
+        current = loaded if isinstance(loaded, dict) else {}
+    except (OSError, ValueError):
+        current = {}
+    if current.get("original_url") == original_url:
+        return False
+    current["original_url"] = original_url
+    _atomic_write(side, (json.dumps(current, ensure_ascii=False, indent=2) + "\n").encode("utf-8"), replace=True)
+    return True
 
 
 def _atomic_write(target: Path, data: bytes, replace: bool) -> None:
@@ -328,7 +366,7 @@ def add_url(corpus_dir: Path, url: str, name: str | None = None, replace: bool =
     if name:
         filename = name if Path(name).suffix.lower() in HTML_SUFFIXES else name + ".html"
     try:
-        return add_bytes(corpus_dir, filename, html, replace=replace)
+        return add_bytes(corpus_dir, filename, html, replace=replace, original_url=final_url)
     except SourceError as e:
         if "can't be read as an article" in str(e):
             raise SourceError(f"{url}: no article text found on the page; nothing was added.") from None
@@ -344,9 +382,13 @@ def add(corpus_dir: Path, source: str, name: str | None = None, replace: bool = 
 
 def remove(corpus_dir: Path, doc_id: str) -> list[Path]:
     """Delete the file(s) of an article from the corpus folder; [] if there is none."""
+    from .citation import sidecar_path
+
     removed = []
     for p in files_of(corpus_dir, doc_id):
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
             removed.append(p)
+        with contextlib.suppress(FileNotFoundError):
+            sidecar_path(p).unlink()
     return removed

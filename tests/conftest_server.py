@@ -147,7 +147,7 @@ def built_assistant(tmp_path_factory):
 @pytest.fixture(scope="session")
 def live_server(built_assistant) -> Iterator[LiveServer]:
     """The app over the test corpus on a real uvicorn server."""
-    from assistant.api import create_app
+    from assistant.app import create_app
 
     ast = built_assistant
     with run_server(create_app(assistant=ast)) as url:
@@ -159,7 +159,7 @@ def live_server(built_assistant) -> Iterator[LiveServer]:
 def unindexed_server(tmp_path_factory) -> Iterator[LiveServer]:
     """The app over a corpus folder that has never been indexed (shares the loaded model)."""
     from assistant import Settings
-    from assistant.api import create_app
+    from assistant.app import create_app
 
     root = tmp_path_factory.mktemp("unindexed")
     (root / "corpus").mkdir()

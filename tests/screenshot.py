@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{CHROMIUM} is not installed: run `make browser` (apt-get install chromium).", file=sys.stderr)
         return 2
 
-    from assistant.api import create_app
+    from assistant.app import create_app
     from assistant.config import Settings
 
     settings = Settings.from_env()

@@ -49,7 +49,7 @@ def error_of(r: httpx.Response, status: int) -> dict:
 @pytest.fixture
 def admin(workspace, embedder, monkeypatch):
     """A live server over a private corpus, admin routes enabled."""
-    from assistant.api import create_app
+    from assistant.app import create_app
 
     monkeypatch.setenv("ASSISTANT_ADMIN_TOKEN", TOKEN)
     app = create_app(assistant=open_assistant(workspace, embedder))

@@ -401,7 +401,7 @@ def test_a_wheel_ships_every_template_and_static_file():
 
 
 def test_example_questions_come_from_a_config_file(built_assistant, tmp_path, monkeypatch):
-    from assistant.api import create_app
+    from assistant.app import create_app
 
     examples = tmp_path / "examples.json"
     examples.write_text(json.dumps({"examples": ["Is a glowberry peel <b>painful</b>?"]}), encoding="utf-8")

@@ -45,7 +45,7 @@ def test_which_changes_count(tmp_path):
 @pytest.fixture
 def watched(workspace, embedder):
     """A live server over a private corpus, and a watcher on that corpus (short debounce)."""
-    from assistant.api import create_app
+    from assistant.app import create_app
     from assistant.watch import Watcher
 
     reports = []
