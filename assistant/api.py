@@ -28,7 +28,7 @@ from .http_base import (
     with_urls,
 )
 from .models import ArticleView, AskResponse, DocumentInfo, FeedbackIn, FeedbackOut, Health
-from .owner_log import OwnerLog
+from .owner_log import OwnerLog, OwnerLogError
 
 log = logging.getLogger(__name__)
 
@@ -234,15 +234,23 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
         },
     )
     def feedback(body: FeedbackIn) -> FeedbackOut:
-        return FeedbackOut(id=owner.add_feedback(body))
+        try:
+            return FeedbackOut(id=owner.add_feedback(body))
+        except OwnerLogError as e:
+            raise ApiError(503, str(e)) from None
 
     @app.delete(
         "/feedback/{feedback_id}",
         tags=["ask"],
         summary="Take feedback back (undo)",
-        responses={404: _err("No feedback with that id (or it was already taken back).")},
+        responses={404: _err("No feedback with that id (or it was already taken back)."),
+                   503: _err("The feedback store cannot be opened.")},
     )
     def undo_feedback(feedback_id: str) -> dict:
-        if not owner.delete_feedback(feedback_id):
+        try:
+            deleted = owner.delete_feedback(feedback_id)
+        except OwnerLogError as e:
+            raise ApiError(503, str(e)) from None
+        if not deleted:
             raise ApiError(404, f"No feedback with id {feedback_id!r}; it may have been taken back already.")
         return {"id": feedback_id, "deleted": True}

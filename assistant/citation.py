@@ -1,11 +1,12 @@
 """What an article says about itself, for citations: author, publication date, site, original URL.
 
 Sources, first found wins per field:
-1. the sidecar `.<file name>.meta.json` next to the article (written by `assistant add URL` and
-   the upload form's URL field; an owner may write one by hand to fix a field);
+1. the sidecar `.<file name>.meta.json` next to the article (written when a .txt/.md/.pdf is
+   uploaded with its web address; an owner may write one by hand to fix any field);
 2. the file's own metadata: HTML meta tags via trafilatura's metadata extraction (author, date,
-   site name, canonical URL), Markdown front matter (author, date/published, site, url), PDF
-   document info (author, creation date);
+   site name, canonical URL; a page saved by `assistant add URL` or uploaded with its address
+   carries `<meta name="original-url">`), Markdown front matter (author, date/published, site,
+   url), PDF document info (author, creation date);
 3. byline and date lines at the top of the text ("By Jane Doe", "Posted by Jane Doe on March 12,
    2023", "Published: 2023-03-12", "January 14, 2021 by PRP Kits"): the same kind of lines the
    cleaner drops as boilerplate. Lines used for metadata are removed from the body text.
@@ -199,6 +200,38 @@ def byline(lines: list[str]) -> tuple[Citation, set[int]]:
     return Citation(author=author, published=published), used
 
 
+# --- the original URL kept inside a saved web page ---------------------------------------------
+
+_ORIGINAL_URL_META = re.compile(
+    r"""<meta\s+name=["']original-url["']\s+content=["']([^"'<>]*)["']\s*/?>""", re.I)
+
+
+def embed_original_url(html: bytes, url: str) -> bytes:
+    """The page with `<meta name="original-url" content="...">` in its head (replacing one that is
+    there): a page saved by `assistant add URL` or uploaded with its address says where it came from."""
+    import html as html_mod
+
+    tag = f'<meta name="original-url" content="{html_mod.escape(url, quote=True)}">'.encode()
+    text = html
+    m = _ORIGINAL_URL_META.search(text.decode("utf-8", "replace"))
+    if m:
+        return _ORIGINAL_URL_META.sub(tag.decode().replace("\\", "\\\\"), text.decode("utf-8", "replace"), count=1).encode("utf-8")
+    head = re.search(rb"<head\b[^>]*>", text, re.I)
+    if head:
+        return text[: head.end()] + b"\n" + tag + text[head.end():]
+    return tag + b"\n" + text
+
+
+def embedded_original_url(html: str) -> str | None:
+    m = _ORIGINAL_URL_META.search(html)
+    if not m:
+        return None
+    import html as html_mod
+
+    url = html_mod.unescape(m.group(1)).strip()
+    return url if _is_web_url(url) else None
+
+
 # --- from the file's own metadata --------------------------------------------------------------
 
 def from_html(html: str, meta: object = None) -> Citation:
@@ -214,7 +247,7 @@ def from_html(html: str, meta: object = None) -> Citation:
             return Citation()
     if meta is None:
         return Citation()
-    url = _clean(getattr(meta, "url", None))
+    url = embedded_original_url(html) or _clean(getattr(meta, "url", None))
     author = _clean(getattr(meta, "author", None))
     if author:
         author = "; ".join(a.strip() for a in author.split(";") if a.strip()) or None

@@ -214,7 +214,12 @@ class OwnerLog:
     def delete_feedback(self, feedback_id: str) -> bool:
         if not isinstance(feedback_id, str) or not 8 <= len(feedback_id) <= 64:
             return False
-        return self.store().delete_feedback(feedback_id)
+        store = self.store()
+        try:
+            return store.delete_feedback(feedback_id)
+        except Exception as e:
+            log.error("feedback could not be deleted from %s: %s", self.db_path, e)
+            raise OwnerLogError("The feedback could not be taken back; please try again later.") from e
 
     def recent_feedback(self, limit: int = 50, titles: dict[str, str] | None = None) -> list[FeedbackItem]:
         out = []

@@ -147,10 +147,16 @@ def add_bytes(corpus_dir: Path, filename: str, data: bytes, replace: bool = Fals
               original_url: str | None = None) -> Added:
     """Save an article under `filename` (a plain name) in the corpus folder, after checking it reads.
 
-    `original_url` (where the article was published) goes into the article's metadata sidecar
-    (citation.py), written before the article so a reindex never sees one without the other."""
+    `original_url` (where the article was published) is kept with it: inside a web page as
+    `<meta name="original-url">`, else in the article's metadata sidecar (citation.py), written
+    before the article so a reindex never sees one without the other."""
     corpus_dir = Path(corpus_dir)
     name = plain_filename(filename)
+    if original_url and Path(name).suffix.lower() in HTML_SUFFIXES and len(data) <= MAX_BYTES:
+        from .citation import embed_original_url
+
+        data = embed_original_url(data, original_url)
+        original_url = None  # it travels inside the page
     if len(data) > MAX_BYTES:
         raise TooLargeError(f"{name} is {len(data) / 1048576:.1f} MiB; the limit is {MAX_BYTES // 1048576} MiB.")
     if not data.strip():

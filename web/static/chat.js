@@ -21,6 +21,7 @@
 
   var config = {
     askUrl: form.getAttribute("data-ask-url") || "/ask",
+    feedbackUrl: form.getAttribute("data-feedback-url") || "/feedback",
     maxChars: parseInt(form.getAttribute("data-max-chars"), 10) || 1000,
     maxHistory: parseInt(form.getAttribute("data-max-history"), 10) || 20,
     topK: parseInt(form.getAttribute("data-top-k"), 10) || 3
@@ -156,7 +157,150 @@
     return quote;
   }
 
-  function cardNode(answer) {
+  var MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
+                "October", "November", "December"];
+
+  // "2023-03-12" -> "12 March 2023" (the article's own date, not the reader's locale)
+  function humanDate(iso) {
+    var m = /^(\d{4})-(\d{2})(?:-(\d{2}))?/.exec(String(iso || ""));
+    if (!m) return String(iso || "");
+    var month = MONTHS[parseInt(m[2], 10) - 1] || m[2];
+    return (m[3] ? parseInt(m[3], 10) + " " : "") + month + " " + m[1];
+  }
+
+  function webHref(url) {
+    return typeof url === "string" && /^https?:\/\/[^\s]+$/i.test(url) ? url : null;
+  }
+
+  // "Jane Doe · 12 March 2023 · example-clinic.com ↗": what the article says about itself
+  function bylineNode(source) {
+    var parts = [];
+    if (source.author) parts.push(el("span", "card__author", source.author));
+    if (source.published) {
+      var t = el("time", "card__date", humanDate(source.published));
+      t.setAttribute("datetime", source.published);
+      parts.push(t);
+    }
+    var href = webHref(source.original_url);
+    var siteName = source.site || (href ? href.replace(/^https?:\/\/(www\.)?/i, "").split("/")[0] : "");
+    if (href) {
+      var a = el("a", "card__original", siteName + " \u2197");
+      a.setAttribute("href", href);
+      a.setAttribute("rel", "noopener noreferrer external");
+      a.setAttribute("aria-label", siteName + " (the original article, on the web)");
+      parts.push(a);
+    } else if (siteName) {
+      parts.push(el("span", "card__site", siteName));
+    }
+    if (!parts.length) return null;
+    var p = el("p", "card__byline");
+    parts.forEach(function (x) { p.appendChild(x); });
+    return p;
+  }
+
+  // --- feedback: helpful / not helpful, one click, undoable ----------------------------------
+
+  function sendFeedback(turn, answer, helpful) {
+    var chars = Array.from(String(answer.text || ""));
+    var h = (answer.highlight || [])[0];
+    var source = answer.source || {};
+    var body = {
+      question: turn.question,
+      history: turn.history || [],
+      resolved_question: (turn.response && turn.response.resolved_question) || null,
+      doc_id: source.doc_id || null,
+      start: typeof source.start === "number" ? source.start : null,
+      end: typeof source.end === "number" ? source.end : null,
+      highlight: h ? chars.slice(h.start, h.end).join("").slice(0, 2000) : null,
+      helpful: helpful
+    };
+    return fetch(config.feedbackUrl, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Accept": "application/json" },
+      body: JSON.stringify(body)
+    }).then(function (res) {
+      return res.json().catch(function () { return null; }).then(function (data) {
+        if (!res.ok || !data || !data.id) throw new Error(errorMessage(res.status, data, ""));
+        return data.id;
+      });
+    });
+  }
+
+  function withdrawFeedback(id) {
+    return fetch(config.feedbackUrl + "/" + encodeURIComponent(id), { method: "DELETE" }).then(function (res) {
+      if (!res.ok && res.status !== 404) throw new Error("The feedback could not be taken back (" + res.status + ").");
+    });
+  }
+
+  function feedbackNode(turn, answer, idx) {
+    var box = el("div", "card__feedback");
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", "Was this answer helpful?");
+    box.appendChild(el("span", "card__feedback-label", "Was this helpful?"));
+    var yes = el("button", "button button--small feedback-button", "Helpful");
+    var no = el("button", "button button--small feedback-button", "Not helpful");
+    var status = el("span", "card__feedback-status");
+    status.setAttribute("role", "status");
+    var undo = el("button", "feedback-undo", "Undo");
+    yes.type = no.type = undo.type = "button";
+    yes.setAttribute("data-helpful", "true");
+    no.setAttribute("data-helpful", "false");
+    box.appendChild(yes);
+    box.appendChild(no);
+    box.appendChild(status);
+    box.appendChild(undo);
+    turn.feedback = turn.feedback || {};
+
+    function show() {
+      var f = turn.feedback[idx];
+      yes.setAttribute("aria-pressed", f && f.helpful === true ? "true" : "false");
+      no.setAttribute("aria-pressed", f && f.helpful === false ? "true" : "false");
+      undo.hidden = !f;
+      status.textContent = f ? "Thanks: sent." : "";
+    }
+
+    function busy(b) { yes.disabled = no.disabled = undo.disabled = b; }
+
+    function choose(helpful) {
+      var old = turn.feedback[idx];
+      if (old && old.helpful === helpful) return;
+      busy(true);
+      (old ? withdrawFeedback(old.id) : Promise.resolve()).then(function () {
+        delete turn.feedback[idx];
+        return sendFeedback(turn, answer, helpful);
+      }).then(function (id) {
+        turn.feedback[idx] = { id: id, helpful: helpful };
+        save();
+        show();
+        announce(helpful ? "Marked helpful. Undo is next to it." : "Marked not helpful. Undo is next to it.");
+      }, function (err) {
+        save();
+        show();
+        status.textContent = (err && err.message) || "The feedback could not be sent.";
+      }).then(function () { busy(false); });
+    }
+
+    yes.addEventListener("click", function () { choose(true); });
+    no.addEventListener("click", function () { choose(false); });
+    undo.addEventListener("click", function () {
+      var f = turn.feedback[idx];
+      if (!f) return;
+      busy(true);
+      withdrawFeedback(f.id).then(function () {
+        delete turn.feedback[idx];
+        save();
+        show();
+        status.textContent = "Feedback taken back.";
+        yes.focus();
+      }, function (err) {
+        status.textContent = err.message;
+      }).then(function () { busy(false); });
+    });
+    show();
+    return box;
+  }
+
+  function cardNode(answer, turn, idx) {
     var card = el("article", "card");
     var source = answer.source || {};
     card.appendChild(passageNode(answer.text, answer.highlight));
@@ -165,6 +309,8 @@
     cite.appendChild(el("span", "card__label", "Source"));
     cite.appendChild(link(source.url, source.title || source.doc_id || "Article", "card__cite"));
     card.appendChild(cite);
+    var by = bylineNode(source);
+    if (by) card.appendChild(by);
 
     var also = Array.isArray(answer.also_in) ? answer.also_in : [];
     if (also.length) {
@@ -176,6 +322,7 @@
       });
       card.appendChild(p);
     }
+    if (turn) card.appendChild(feedbackNode(turn, answer, idx));
     return card;
   }
 
@@ -184,12 +331,12 @@
     return s.charAt(0).toUpperCase() + s.slice(1);
   }
 
-  function answersNode(response) {
+  function answersNode(response, turn) {
     var answers = Array.isArray(response.answers) ? response.answers : [];
     var compared = answers.some(function (a) { return a && a.about; });
     if (!compared) {
       var list = el("div", "cards");
-      answers.forEach(function (a) { list.appendChild(cardNode(a)); });
+      answers.forEach(function (a, i) { list.appendChild(cardNode(a, turn, i)); });
       return list;
     }
     var groups = [];
@@ -200,7 +347,7 @@
         byKey[key] = { about: key, answers: [] };
         groups.push(byKey[key]);
       }
-      byKey[key].answers.push(a);
+      byKey[key].answers.push({ answer: a, idx: answers.indexOf(a) });
     });
     var grid = el("div", "compare");
     grid.setAttribute("data-columns", String(Math.min(groups.length, 3)));
@@ -208,7 +355,7 @@
       var col = el("section", "compare__col");
       var h = el("h4", "compare__heading", g.about ? capitalise(g.about) : "Also relevant");
       col.appendChild(h);
-      g.answers.forEach(function (a) { col.appendChild(cardNode(a)); });
+      g.answers.forEach(function (x) { col.appendChild(cardNode(x.answer, turn, x.idx)); });
       grid.appendChild(col);
     });
     return grid;
@@ -266,7 +413,7 @@
       meta.appendChild(resolved);
     }
     if (meta.childNodes.length) a.appendChild(meta);
-    if (answered) a.appendChild(answersNode(r));
+    if (answered) a.appendChild(answersNode(r, turn));
     else a.appendChild(el("p", "abstain", r.message || "The articles do not answer this question."));
     return li;
   }
@@ -343,7 +490,7 @@
   function ask(question) {
     if (inFlight) return;
     var history = historyQuestions();
-    var turn = { id: newId(), question: question, status: "pending" };
+    var turn = { id: newId(), question: question, status: "pending", history: history };
     turns.push(turn);
     save();
     intro.hidden = true;
