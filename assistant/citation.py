@@ -148,7 +148,8 @@ def normalise_date(value: object) -> str | None:
 
 # --- bylines in the text -----------------------------------------------------------------------
 
-_NAME = r"(?:(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+)?[A-Z][\w'’.-]*(?:\s+(?:[A-Z][\w'’.-]*|de|van|von|der|da|di|la|le)){0,4}"
+# case-sensitive inside case-insensitive patterns: a name is capitalised words ("on 4 May" is not)
+_NAME = r"(?-i:(?:(?:Dr|Mr|Mrs|Ms|Prof)\.?\s+)?[A-Z][\w'’.-]*(?:\s+(?:[A-Z][\w'’.-]*|de|van|von|der|da|di|la|le)){0,4})"
 _BY = re.compile(rf"(?:^|\s|\d)(?:written\s+|posted\s+|published\s+|reviewed\s+)?by\s*(?P<name>{_NAME})", re.I)
 _AUTHOR_LABEL = re.compile(rf"^(?:author|written by|by)\s*[:\-–]\s*(?P<name>{_NAME})\s*$", re.I)
 _DATE_LABEL = re.compile(r"^(?:published|posted|updated|last updated|date|published on|posted on)\b", re.I)

@@ -372,3 +372,112 @@ def test_sha256_is_of_the_raw_file(tmp_path):
     raw = "Frostleaf Mask Notes\nThe frostleaf mask takes twelve minutes.\n".encode()
     doc = read(tmp_path, "a.txt", raw)
     assert doc.sha256 == hashlib.sha256(raw).hexdigest()
+
+
+# --- citation metadata: what an article says about itself ---------------------------------------
+
+AUTHORED_HTML = """<!DOCTYPE html><html><head><meta charset="utf-8">
+<title>Frostleaf Mask Guide</title>
+<meta name="author" content="Jane Doe">
+<meta property="article:published_time" content="2023-03-12T08:30:00+00:00">
+<meta property="og:site_name" content="Example Clinic">
+<link rel="canonical" href="https://example-clinic.com/guides/frostleaf">
+</head><body><article><h1>Frostleaf Mask Guide</h1>
+<p>The frostleaf mask is a cooling gel mask made from fermented mint leaves and applied for ten minutes.</p>
+<p>Most people use the frostleaf mask twice a week, and it calms redness after sun exposure.</p>
+</article></body></html>"""
+
+
+def test_html_citation_from_meta_tags(tmp_path):
+    doc = read(tmp_path, "frostleaf.html", AUTHORED_HTML)
+    assert (doc.author, doc.published, doc.site, doc.original_url) == (
+        "Jane Doe", "2023-03-12", "Example Clinic", "https://example-clinic.com/guides/frostleaf")
+    assert "Jane Doe" not in doc.text and "Example Clinic" not in doc.text
+
+
+def test_html_original_url_saved_in_the_page_wins(tmp_path):
+    from assistant.citation import embed_original_url
+
+    page = embed_original_url(AUTHORED_HTML.encode(), "https://mirror.example.org/frostleaf?x=1&y=2")
+    doc = read(tmp_path, "frostleaf.html", page)
+    assert doc.original_url == "https://mirror.example.org/frostleaf?x=1&y=2"
+    again = embed_original_url(page, "https://other.example.org/a")  # replaced, not added twice
+    assert again.count(b'name="original-url"') == 1 and b"other.example.org" in again
+
+
+def test_plain_text_byline_and_date_become_metadata_not_text(tmp_path):
+    doc = read(tmp_path, "frostleaf.txt", (
+        "Frostleaf Mask Guide\nBy Jane Doe\nPublished: March 12, 2023\n"
+        "The frostleaf mask is a cooling gel mask made from fermented mint leaves.\n"
+        "By using it twice a week, most people see calmer skin within a month of regular use.\n"))
+    assert (doc.author, doc.published, doc.site, doc.original_url) == ("Jane Doe", "2023-03-12", None, None)
+    assert lines_of(doc) == [
+        "Frostleaf Mask Guide",
+        "The frostleaf mask is a cooling gel mask made from fermented mint leaves.",
+        "By using it twice a week, most people see calmer skin within a month of regular use.",
+    ]
+    assert doc.title == "Frostleaf Mask Guide"
+
+
+@pytest.mark.parametrize("line,author,published", [
+    ("March 3, 2022by Skin Notes", "Skin Notes", "2022-03-03"),
+    ("Posted by Dr. Ana Ruiz on 4 May 2021", "Dr. Ana Ruiz", "2021-05-04"),
+    ("Written by Ana Ruiz | 2021-05-04", "Ana Ruiz", "2021-05-04"),
+    ("Author: Ana Ruiz", "Ana Ruiz", None),
+    ("Last updated: 2024-01-31", None, "2024-01-31"),
+])
+def test_byline_shapes(tmp_path, line, author, published):
+    doc = read(tmp_path, "a.txt", f"Frostleaf Mask Guide\n{line}\nThe frostleaf mask is a cooling gel mask.\n")
+    assert (doc.author, doc.published) == (author, published)
+    assert line not in doc.text
+
+
+def test_sentences_with_by_and_dates_in_the_body_are_not_bylines(tmp_path):
+    text = ("Frostleaf Mask Guide\nThe frostleaf mask is a cooling gel mask.\n"
+            "By 2020 the clinic had treated 1,200 patients with it, according to its report.\n"
+            "The first study was published on March 3, 2020 and followed 40 patients for 6 months.\n")
+    doc = read(tmp_path, "a.txt", text)
+    assert doc.author is None and doc.published is None
+    assert lines_of(doc) == text.strip().split("\n")
+
+
+def test_markdown_front_matter_and_seed_article(tmp_path):
+    doc = read(tmp_path, "a.md", "---\ntitle: Frostleaf Mask\nauthor: Jane Doe\ndate: 2023-03-12\n"
+                                 "url: https://example-clinic.com/frostleaf\n---\n# Frostleaf Mask\n\nA cooling gel mask.\n")
+    assert (doc.author, doc.published, doc.site, doc.original_url) == (
+        "Jane Doe", "2023-03-12", "example-clinic.com", "https://example-clinic.com/frostleaf")
+    seed = read_document(SEED_CORPUS / "prp-therapy-vs-mesotherapy.txt", SEED_CORPUS)
+    assert (seed.author, seed.published) == ("PRP Kits", "2021-01-14")
+    assert "PRP Kits" not in seed.text.split("\n")[1]
+
+
+def test_pdf_document_info_author_and_date(tmp_path):
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    from tests.fixtures_core import make_pdf
+
+    w = PdfWriter(clone_from=PdfReader(io.BytesIO(make_pdf([["The frostleaf mask is a cooling gel mask."]]))))
+    w.add_metadata({"/Author": "Jane Doe", "/CreationDate": "D:20230312083000Z"})
+    buf = io.BytesIO()
+    w.write(buf)
+    doc = read(tmp_path, "a.pdf", buf.getvalue())
+    assert (doc.author, doc.published) == ("Jane Doe", "2023-03-12")
+
+
+def test_sidecar_overrides_and_changes_the_content_hash(tmp_path):
+    from assistant.citation import sidecar_path
+    from assistant.documents import file_sha256
+
+    write_corpus(tmp_path, {"a.txt": "Frostleaf Mask Guide\nBy Jane Doe\nThe frostleaf mask is a cooling gel mask.\n"})
+    before = file_sha256(tmp_path / "a.txt")
+    sidecar_path(tmp_path / "a.txt").write_text(
+        '{"original_url": "https://example-clinic.com/a", "author": "J. Doe", "published": "12 March 2023"}')
+    doc = read_document(tmp_path / "a.txt", tmp_path)
+    assert (doc.author, doc.published, doc.site, doc.original_url) == (
+        "J. Doe", "2023-03-12", "example-clinic.com", "https://example-clinic.com/a")
+    assert file_sha256(tmp_path / "a.txt") == doc.sha256 != before
+    assert [p.name for p in discover(tmp_path)] == ["a.txt"]  # the sidecar is never an article
+    sidecar_path(tmp_path / "a.txt").write_text("{not json")
+    assert read_document(tmp_path / "a.txt", tmp_path).author == "Jane Doe"  # a broken sidecar is ignored
