@@ -194,7 +194,14 @@
     }
     if (!parts.length) return null;
     var p = el("p", "card__byline");
-    parts.forEach(function (x) { p.appendChild(x); });
+    parts.forEach(function (x, i) {
+      if (i) {
+        var sep = el("span", "card__sep", " \u00b7 ");
+        sep.setAttribute("aria-hidden", "true");
+        p.appendChild(sep);
+      }
+      p.appendChild(x);
+    });
     return p;
   }
 
