@@ -243,9 +243,11 @@
     var box = el("div", "card__feedback");
     box.setAttribute("role", "group");
     box.setAttribute("aria-label", "Was this answer helpful?");
-    box.appendChild(el("span", "card__feedback-label", "Was this helpful?"));
-    var yes = el("button", "button button--small feedback-button", "Helpful");
-    var no = el("button", "button button--small feedback-button", "Not helpful");
+    box.appendChild(el("span", "card__feedback-label", "Helpful?"));
+    var yes = el("button", "button button--small feedback-button", "Yes");
+    var no = el("button", "button button--small feedback-button", "No");
+    yes.setAttribute("aria-label", "Helpful");
+    no.setAttribute("aria-label", "Not helpful");
     var status = el("span", "card__feedback-status");
     status.setAttribute("role", "status");
     var undo = el("button", "feedback-undo", "Undo");
