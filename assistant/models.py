@@ -20,12 +20,15 @@ class Citation(BaseModel):
     original_url: str | None = Field(default=None, description="Where the article was published on the web.")
 
 
-class Source(Citation):
+class _SourceFields(BaseModel):
     doc_id: str
     title: str
     path: str = Field(description="Path of the article relative to the corpus folder.")
     start: int = Field(description="Offset of the passage in the article's clean text.")
     end: int
+
+
+class Source(Citation, _SourceFields):  # (bases in this order: the JSON lists doc_id first)
     url: str | None = Field(default=None, description="Link to the article view at this passage (API only).")
 
 
@@ -53,12 +56,16 @@ class AskResponse(BaseModel):
     answers: list[Answer] = Field(default_factory=list)
 
 
-class DocumentInfo(Citation):
+class _DocumentFields(BaseModel):
     doc_id: str
     title: str
     path: str
     passages: int
     indexed_at: str
+
+
+class DocumentInfo(Citation, _DocumentFields):
+    """An indexed article and what it says about itself."""
 
 
 class PassageSpan(BaseModel):
@@ -67,13 +74,17 @@ class PassageSpan(BaseModel):
     end: int
 
 
-class ArticleView(Citation):
+class _ArticleFields(BaseModel):
     doc_id: str
     title: str
     path: str
     text: str = Field(description="The article's clean text.")
     passages: list[PassageSpan]
     indexed_at: str
+
+
+class ArticleView(Citation, _ArticleFields):
+    """An article's clean text, its passages and what it says about itself."""
 
 
 class ReindexReport(BaseModel):

@@ -244,12 +244,15 @@ class OwnerLog:
 
         rows = self.store().abstained(limit)
         groups: list[dict] = []
-        leaders: list[Any] = []
+        dim = next((len(r["vector"]) for r in rows if r.get("vector") is not None), 0)
+        leaders = np.zeros((len(rows), dim), dtype=np.float32)  # row i: group i's first vector (or zeros)
         for r in rows:  # newest first
             v = r.get("vector")
+            if v is not None and len(v) != dim:
+                v = None  # a vector from another model: group it by its text
             best = None
-            if v is not None and leaders:
-                sims = [float(np.dot(v, lv)) if lv is not None else -1.0 for lv in leaders]
+            if v is not None and groups:
+                sims = leaders[: len(groups)] @ v
                 i = int(np.argmax(sims))
                 if sims[i] >= similarity:
                     best = i
@@ -258,8 +261,9 @@ class OwnerLog:
                 best = next((i for i, g in enumerate(groups) if g["key"] == key), None)
             if best is None:
                 groups.append({"key": " ".join(r["resolved_question"].lower().split()), "rows": []})
-                leaders.append(v)
                 best = len(groups) - 1
+                if v is not None:
+                    leaders[best] = v
             groups[best]["rows"].append(r)
         out = []
         for g in groups:
