@@ -43,6 +43,7 @@ bench: $(STAMP) index/CURRENT
 
 screenshot: $(STAMP) browser index/CURRENT
 	$(BIN)/python tests/screenshot.py web/screenshot.png
+	$(BIN)/python tests/screenshot.py --admin web/screenshot-admin.png
 
 clean:
 	rm -rf $(VENV) index/*
