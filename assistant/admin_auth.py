@@ -52,8 +52,13 @@ def _sign(token: str, label: str, expires: int) -> str:
     return hmac.new(token.encode("utf-8"), f"{label}:{expires}".encode(), hashlib.sha256).hexdigest()
 
 
+def _same(a: str, b: str) -> bool:
+    """Constant-time comparison of two strings, whatever characters a client put in them."""
+    return hmac.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
+
+
 def token_matches(given: str, token: str) -> bool:
-    return bool(token) and hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
+    return bool(token) and _same(given.strip(), token)
 
 
 def new_session(token: str, now: float | None = None) -> tuple[str, int]:
@@ -69,7 +74,7 @@ def session_expiry(request: Request, token: str) -> int | None:
     if not token or not exp_s.isdigit() or not sig:
         return None
     expires = int(exp_s)
-    if expires < time.time() or not hmac.compare_digest(sig, _sign(token, "session", expires)):
+    if expires < time.time() or not _same(sig, _sign(token, "session", expires)):
         return None
     return expires
 
@@ -96,7 +101,7 @@ def same_origin(request: Request) -> bool:
 
 def check_csrf(request: Request, token: str, expires: int, form_value: str | None = None) -> None:
     given = request.headers.get(CSRF_HEADER) or form_value or ""
-    if not same_origin(request) or not given or not hmac.compare_digest(given, csrf_token(token, expires)):
+    if not same_origin(request) or not given or not _same(given, csrf_token(token, expires)):
         raise ApiError(403, "This request did not come from the admin page (missing or wrong CSRF token). "
                             "Reload the admin page and try again.")
 

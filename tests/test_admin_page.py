@@ -114,6 +114,7 @@ def test_wrong_tokens_are_refused_then_slowed_down(site):
 def test_bad_sign_in_bodies(site):
     error_of(httpx.post(site.url + "/admin/session", json={"token": TOKEN}, timeout=30), 415)
     error_of(httpx.post(site.url + "/admin/session", data={"token": ""}, timeout=30), 422)
+    error_of(httpx.post(site.url + "/admin/session", data={"token": "tøkén€"}, timeout=30), 401)
     r = sign_in(site.url, headers={"Origin": "https://evil.example"})  # login CSRF
     assert r.status_code == 403 and "set-cookie" not in r.headers
 
@@ -122,10 +123,13 @@ def test_the_cookie_needs_the_csrf_token_to_change_anything(site):
     client, csrf = session(site.url)
     error_of(client.post("/reindex"), 403)  # cookie alone: no
     error_of(client.post("/reindex", headers={"X-CSRF-Token": "0" * 64}), 403)
+    error_of(client.post("/reindex", headers={"X-CSRF-Token": "é€".encode("utf-8")}), 403)  # never a 500
     error_of(client.post("/reindex", headers={"X-CSRF-Token": csrf, "Origin": "https://evil.example"}), 403)
     r = client.post("/reindex", headers={"X-CSRF-Token": csrf, "Origin": site.url})
     assert r.status_code == 200, r.text
     # a forged or tampered cookie is no session
+    raw = {"Cookie": "assistant_admin=99999999999999999999.é".encode("utf-8"), "X-CSRF-Token": csrf}
+    error_of(httpx.post(site.url + "/reindex", headers=raw), 401)  # never a 500
     for bad in ("9999999999.deadbeef", "1.x", "garbage"):
         c = httpx.Client(base_url=site.url, cookies={"assistant_admin": bad})
         assert 'name="token"' in c.get("/admin", headers=HTML).text
