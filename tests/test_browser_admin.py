@@ -4,6 +4,7 @@ live progress, feedback given on an answer card and seen on the admin page, the 
 nobody answered, keyboard use and phone width. Real server, real index, real model."""
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -87,15 +88,18 @@ def test_sign_in_wrong_then_right_then_out(site, browser_page):
 def test_upload_by_drag_and_drop_ask_then_delete(site, browser_page):
     page = browser_page
     sign_in(page, site.url)
-    drop = page.evaluate_handle("""(text) => {
+    drop = page.evaluate_handle("""([a, b]) => {
         const dt = new DataTransfer();
-        dt.items.add(new File([text], 'orravine.txt', {type: 'text/plain'}));
-        return dt; }""", ORRAVINE)
+        dt.items.add(new File([a], 'orravine.txt', {type: 'text/plain'}));
+        dt.items.add(new File([b], 'velmoria.md', {type: 'text/markdown'}));
+        return dt; }""", [ORRAVINE, NEW_V1])
     page.dispatch_event("#upload-form", "dragenter", {"dataTransfer": drop})
     page.dispatch_event("#upload-form", "drop", {"dataTransfer": drop})
-    expect(page.locator("#chosen")).to_contain_text("orravine.txt")
+    expect(page.locator("#chosen")).to_contain_text("2 files: orravine.txt, velmoria.md")
     page.click("#upload-button")
-    expect(page.locator("#flash")).to_contain_text("Indexed: Orravine Scalp Mist Notes (added)", timeout=60_000)
+    expect(page.locator("#flash")).to_contain_text("Indexed: Orravine Scalp Mist Notes (added)", timeout=90_000)
+    expect(page.locator("#flash")).to_contain_text("Velmoria Cryo-Peel Guide (added)")
+    expect(page.locator('tr[data-doc-id="velmoria"]')).to_have_count(1)
     row = page.locator('tr[data-doc-id="orravine"]')
     expect(row).to_contain_text("Liis Tamm")
     expect(row).to_contain_text("2 February 2024")
@@ -121,14 +125,28 @@ def test_upload_by_drag_and_drop_ask_then_delete(site, browser_page):
 
 def test_reindex_shows_live_progress(site, browser_page):
     page = browser_page
+    # remember every progress line the page shows (in sessionStorage: the page reloads when done)
+    page.add_init_script("""document.addEventListener('DOMContentLoaded', () => {
+        const s = document.getElementById('reindex-status');
+        if (!s) return;
+        new MutationObserver(() => {
+            const seen = JSON.parse(sessionStorage.getItem('seen-progress') || '[]');
+            seen.push(s.textContent);
+            sessionStorage.setItem('seen-progress', JSON.stringify(seen));
+        }).observe(s, {childList: true, characterData: true, subtree: true});
+    });""")
     sign_in(page, site.url)
     (site.settings.corpus_dir / f"{NEW_ID}.txt").write_text(NEW_V1, encoding="utf-8")
     seen = []
     page.on("response", lambda r: seen.append(r) if r.url.endswith("/admin/reindex") else None)
-    page.click("#reindex-button")
+    page.focus("#reindex-button")  # by keyboard
+    page.keyboard.press("Enter")
     expect(page.locator("#flash")).to_contain_text("Reindexed: 4 articles", timeout=60_000)
     expect(page.locator("#flash")).to_contain_text("added 1")
     assert seen and seen[0].headers["content-type"].startswith("application/x-ndjson")
+    shown = json.loads(page.evaluate("sessionStorage.getItem('seen-progress')") or "[]")
+    assert any(re.search(r"4 of 4 articles read", t) for t in shown), shown
+    assert any(re.search(r"\d+ of \d+ new passages embedded", t) for t in shown), shown
     expect(page.locator(f'tr[data-doc-id="{NEW_ID}"]')).to_have_count(1)
 
 
