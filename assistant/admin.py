@@ -78,6 +78,11 @@ class AddUrlRequest(BaseModel):
     name: StrictStr | None = Field(default=None, max_length=120, description="File name to save it as.")
 
 
+class MarkResult(BaseModel):
+    marked: int = Field(description="How many logged questions changed.")
+    unanswerable: bool
+
+
 class MarkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -439,6 +444,7 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
 
     @app.post(
         "/admin/questions/mark",
+        response_model=MarkResult,
         tags=["admin"],
         summary="Mark logged questions as not for this library",
         description="`unanswerable: true` marks the questions (a group's `ids`) as ones the library should "
@@ -446,12 +452,12 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
         dependencies=guard,
         responses=admin_errors | {503: _err("The question log cannot be opened.")},
     )
-    def mark_questions(body: MarkRequest) -> dict:
+    def mark_questions(body: MarkRequest) -> MarkResult:
         try:
             n = owner.mark(body.ids, body.unanswerable)
         except OwnerLogError as e:
             raise ApiError(503, str(e)) from None
-        return {"marked": n, "unanswerable": body.unanswerable}
+        return MarkResult(marked=n, unanswerable=body.unanswerable)
 
     # --- the page ----------------------------------------------------------------------------
 

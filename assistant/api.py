@@ -27,7 +27,7 @@ from .http_base import (
     root_of,
     with_urls,
 )
-from .models import ArticleView, AskResponse, DocumentInfo, FeedbackIn, FeedbackOut, Health
+from .models import ArticleView, AskResponse, DocumentInfo, FeedbackDeleted, FeedbackIn, FeedbackOut, Health
 from .owner_log import OwnerLog, OwnerLogError
 
 log = logging.getLogger(__name__)
@@ -241,16 +241,17 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
 
     @app.delete(
         "/feedback/{feedback_id}",
+        response_model=FeedbackDeleted,
         tags=["ask"],
         summary="Take feedback back (undo)",
         responses={404: _err("No feedback with that id (or it was already taken back)."),
                    503: _err("The feedback store cannot be opened.")},
     )
-    def undo_feedback(feedback_id: str) -> dict:
+    def undo_feedback(feedback_id: str) -> FeedbackDeleted:
         try:
             deleted = owner.delete_feedback(feedback_id)
         except OwnerLogError as e:
             raise ApiError(503, str(e)) from None
         if not deleted:
             raise ApiError(404, f"No feedback with id {feedback_id!r}; it may have been taken back already.")
-        return {"id": feedback_id, "deleted": True}
+        return FeedbackDeleted(id=feedback_id)

@@ -153,6 +153,11 @@ class FeedbackOut(BaseModel):
     id: str = Field(description="Send DELETE /feedback/{id} to take the feedback back.")
 
 
+class FeedbackDeleted(BaseModel):
+    id: str
+    deleted: bool = True
+
+
 class FeedbackItem(FeedbackIn):
     """Feedback as the admin page lists it."""
 
