@@ -175,17 +175,20 @@ def add_bytes(corpus_dir: Path, filename: str, data: bytes, replace: bool = Fals
             f"The article {doc.doc_id!r} already exists as {others[0].name}; "
             "remove it first, choose another name, or replace it."
         )
+    same = target.exists() and target.read_bytes() == data
+    if target.exists() and not same and not replace:
+        raise DocumentExistsError(
+            f"{name} already exists in the corpus folder with different content; "
+            "choose another name, or replace it."
+        )
+    # the metadata first: a reindex never sees the article without it (and nothing is written
+    # for an add that is refused)
     meta_changed = _write_sidecar(target, original_url) if original_url else False
-    if target.exists() and target.read_bytes() == data:
+    if same:
         status = "unchanged"
         if meta_changed:
             os.utime(target)  # new size/time stamps: the next reindex re-reads it with its metadata
     elif target.exists():
-        if not replace:
-            raise DocumentExistsError(
-                f"{name} already exists in the corpus folder with different content; "
-                "choose another name, or replace it."
-            )
         status = "replaced"
         _atomic_write(target, data, replace=True)
     else:

@@ -102,6 +102,11 @@ def test_upload_with_its_web_address(server):
                    data={"url": "https://seaside-skin.example/v2"}, headers=AUTH, timeout=120)
     assert r.status_code == 200 and r.json()["report"]["changed"] == [doc_id], r.text
     assert httpx.get(server.url + f"/documents/{doc_id}.json").json()["original_url"] == "https://seaside-skin.example/v2"
+    # a refused upload (a different file of that name) leaves the metadata alone
+    r = httpx.post(server.url + "/documents", files={"file": ("tidepool.txt", (BYLINE_TXT + "More.\n").encode())},
+                   data={"url": "https://elsewhere.example/x"}, headers=AUTH, timeout=60)
+    assert r.status_code == 409, r.text
+    assert "seaside-skin.example/v2" in (corpus / ".tidepool.txt.meta.json").read_text()
     for bad in ("ftp://x.org/a", "javascript:alert(1)", "x" * 2100):
         r = httpx.post(server.url + "/documents", files={"file": ("t2.txt", BYLINE_TXT.encode())},
                        data={"url": bad}, headers=AUTH, timeout=60)
