@@ -232,3 +232,31 @@ def test_export_eval_without_a_log_is_a_clear_error(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["export-eval", str(tmp_path / "x.jsonl"), "--index", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no question log" in result.output
     assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_several_processes_write_one_log(tmp_path):
+    """WAL mode and the busy timeout: two writer processes at once lose nothing."""
+    import subprocess
+    import sys
+
+    from assistant.logstore import SQLiteLogStore
+
+    db = tmp_path / "shared.sqlite3"
+    code = (
+        "import sys; from assistant.logstore import SQLiteLogStore\n"
+        "s = SQLiteLogStore(sys.argv[1])\n"
+        "for i in range(100):\n"
+        "    s.add_questions([{'at': '2026-01-01T00:00:00+00:00', 'question': f'{sys.argv[2]}-{i}-{j}',\n"
+        "                      'resolved_question': 'q', 'abstained': True} for j in range(3)])\n"
+        "    s.add_feedback({'at': '2026-01-01T00:00:00+00:00', 'question': 'q', 'helpful': i % 2 == 0})\n"
+    )
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(db), name], env=env, stderr=subprocess.PIPE)
+             for name in ("a", "b")]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    store = SQLiteLogStore(db)
+    assert store.counts() == {"questions": 600, "abstained": 600, "feedback": 200}
+    assert rows(db, "PRAGMA journal_mode")[0][0] == "wal"
+    store.close()
