@@ -9,7 +9,7 @@ from pathlib import Path
 from . import index as ix
 from .config import MODEL_NAME, Settings
 from .conversation import answer_turn
-from .embedder import Embedder, get_embedder
+from .embedder import Embedder, check_compatible, get_embedder
 from .errors import DocumentNotFoundError, InvalidQuestionError, NotIndexedError
 from .models import ArticleView, AskResponse, DocumentInfo, Health, PassageSpan, ReindexReport
 from .reindex import reindex as run_reindex
@@ -188,7 +188,7 @@ class Assistant:
         if not 1 <= top_k <= s.max_top_k:
             raise InvalidQuestionError(f"top_k must be between 1 and {s.max_top_k}.")
         loaded = self._current()
-
+        check_compatible(loaded.index.manifest, self.embedder)
         return answer_turn(loaded.index, loaded.retriever, self.embedder, s, question, history, top_k)
 
     # --- documents ---------------------------------------------------------------------------

@@ -46,6 +46,8 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log wha
     )
     for noisy in ("faiss", "bm25s", "sentence_transformers", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("torch", "onnxscript", "onnx_ir"):  # the one-time ONNX export's chatter
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 @app.command()
