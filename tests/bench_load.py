@@ -38,23 +38,24 @@ WARMUP = 64
 MAX_SECONDS = 60.0
 
 
-def torch_encodes_per_second(questions: list[str], seconds: float = 8.0) -> tuple[float, float]:
+def torch_encodes_per_second(questions: list[str], seconds: float = 8.0) -> tuple[float, float, float]:
     """Bare query encodes per second with the torch model, one process, one after the other
-    (and the p50 of one encode, ms). Run in a child process so this one never holds torch."""
+    (and the p50 of one encode and the CPU time per encode, ms). Run in a child process so this
+    one never holds torch."""
     code = (
         "import json, sys, time, statistics\n"
         "from assistant.embedder import get_embedder\n"
         "qs = json.loads(sys.stdin.read()); e = get_embedder('torch')\n"
         "for q in qs[:20]: e.encode_query(q)\n"
-        "n, ts, t0 = 0, [], time.perf_counter()\n"
+        "n, ts, t0, c0 = 0, [], time.perf_counter(), time.process_time()\n"
         f"while time.perf_counter() - t0 < {seconds}:\n"
         "    t = time.perf_counter(); e.encode_query(qs[n % len(qs)]); ts.append(time.perf_counter() - t); n += 1\n"
-        "print(json.dumps([n / (time.perf_counter() - t0), statistics.median(ts) * 1000]))\n"
+        "print(json.dumps([n / (time.perf_counter() - t0), statistics.median(ts) * 1000, (time.process_time() - c0) * 1000 / n]))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(questions), capture_output=True,
                          text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
-    rate, p50 = json.loads(out.stdout.strip().splitlines()[-1])
-    return rate, p50
+    rate, p50, cpu = json.loads(out.stdout.strip().splitlines()[-1])
+    return rate, p50, cpu
 
 
 def free_port() -> int:
@@ -71,6 +72,18 @@ def rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (a figure the machine's load skews less)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:
@@ -171,15 +184,17 @@ def run_one(bodies: list[bytes], workers: int | None, threads: int | None, encod
     proc, ready = start_server(port, workers, threads, encoder)
     try:
         asyncio.run(load(port, bodies, concurrency, WARMUP, MAX_SECONDS))  # every worker warm
-        r = asyncio.run(load(port, bodies, concurrency, total, MAX_SECONDS))
         pids = [proc.pid, *children(proc.pid)]
+        cpu0 = cpu_seconds(pids)
+        r = asyncio.run(load(port, bodies, concurrency, total, MAX_SECONDS))
+        cpu = cpu_seconds(pids) - cpu0
         rss = {pid: rss_mb(pid) for pid in pids}
     finally:
         stop_server(proc)
     lat = r["latencies"]
     return {
         "ready": ready, "rate": len(lat) / r["seconds"], "p50": statistics.median(lat), "p99": pct(lat, 99),
-        "errors": len(r["errors"]), "first_error": r["errors"][0] if r["errors"] else None, "n": len(lat), "rss": rss,
+        "errors": len(r["errors"]), "cpu_ms": cpu * 1000 / max(1, len(lat)), "first_error": r["errors"][0] if r["errors"] else None, "n": len(lat), "rss": rss,
     }
 
 
@@ -187,7 +202,7 @@ def describe(label: str, r: dict, floor: float) -> str:
     rss = ", ".join(f"{mb:.0f}" for mb in r["rss"].values())
     return (f"  {label:<28} {r['rate']:6.1f} req/s ({r['rate'] / floor:4.2f}x floor)  p50 {r['p50']:6.1f} ms  "
             f"p99 {r['p99']:6.1f} ms (p99/p50 {r['p99'] / r['p50']:3.1f})  errors {r['errors']}/{r['n']}  "
-            f"/health after {r['ready']:.1f}s  RSS MB per process [{rss}]")
+            f"/health after {r['ready']:.1f}s  server CPU {r['cpu_ms']:.1f} ms/answer  RSS MB per process [{rss}]")
 
 
 def main() -> None:
@@ -203,13 +218,12 @@ def main() -> None:
 
     pool = question_pool()
     bodies = [json.dumps({"question": q, "history": h[-20:], "top_k": 3}).encode() for q, h in pool]
-    floor, enc50 = torch_encodes_per_second([q for q, _ in pool])
+    floor, enc50, enc_cpu = torch_encodes_per_second([q for q, _ in pool])
     print(f"assistant serve under load: {args.concurrency} concurrent clients on 127.0.0.1, "
           f"up to {args.requests} /ask (of {len(pool)} questions) or {MAX_SECONDS:.0f}s")
-    print(f"  floor: bare torch query encodes, one process: {floor:.1f} /s (p50 {enc50:.1f} ms)")
+    print(f"  floor: bare torch query encodes, one process: {floor:.1f} /s (p50 {enc50:.1f} ms, CPU {enc_cpu:.1f} ms/encode)")
     if args.matrix:
-        settings = [(1, 1, "onnx"), (1, 2, "onnx"), (2, 1, "onnx"), (2, 2, "onnx"), (1, None, "torch"),
-                    (2, None, "torch")]
+        settings = [(1, 1, "onnx"), (1, 2, "onnx"), (2, 1, "onnx"), (2, 2, "onnx"), (1, None, "torch")]
     else:
         settings = [(args.workers, args.threads, args.encoder)]
     print(f"  (load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: other work on the machine skews all figures)")
@@ -217,7 +231,9 @@ def main() -> None:
         label = ("default settings" if workers is None and threads is None and encoder is None else
                  f"{encoder or 'default'} workers={workers or 'default'} threads={threads or 'default'}")
         r = run_one(bodies, workers, threads, encoder, args.requests, args.concurrency)
-        print(describe(label, r, floor), flush=True)
+        after, _, _ = torch_encodes_per_second([q for q, _ in pool], seconds=4.0)  # the machine's load drifts
+        floor = (floor + after) / 2
+        print(describe(label, r, floor) + f"  [floor now {after:.1f}/s]", flush=True)
         if r["first_error"]:
             print(f"    first error: {r['first_error']}")
 
