@@ -225,8 +225,8 @@ def add(
     )
 
 
-# Chosen by measurement on a 2-core machine (README, "Serving speed"): two processes, each
-# encoding on one thread, answer the most questions per second under concurrent clients.
+# Chosen by measurement on a 2-core machine (README, "Serving speed"): one process per core, each
+# encoding on one thread, spends the least CPU per answer and keeps both cores busy.
 SERVE_WORKERS = 2
 
 

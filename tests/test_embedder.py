@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -219,7 +220,7 @@ def test_a_first_reindex_is_quiet_too(tmp_path, onnx_embedder):
     out = subprocess.run([sys.executable, "-m", "assistant", "reindex", "--corpus", str(tmp_path / "corpus"),
                           "--index", str(tmp_path / "index")], capture_output=True, text=True, env=env(), timeout=300)
     assert out.returncode == 0 and out.stderr == ""
-    assert out.stdout.startswith("5 articles, 43 passages (added 5")
+    assert re.match(r"5 articles, \d+ passages \(added 5, ", out.stdout)
 
 
 @pytest.mark.parametrize("args, env_extra, message", [
