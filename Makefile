@@ -39,6 +39,7 @@ test: $(STAMP) browser
 
 bench: $(STAMP) index/CURRENT
 	$(BIN)/python tests/bench.py
+	$(BIN)/python tests/bench_load.py
 	$(BIN)/python tests/bench_reindex.py
 
 screenshot: $(STAMP) browser index/CURRENT

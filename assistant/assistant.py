@@ -10,7 +10,7 @@ from typing import Any, Callable
 from . import index as ix
 from .config import MODEL_NAME, Settings
 from .conversation import answer_turn
-from .embedder import Embedder, get_embedder
+from .embedder import Embedder, check_compatible, get_embedder
 from .errors import DocumentNotFoundError, InvalidQuestionError, NotIndexedError
 from .models import ArticleView, AskResponse, DocumentInfo, Health, PassageSpan, ReindexReport
 from .reindex import reindex as run_reindex
@@ -239,6 +239,7 @@ class Assistant:
         if not 1 <= top_k <= s.max_top_k:
             raise InvalidQuestionError(f"top_k must be between 1 and {s.max_top_k}.")
         loaded = self._current()
+        check_compatible(loaded.index.manifest, self.embedder)
         embedder = self.embedder if capture is None else _Capturing(self.embedder, capture)
         resp = answer_turn(loaded.index, loaded.retriever, embedder, s, question, history, top_k)
         return _with_citations(resp, loaded.index)

@@ -46,6 +46,14 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log wha
     )
     for noisy in ("faiss", "bm25s", "sentence_transformers", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("torch", "onnxscript", "onnx_ir"):  # the one-time ONNX export's chatter
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    from .config import encoder_name, encoder_threads
+
+    try:  # ASSISTANT_ENCODER / ASSISTANT_THREADS: a typo is said before any work
+        encoder_threads(encoder_name())
+    except AssistantError as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -246,11 +254,17 @@ def export_eval(
                f"{abstains} questions marked unanswerable (expect_abstain). Run `assistant eval {file}`.")
 
 
+# Chosen by measurement on a 2-core machine (README, "Serving speed"): one process per core, each
+# encoding on one thread, spends the least CPU per answer and keeps both cores busy.
+SERVE_WORKERS = 2
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes (each loads the model and the index).")] = SERVE_WORKERS,
+    threads: Annotated[Optional[int], typer.Option(help="Threads one encode may use in a worker [env ASSISTANT_THREADS; default 1 with onnx].")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Reindex when files in the corpus folder change.")] = False,
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
@@ -262,6 +276,10 @@ def serve(
 
     if workers < 1:
         _fail("--workers must be at least 1")
+    if threads is not None:
+        if threads < 1:
+            _fail("--threads must be at least 1")
+        os.environ["ASSISTANT_THREADS"] = str(threads)  # read by every worker when it loads the model
     s = _settings(corpus, index)
     os.environ["ASSISTANT_CORPUS_DIR"] = str(s.corpus_dir)
     os.environ["ASSISTANT_INDEX_DIR"] = str(s.index_dir)

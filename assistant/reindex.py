@@ -32,7 +32,7 @@ from . import index as ix
 from .chunking import Passage, chunk
 from .config import MODEL_NAME, Settings
 from .documents import UnreadableFileError, discover, doc_id_for, file_sha256, read_document
-from .embedder import Embedder
+from .embedder import Embedder, index_vector_space
 from .errors import AssistantError, ReindexBusyError
 from .models import ReindexReport
 
@@ -224,6 +224,9 @@ def reindex(
         params = _chunk_params(settings)
         prints = fingerprints()
         prev = _previous(index_dir, params, prints)
+        if prev is not None and index_vector_space(prev.index.manifest) != embedder.vector_space:
+            log.info("the index holds vectors of another encoder; rebuilding from scratch")
+            prev = None  # never mix vectors of encoders that differ
         prev_index = prev.index if prev else None
         lap("load_previous")
         report = ReindexReport(articles=0, passages=0)
@@ -396,6 +399,8 @@ def reindex(
         manifest = {
             "format": ix.FORMAT_VERSION,
             "model": MODEL_NAME,
+            "encoder": embedder.encoder,
+            "vector_space": embedder.vector_space,
             "dimension": dim,
             "similarity": "cosine (inner product of unit vectors)",
             "chunking": params,
