@@ -131,25 +131,30 @@ class Retriever:
                 out[i] = 1.0
         return out
 
+    def _bm25(self, q: Query) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 scores of every passage and every sentence (the exact signals candidates are scored with)."""
+        ix = self.index
+        return (bm25_scores(ix.bm25_passages, q.search_tokens, self.n_passages),
+                bm25_scores(ix.bm25_sentences, q.search_tokens, self.n_sentences))
+
+    def _candidates(self, q: Query, bm_p: np.ndarray, bm_s: np.ndarray) -> np.ndarray:
+        """Passage rows worth scoring: the best of each signal (dense and BM25, passage and sentence)."""
+        ix, C = self.index, self.s.candidates
+        pid, _ = ix.passage_store.search(q.vector, C)
+        sid, _ = ix.sentence_store.search(q.vector, C * 2)
+        rows = [ix.row_of_pid[int(i)] for i in pid if int(i) in ix.row_of_pid]
+        rows += [int(ix.sent_passage[ix.row_of_sid[int(i)]]) for i in sid if int(i) in ix.row_of_sid]
+        rows += list(np.argsort(-bm_p)[:C])
+        rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
+        return np.unique(np.asarray(rows, dtype=np.int64))
+
     def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
         """The k best passages, best first. `restrict` limits the search to some passage rows."""
         ix, s = self.index, self.s
         if self.n_passages == 0:
             return []
-        C = s.candidates
-        # candidates from each signal
-        bm_p = bm25_scores(ix.bm25_passages, q.search_tokens, self.n_passages)
-        bm_s = bm25_scores(ix.bm25_sentences, q.search_tokens, self.n_sentences)
-        if restrict is not None:
-            cand = np.asarray(restrict, dtype=np.int64)
-        else:
-            pid, _ = ix.passage_store.search(q.vector, C)
-            sid, _ = ix.sentence_store.search(q.vector, C * 2)
-            rows = [ix.row_of_pid[int(i)] for i in pid if int(i) in ix.row_of_pid]
-            rows += [int(ix.sent_passage[ix.row_of_sid[int(i)]]) for i in sid if int(i) in ix.row_of_sid]
-            rows += list(np.argsort(-bm_p)[:C])
-            rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
-            cand = np.unique(np.asarray(rows, dtype=np.int64))
+        bm_p, bm_s = self._bm25(q)
+        cand = np.asarray(restrict, dtype=np.int64) if restrict is not None else self._candidates(q, bm_p, bm_s)
         if cand.size == 0:
             return []
         # exact signals for the candidates
