@@ -45,6 +45,8 @@ class Query:
     search_tokens: list[str] | None = None  # what BM25 searches: the tokens plus any rewrite
     equivalents: dict[str, frozenset[str]] | None = None  # a question word -> answer words that cover it
     defines: frozenset[str] | None = None  # "What is X?": the tokens of X
+    # a follow-up's conversation so far (earlier questions), scored alongside it at passage level
+    context: "Query | None" = None
 
     def __post_init__(self) -> None:
         if self.search_tokens is None:
@@ -72,6 +74,20 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
+def _doc_centroids(index: Index) -> tuple[np.ndarray, np.ndarray]:
+    """(passage row -> article number, article number -> unit mean vector of its passages).
+    Computed once per loaded index (one pass over the passage vectors)."""
+    n = len(index.passages)
+    numbers: dict[str, int] = {}
+    of_row = np.array([numbers.setdefault(p.doc_id, len(numbers)) for p in index.passages], dtype=np.int64)
+    dim = index.passage_vectors.shape[1] if n else 1
+    cent = np.zeros((len(numbers), dim), dtype=np.float32)
+    if n:
+        np.add.at(cent, of_row, np.asarray(index.passage_vectors, dtype=np.float32))
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-9)
+    return of_row, cent
+
+
 class Retriever:
     """Scores passages of one loaded index for a query."""
 
@@ -82,6 +98,7 @@ class Retriever:
         self.n_sentences = int(len(index.sent_passage))
         self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
+        self._doc_of_row, self._doc_centroid = _doc_centroids(index)
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -148,17 +165,53 @@ class Retriever:
         rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
         return np.unique(np.asarray(rows, dtype=np.int64))
 
+    def _article_prior(self, q: Query, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
+        """Evidence from the whole article, added to each of its passages: the article's own cosine
+        (its passages' mean vector) and its best candidate passage. Long-document retrieval scores
+        a passage with its document, so a stray passage of an unrelated article does not win on a
+        few shared words. Only the candidates' articles are scored."""
+        s = self.s
+        docs = self._doc_of_row[cand]
+        prior = np.zeros(len(cand), dtype=np.float32)
+        if s.w_doc_dense:
+            prior += s.w_doc_dense * _minmax(self._doc_centroid[docs] @ q.vector)
+        if s.w_doc_best:
+            uniq, inv = np.unique(docs, return_inverse=True)
+            best = np.full(len(uniq), -np.inf, dtype=np.float32)
+            np.maximum.at(best, inv, fused)
+            prior += s.w_doc_best * _minmax(best)[inv]
+        return prior
+
+    def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray, bm25_p: np.ndarray,
+                      ctx_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Passage scores of a follow-up plus a share of its conversation's (CAsT-style query
+        expansion by history, weighted below the question itself): a follow-up that names
+        nothing ("Or installment easier?") is still about what came before."""
+        w = self.s.w_context
+        return dense_p + w * (self.index.passage_vectors[cand] @ ctx.vector), bm25_p + w * ctx_p[cand]
+
     def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
         """The k best passages, best first. `restrict` limits the search to some passage rows."""
         ix, s = self.index, self.s
         if self.n_passages == 0:
             return []
         bm_p, bm_s = self._bm25(q)
-        cand = np.asarray(restrict, dtype=np.int64) if restrict is not None else self._candidates(q, bm_p, bm_s)
+        ctx = q.context if s.w_context else None
+        if ctx is not None:
+            ctx_p, ctx_s = self._bm25(ctx)
+        if restrict is not None:
+            cand = np.asarray(restrict, dtype=np.int64)
+        else:
+            cand = self._candidates(q, bm_p, bm_s)
+            if ctx is not None:
+                cand = np.union1d(cand, self._candidates(ctx, ctx_p, ctx_s))
         if cand.size == 0:
             return []
         # exact signals for the candidates
-        dense_p = ix.passage_vectors[cand] @ q.vector
+        dense_q = dense_p = ix.passage_vectors[cand] @ q.vector
+        bm25_p = bm_p[cand]
+        if ctx is not None:
+            dense_p, bm25_p = self._with_context(ctx, cand, dense_p, bm25_p, ctx_p)
         spans = [ix.sent_rows[r] for r in cand]
         sent_idx = np.concatenate([np.arange(a, b) for a, b in spans])
         lengths = np.array([b - a for a, b in spans])
@@ -171,13 +224,14 @@ class Retriever:
         s_bm = np.where(heading, 0.0, s_bm)
         dense_s = np.maximum.reduceat(s_cos, offsets)
         bm25_s = np.maximum.reduceat(s_bm, offsets)
-        bm25_p = bm_p[cand]
         fused = (
             s.w_dense_passage * _minmax(dense_p)
             + s.w_bm25_passage * _minmax(bm25_p)
             + s.w_dense_sentence * _minmax(dense_s)
             + s.w_bm25_sentence * _minmax(bm25_s)
         )
+        if s.w_doc_dense or s.w_doc_best:
+            fused = fused + self._article_prior(q, cand, fused)
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
         if q.defines and s.definition_bonus:
@@ -190,7 +244,7 @@ class Retriever:
             a = offsets[o]
             b = a + lengths[o]
             hits.append(Hit(
-                row=int(cand[o]), score=float(fused[o]), dense=float(dense_p[o]), dense_sentence=float(dense_s[o]),
+                row=int(cand[o]), score=float(fused[o]), dense=float(dense_q[o]), dense_sentence=float(dense_s[o]),
                 bm25=float(bm25_p[o]), bm25_sentence=float(bm25_s[o]),
                 sentence_scores=s_fused[a:b], sentence_cosines=s_cos[a:b],
             ))
