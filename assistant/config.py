@@ -32,6 +32,10 @@ class Settings:
     # article prior: the article's own cosine, and its best candidate passage's fused score
     w_doc_dense: float = 0.0
     w_doc_best: float = 0.0
+    # "How many ...?" wants a number, "Who ...?" a name: bonus for a sentence holding one (highlight),
+    # and for a passage whose relevant sentence does
+    w_kind_sentence: float = 0.0
+    w_kind_passage: float = 0.0
     # a follow-up's earlier questions, scored alongside it at passage level, with this weight
     w_context: float = 0.0
 

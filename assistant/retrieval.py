@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import answertype
 from .config import Settings
 from .index import Index, bm25_scores, tokenize
 
@@ -30,6 +31,7 @@ _DEFINITION_Q = re.compile(
 _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
+RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
 # ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
 _NOT_DEFINITION = re.compile(r"\b(?:to|for|of|in|on|at|by|with|from|as|about|after|\w+ed|doing|made|done)\s*$", re.I)
@@ -47,6 +49,8 @@ class Query:
     defines: frozenset[str] | None = None  # "What is X?": the tokens of X
     # a follow-up's conversation so far (earlier questions), scored alongside it at passage level
     context: "Query | None" = None
+    kind: str | None = None  # the kind of answer wanted: number, when, who, where (answertype.kind)
+    words: frozenset[str] = frozenset()  # the question's words, lower-cased
 
     def __post_init__(self) -> None:
         if self.search_tokens is None:
@@ -130,7 +134,7 @@ class Retriever:
         x = m.group("x") if m else ""
         x = tokenize([x])[0] if x and len(x.split()) <= DEFINITION_MAX_WORDS and not _NOT_DEFINITION.search(x) else []
         return Query(text=text, vector=vector, tokens=tokens, search_tokens=search, equivalents=equivalents,
-                     defines=frozenset(x) or None)
+                     defines=frozenset(x) or None, kind=answertype.kind(text), words=answertype.question_words(text))
 
     def _definition_head(self, sent_row: int) -> frozenset[str] | None:
         """The tokens of what a sentence defines, if it is shaped like a definition (cached)."""
@@ -190,6 +194,23 @@ class Retriever:
         w = self.s.w_context
         return dense_p + w * (self.index.passage_vectors[cand] @ ctx.vector), bm25_p + w * ctx_p[cand]
 
+    def _answer_kind(self, q: Query, cand: np.ndarray, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                     fused: np.ndarray, s_fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """"How many ...?" wants a number, "Who ...?" a name: the sentences of the best passages that
+        hold an answer of that kind rise (the highlight), and so does a passage whose relevant
+        sentence holds one. Only the best RERANK_DEPTH passages are read."""
+        s, ix = self.s, self.index
+        fused, s_fused = fused.copy(), s_fused.copy()
+        for o in order:
+            a, n = int(offsets[o]), int(lengths[o])
+            rows = range(ix.sent_rows[int(cand[o])][0], ix.sent_rows[int(cand[o])][0] + n)
+            match = np.array([not ix.sent_is_heading[r] and answertype.holds(ix.sentence_text(r), q.kind, q.words)
+                              for r in rows], dtype=np.float32)
+            if match.any():
+                fused[o] += s.w_kind_passage * float(np.max(match * np.clip(s_fused[a : a + n], 0.0, 1.0)))
+                s_fused[a : a + n] += s.w_kind_sentence * match
+        return fused, s_fused
+
     def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
         """The k best passages, best first. `restrict` limits the search to some passage rows."""
         ix, s = self.index, self.s
@@ -238,7 +259,11 @@ class Retriever:
             d = self._defines(q, sent_idx)
             fused = fused + s.definition_bonus * np.maximum.reduceat(d, offsets)
             s_fused = s_fused + s.definition_bonus * d
-        order = np.argsort(-fused)[:k]
+        order = np.argsort(-fused)[: max(k, RERANK_DEPTH)]
+        if q.kind and (s.w_kind_sentence or s.w_kind_passage):
+            fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
+            order = order[np.argsort(-fused[order], kind="stable")]
+        order = order[:k]
         hits = []
         for o in order:
             a = offsets[o]
