@@ -34,8 +34,8 @@ class Settings:
     w_doc_best: float = 0.0
     # "How many ...?" wants a number, "Who ...?" a name: bonus for a sentence holding one (highlight),
     # and for a passage whose relevant sentence does
-    w_kind_sentence: float = 0.0
-    w_kind_passage: float = 0.0
+    w_kind_sentence: float = 0.3
+    w_kind_passage: float = 0.1
     # a follow-up's earlier questions, scored alongside it at passage level, with this weight
     w_context: float = 0.0
 
