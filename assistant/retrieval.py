@@ -102,7 +102,7 @@ class Retriever:
         self.n_sentences = int(len(index.sent_passage))
         self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
-        self._doc_of_row, self._doc_centroid = _doc_centroids(index)
+        self._docs: tuple[np.ndarray, np.ndarray] | None = None  # _doc_centroids, made when first needed
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -175,10 +175,13 @@ class Retriever:
         a passage with its document, so a stray passage of an unrelated article does not win on a
         few shared words. Only the candidates' articles are scored."""
         s = self.s
-        docs = self._doc_of_row[cand]
+        if self._docs is None:
+            self._docs = _doc_centroids(self.index)
+        of_row, centroid = self._docs
+        docs = of_row[cand]
         prior = np.zeros(len(cand), dtype=np.float32)
         if s.w_doc_dense:
-            prior += s.w_doc_dense * _minmax(self._doc_centroid[docs] @ q.vector)
+            prior += s.w_doc_dense * _minmax(centroid[docs] @ q.vector)
         if s.w_doc_best:
             uniq, inv = np.unique(docs, return_inverse=True)
             best = np.full(len(uniq), -np.inf, dtype=np.float32)

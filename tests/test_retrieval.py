@@ -119,3 +119,27 @@ def test_answer_kind_lifts_the_sentence_with_the_number(tmp_path, embedder):
     assert on.sentence_scores[other] == pytest.approx(off.sentence_scores[other])
     span = highlight(index, on, base.highlight_ratio)[0]
     assert "twelve minutes" in p.text[span.start : span.end]
+
+
+def test_article_prior_adds_the_article_evidence_to_each_of_its_passages(define_assistant, embedder):
+    """With the article prior on, every passage of an article gains the same share of its article's
+    evidence (its mean vector's cosine, its best candidate), so scores move by article, not by passage."""
+    import numpy as np
+
+    from assistant.retrieval import Retriever, _doc_centroids
+
+    index = define_assistant._current().index
+    of_row, centroid = _doc_centroids(index)
+    assert np.allclose(np.linalg.norm(centroid, axis=1), 1.0, atol=1e-5)
+    assert len(centroid) == len({p.doc_id for p in index.passages})
+    question = "What is microneedling?"
+    vec = embedder.encode_query(question)
+    base = Retriever(index, define_assistant.settings)
+    prior = Retriever(index, replace(define_assistant.settings, w_doc_dense=0.2, w_doc_best=0.2))
+    off = {h.row: h.score for h in base.search(base.prepare(question, vec), k=50)}
+    on = {h.row: h.score for h in prior.search(prior.prepare(question, vec), k=50)}
+    gain: dict[int, set[float]] = {}
+    for row in off.keys() & on.keys():
+        gain.setdefault(int(of_row[row]), set()).add(round(on[row] - off[row], 4))
+    assert all(len(g) == 1 for g in gain.values())  # one gain per article
+    assert len({next(iter(g)) for g in gain.values()}) > 1  # and articles differ
