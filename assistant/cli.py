@@ -133,8 +133,10 @@ def render_text(res) -> str:
 def eval_cmd(
     file: Annotated[Optional[Path], typer.Argument(help="A question set in the dev.jsonl format.")] = None,
     squad: Annotated[Optional[Path], typer.Option("--squad", help="A folder with corpus.jsonl and questions.jsonl.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="conversation | alone | concat (question sets); hybrid | dense | bm25 (--squad).")] = "",
-    no_abstain: Annotated[bool, typer.Option("--no-abstain", help="--squad: never abstain (pure retrieval figures).")] = False,
+    mtrag: Annotated[Optional[Path], typer.Option("--mtrag", help="A folder with corpus.jsonl and queries.jsonl (MTRAG layout).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="conversation | alone | concat (question sets, --mtrag; --mtrag also 'all'); hybrid | dense | bm25 (--squad).")] = "",
+    no_abstain: Annotated[bool, typer.Option("--no-abstain", help="--squad, --mtrag: never abstain (pure retrieval figures).")] = False,
+    keep_index: Annotated[Optional[Path], typer.Option("--keep-index", help="--squad, --mtrag: build (or reuse) the index in this folder instead of a throw-away one.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
@@ -142,16 +144,17 @@ def eval_cmd(
     """Measure quality: hit@1, hit@3, MRR, abstention; or answer-in-top-k on a SQuAD-style folder."""
     from . import evaluation as ev
 
-    if (file is None) == (squad is None):
-        _fail("give either a question file or --squad DIR")
+    if sum(x is not None for x in (file, squad, mtrag)) != 1:
+        _fail("give either a question file or --squad DIR (or --mtrag DIR)")
     try:
         if squad is not None:
             mode = mode or "hybrid"
-            r = ev.evaluate_squad(squad, settings=_settings(corpus, index), mode=mode, abstain=not no_abstain,
-                                  progress=sys.stderr.isatty())
+            r = ev.evaluate_squad(squad, settings=_settings(corpus, index), index_dir=keep_index, mode=mode,
+                                  abstain=not no_abstain, progress=sys.stderr.isatty())
             fig = {"mode": mode, "questions": r.questions, "top1": round(r.top1, 3), "top3": round(r.top3, 3),
                    "top5": round(r.top5, 3), "mrr": round(r.mrr, 3), "abstained": round(r.abstained, 3),
-                   "passages": r.passages, "median_passage_words": r.median_passage_words}
+                   "highlight": round(r.highlight, 3), "passages": r.passages,
+                   "median_passage_words": r.median_passage_words}
             if as_json:
                 typer.echo(json.dumps(fig))
             else:
@@ -159,6 +162,27 @@ def eval_cmd(
                            f"(median {r.median_passage_words:g} words)")
                 typer.echo(f"  answer in top-1 {r.top1:.3f}  top-3 {r.top3:.3f}  top-5 {r.top5:.3f}  "
                            f"MRR {r.mrr:.3f}  abstained {r.abstained:.3f}")
+                typer.echo(f"  top answer's highlighted sentence(s) hold the answer: {r.highlight:.3f}")
+            return
+        if mtrag is not None:
+            modes = ("alone", "concat", "conversation") if mode == "all" else (mode or "conversation",)
+            reports = ev.evaluate_mtrag(mtrag, settings=_settings(corpus, index), index_dir=keep_index, modes=modes,
+                                        abstain=not no_abstain, progress=sys.stderr.isatty())
+            figs = [{"mode": r.mode, "conversations": r.conversations, "with_gold": r.with_gold,
+                     "top1": round(r.top1, 3), "top5": round(r.top5, 3), "followups": r.followups,
+                     "followup_top5": round(r.followup_top5, 3),
+                     "answerable_abstained": round(r.answerable_abstained, 3),
+                     "unanswerable_abstained": round(r.unanswerable_abstained, 3)} for r in reports]
+            if as_json:
+                typer.echo(json.dumps(figs if len(figs) > 1 else figs[0]))
+                return
+            for f in figs:
+                typer.echo(f"{mtrag} ({f['mode']}): {f['conversations']} conversations, {f['with_gold']} last turns "
+                           f"with a gold passage ({f['followups']} follow-ups)")
+                typer.echo(f"  gold in top-1 {f['top1']:.3f}  top-5 {f['top5']:.3f}  follow-ups top-5 "
+                           f"{f['followup_top5']:.3f}")
+                typer.echo(f"  abstained: ANSWERABLE {f['answerable_abstained']:.3f}  UNANSWERABLE "
+                           f"{f['unanswerable_abstained']:.3f}")
             return
         if not file.is_file():
             _fail(f"{file} is not a file")

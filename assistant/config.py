@@ -56,6 +56,15 @@ class Settings:
     candidates: int = 50
     # "What is X?": bonus for a passage with a sentence that defines X ("X, also known as Y, is ...")
     definition_bonus: float = 0.1
+    # article prior: the article's own cosine, and its best candidate passage's fused score
+    w_doc_dense: float = 0.0
+    w_doc_best: float = 0.0
+    # "How many ...?" wants a number, "Who ...?" a name: bonus for a sentence holding one (highlight),
+    # and for a passage whose relevant sentence does
+    w_kind_sentence: float = 0.3
+    w_kind_passage: float = 0.1
+    # a follow-up's earlier questions, scored alongside it at passage level, with this weight
+    w_context: float = 0.0
 
     # extraction
     highlight_ratio: float = 0.85

@@ -102,6 +102,8 @@ _GENERIC = {
 _GENERAL = re.compile(r"(?:vs\.?|versus|compar\w*|differ\w*|similar\w*|than|prefer\w*|rather|instead|"
                       r"better|best|worse|worst|more|most|less|least)", re.I)
 
+CONTEXT_TURNS = 2  # earlier questions scored alongside a follow-up (settings.w_context)
+CONTEXT_STEPS_ASIDE = True  # ... only when the reader found no subject in play (else it names it)
 DECAY = 0.6  # weight of a turn, per on-topic turn back: recent turns weigh more
 HQE_TERMS = 3  # topical words added by historical query expansion
 MAX_SUBJECTS = 6  # subjects gathered by "which ...?" with none in play
@@ -463,6 +465,7 @@ def answer_turn(
     else:
         vec = embedder.encode_query(turn.query)
     q = retriever.prepare(turn.query, vec)
+    q.context = _context(retriever, embedder, settings, turn, history)
     hits = retriever.search(q, k=max(10, top_k * 3))
     if turn.how == "all subjects":
         # "Which has less downtime?" with no subject in play: when its best passages are about
@@ -485,6 +488,17 @@ def answer_turn(
             hits = focus(index, subjects, hits, turn.ids)
         answers = answers_from_hits(index, hits, settings, top_k)
     return AskResponse(question=question, resolved_question=turn.query, abstained=False, answers=answers)
+
+
+def _context(retriever: Retriever, embedder: Embedder, settings: Settings, turn: Resolved,
+             history: list[str]) -> Query | None:
+    """The recent earlier questions as one query, scored alongside a follow-up (settings.w_context).
+    None for a first question, and for one that names its own subject (a topic switch, or a
+    question that stands alone)."""
+    if not settings.w_context or not history or (turn.ids and (CONTEXT_STEPS_ASIDE or turn.how == "as asked")):
+        return None
+    text = " ".join(h.strip() for h in history[-CONTEXT_TURNS:])[-settings.max_question_chars :]
+    return retriever.prepare(text, embedder.encode_query(text))
 
 
 def _encode(embedder: Embedder, texts: list[str]) -> list:

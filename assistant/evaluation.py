@@ -139,6 +139,7 @@ class SquadReport:
     abstained: float
     median_passage_words: float
     passages: int
+    highlight: float = 0.0  # share of all questions whose top answer's highlighted sentence(s) hold an answer
 
 
 def _jsonl(path: Path, required: tuple[str, ...]) -> list[dict]:
@@ -169,50 +170,60 @@ def write_squad_corpus(src: Path, corpus_dir: Path) -> None:
         (corpus_dir / f"{d['_id']}.md").write_text(f'---\ntitle: "{title}"\n---\n{body}\n', encoding="utf-8")
 
 
-def evaluate_squad(
-    src: Path,
-    settings: Settings | None = None,
-    index_dir: Path | None = None,
-    mode: str = "hybrid",
-    abstain: bool = True,
-    progress: bool = False,
-) -> SquadReport:
-    """Build a throw-away index of the folder's corpus.jsonl and score questions.jsonl."""
-    src = Path(src)
-    for name in ("corpus.jsonl", "questions.jsonl"):
-        if not (src / name).is_file():
-            raise AssistantError(f"{src}/ has no {name}; --squad expects a folder with corpus.jsonl and questions.jsonl")
-    settings = settings or Settings()
-    weights = {
-        "dense": dict(w_dense_passage=1.0, w_bm25_passage=0.0, w_dense_sentence=0.0, w_bm25_sentence=0.0),
-        "bm25": dict(w_dense_passage=0.0, w_bm25_passage=1.0, w_dense_sentence=0.0, w_bm25_sentence=0.0),
-        "hybrid": {},
-    }
-    if mode not in weights:
-        raise AssistantError(f"unknown mode {mode!r}; choose from {', '.join(weights)}")
-    with tempfile.TemporaryDirectory(prefix="assistant-squad-") as tmp:
-        corpus_dir = Path(tmp) / "corpus"
-        write_squad_corpus(src, corpus_dir)
-        idx = Path(index_dir) if index_dir else Path(tmp) / "index"
-        s = replace(settings, corpus_dir=corpus_dir, index_dir=idx, **weights[mode])
-        if not abstain:
-            s = replace(s, abstain_threshold=0.0)
-        a = Assistant(s)
-        a.reindex(progress=progress)
-        index = a._current().index
-        lengths = [len(p.text.split()) for p in index.passages]
-        questions = _jsonl(src / "questions.jsonl", ("question",))
-        ranks, abst = [], 0
-        for q in questions:
-            res = a.ask(q["question"][: s.max_question_chars], top_k=10)
-            abst += res.abstained
-            raw = q.get("answers")
-            if not isinstance(raw, list) or not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in raw):
-                raise AssistantError(f"{src}/questions.jsonl: question {q.get('_id', q['question'])!r} needs "
-                                     '"answers": [{"text": ...}]')
-            answers = [x["text"] for x in raw]
-            rank = next((r for r, ans in enumerate(res.answers, 1) if any(t in ans.text for t in answers)), None)
-            ranks.append(rank)
+_MODES = {
+    "dense": dict(w_dense_passage=1.0, w_bm25_passage=0.0, w_dense_sentence=0.0, w_bm25_sentence=0.0),
+    "bm25": dict(w_dense_passage=0.0, w_bm25_passage=1.0, w_dense_sentence=0.0, w_bm25_sentence=0.0),
+    "hybrid": {},
+}
+
+
+def _built(src: Path, tmp: str, settings: Settings, index_dir: Path | None, mode: str, abstain: bool,
+           progress: bool) -> Assistant:
+    """An Assistant over the folder's corpus.jsonl, indexed (reusing `index_dir` when given)."""
+    if mode not in _MODES:
+        raise AssistantError(f"unknown mode {mode!r}; choose from {', '.join(_MODES)}")
+    corpus_dir = Path(tmp) / "corpus"
+    write_squad_corpus(src, corpus_dir)
+    idx = Path(index_dir) if index_dir else Path(tmp) / "index"
+    s = replace(settings, corpus_dir=corpus_dir, index_dir=idx, **_MODES[mode])
+    if not abstain:
+        s = replace(s, abstain_threshold=0.0)
+    a = Assistant(s)
+    a.reindex(progress=progress)
+    return a
+
+
+def squad_questions(src: Path) -> list[dict]:
+    """questions.jsonl rows, each checked to carry "answers": [{"text": ...}]."""
+    questions = _jsonl(Path(src) / "questions.jsonl", ("question",))
+    for q in questions:
+        raw = q.get("answers")
+        if not isinstance(raw, list) or not all(isinstance(x, dict) and isinstance(x.get("text"), str) for x in raw):
+            raise AssistantError(f"{src}/questions.jsonl: question {q.get('_id', q['question'])!r} needs "
+                                 '"answers": [{"text": ...}]')
+    return questions
+
+
+def highlighted(answer) -> str:
+    """The highlighted text of an answer, from the first highlighted sentence to the last."""
+    if not answer.highlight:
+        return ""
+    return answer.text[answer.highlight[0].start : answer.highlight[-1].end]
+
+
+def score_squad(a: Assistant, questions: list[dict]) -> SquadReport:
+    """Ask every question (no history) and score answer-in-top-k and the highlight."""
+    ranks, abst, lit = [], 0, 0
+    for q in questions:
+        res = a.ask(q["question"][: a.settings.max_question_chars], top_k=10)
+        abst += res.abstained
+        answers = [x["text"] for x in q["answers"]]
+        rank = next((r for r, ans in enumerate(res.answers, 1) if any(t in ans.text for t in answers)), None)
+        ranks.append(rank)
+        if res.answers:
+            h = highlighted(res.answers[0])
+            lit += bool(h) and any(t in h for t in answers)
+    lengths = [len(p.text.split()) for p in a._current().index.passages]
     n = len(ranks) or 1
     return SquadReport(
         questions=len(ranks),
@@ -223,4 +234,112 @@ def evaluate_squad(
         abstained=abst / n,
         median_passage_words=statistics.median(lengths) if lengths else 0,
         passages=len(lengths),
+        highlight=lit / n,
     )
+
+
+def evaluate_squad(
+    src: Path,
+    settings: Settings | None = None,
+    index_dir: Path | None = None,
+    mode: str = "hybrid",
+    abstain: bool = True,
+    progress: bool = False,
+) -> SquadReport:
+    """Build a throw-away index of the folder's corpus.jsonl (or reuse `index_dir`) and score questions.jsonl."""
+    src = Path(src)
+    for name in ("corpus.jsonl", "questions.jsonl"):
+        if not (src / name).is_file():
+            raise AssistantError(f"{src}/ has no {name}; --squad expects a folder with corpus.jsonl and questions.jsonl")
+    questions = squad_questions(src)
+    with tempfile.TemporaryDirectory(prefix="assistant-squad-") as tmp:
+        a = _built(src, tmp, settings or Settings(), index_dir, mode, abstain, progress)
+        return score_squad(a, questions)
+
+
+# --- MTRAG-style conversations ---------------------------------------------------------------
+
+@dataclass
+class MtragReport:
+    """Conversations whose last user turn is the question; a hit when an answer comes from a gold passage."""
+
+    mode: str
+    conversations: int
+    with_gold: int  # last turns with gold passages that are not UNANSWERABLE (the retrieval figures' base)
+    top1: float
+    top5: float
+    followup_top5: float  # the same, over last turns that have earlier user turns
+    followups: int
+    answerable_abstained: float  # share of ANSWERABLE last turns that abstained
+    unanswerable_abstained: float  # share of UNANSWERABLE last turns that abstained
+    by_label: dict = field(default_factory=dict)  # answerability label -> share abstained
+
+
+def _label(q: dict) -> str:
+    a = q.get("answerability")
+    return str(a[0] if isinstance(a, list) and a else a or "ANSWERABLE")
+
+
+def mtrag_queries(src: Path) -> list[dict]:
+    """queries.jsonl rows: the question (`last_turn`), its history (earlier user turns), gold ids, label."""
+    out = []
+    for q in _jsonl(Path(src) / "queries.jsonl", ("conversation", "last_turn")):
+        users = [t.get("text", "") for t in q["conversation"] if isinstance(t, dict) and t.get("speaker") == "user"]
+        if users and users[-1].strip() == str(q["last_turn"]).strip():
+            users = users[:-1]
+        out.append({"id": q.get("_id", "?"), "question": str(q["last_turn"]), "history": [u for u in users if u.strip()],
+                    "gold": set(q.get("gold_doc_ids") or []), "label": _label(q)})
+    return out
+
+
+def score_mtrag(a: Assistant, queries: list[dict], mode: str = "conversation") -> MtragReport:
+    """Ask each last turn as `mode` says: 'conversation' (with its history), 'alone', or 'concat'
+    (earlier user turns and the question as one query)."""
+    if mode not in ("conversation", "alone", "concat"):
+        raise AssistantError(f"unknown mode {mode!r}; choose from conversation, alone, concat")
+    limit = a.settings.max_question_chars
+    top1 = top5 = fu5 = n_gold = n_fu = 0
+    abst: dict[str, list[bool]] = {}
+    for q in queries:
+        if mode == "alone":
+            res = a.ask(q["question"][:limit], [], top_k=5)
+        elif mode == "concat":
+            res = a.ask(" ".join(q["history"] + [q["question"]])[-limit:], [], top_k=5)
+        else:
+            res = a.ask(q["question"][:limit], [h[:limit] for h in q["history"]][-a.settings.max_history :], top_k=5)
+        abst.setdefault(q["label"], []).append(res.abstained)
+        if not q["gold"] or q["label"] == "UNANSWERABLE":
+            continue
+        rank = next((r for r, ans in enumerate(res.answers, 1) if ans.source.doc_id in q["gold"]), None)
+        n_gold += 1
+        top1 += rank == 1
+        top5 += rank is not None and rank <= 5
+        if q["history"]:
+            n_fu += 1
+            fu5 += rank is not None and rank <= 5
+    share = {k: sum(v) / len(v) for k, v in abst.items()}
+    return MtragReport(
+        mode=mode, conversations=len(queries), with_gold=n_gold, top1=top1 / max(1, n_gold), top5=top5 / max(1, n_gold),
+        followup_top5=fu5 / max(1, n_fu), followups=n_fu,
+        answerable_abstained=share.get("ANSWERABLE", 0.0), unanswerable_abstained=share.get("UNANSWERABLE", 0.0),
+        by_label=share,
+    )
+
+
+def evaluate_mtrag(
+    src: Path,
+    settings: Settings | None = None,
+    index_dir: Path | None = None,
+    modes: tuple[str, ...] = ("conversation",),
+    abstain: bool = True,
+    progress: bool = False,
+) -> list[MtragReport]:
+    """Index the folder's corpus.jsonl (one article per passage) and score queries.jsonl in each mode."""
+    src = Path(src)
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        if not (src / name).is_file():
+            raise AssistantError(f"{src}/ has no {name}; --mtrag expects a folder with corpus.jsonl and queries.jsonl")
+    queries = mtrag_queries(src)
+    with tempfile.TemporaryDirectory(prefix="assistant-mtrag-") as tmp:
+        a = _built(src, tmp, settings or Settings(), index_dir, "hybrid", abstain, progress)
+        return [score_mtrag(a, queries, m) for m in modes]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import answertype
 from .config import Settings
 from .index import Index, bm25_scores, tokenize
 
@@ -30,6 +31,7 @@ _DEFINITION_Q = re.compile(
 _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
+RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
 # ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
 _NOT_DEFINITION = re.compile(r"\b(?:to|for|of|in|on|at|by|with|from|as|about|after|\w+ed|doing|made|done)\s*$", re.I)
@@ -45,6 +47,10 @@ class Query:
     search_tokens: list[str] | None = None  # what BM25 searches: the tokens plus any rewrite
     equivalents: dict[str, frozenset[str]] | None = None  # a question word -> answer words that cover it
     defines: frozenset[str] | None = None  # "What is X?": the tokens of X
+    # a follow-up's conversation so far (earlier questions), scored alongside it at passage level
+    context: "Query | None" = None
+    kind: str | None = None  # the kind of answer wanted: number, when, who, where (answertype.kind)
+    words: frozenset[str] = frozenset()  # the question's words, lower-cased
 
     def __post_init__(self) -> None:
         if self.search_tokens is None:
@@ -72,6 +78,20 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
+def _doc_centroids(index: Index) -> tuple[np.ndarray, np.ndarray]:
+    """(passage row -> article number, article number -> unit mean vector of its passages).
+    Computed once per loaded index (one pass over the passage vectors)."""
+    n = len(index.passages)
+    numbers: dict[str, int] = {}
+    of_row = np.array([numbers.setdefault(p.doc_id, len(numbers)) for p in index.passages], dtype=np.int64)
+    dim = index.passage_vectors.shape[1] if n else 1
+    cent = np.zeros((len(numbers), dim), dtype=np.float32)
+    if n:
+        np.add.at(cent, of_row, np.asarray(index.passage_vectors, dtype=np.float32))
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-9)
+    return of_row, cent
+
+
 class Retriever:
     """Scores passages of one loaded index for a query."""
 
@@ -82,6 +102,7 @@ class Retriever:
         self.n_sentences = int(len(index.sent_passage))
         self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
+        self._docs: tuple[np.ndarray, np.ndarray] | None = None  # _doc_centroids, made when first needed
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -113,7 +134,7 @@ class Retriever:
         x = m.group("x") if m else ""
         x = tokenize([x])[0] if x and len(x.split()) <= DEFINITION_MAX_WORDS and not _NOT_DEFINITION.search(x) else []
         return Query(text=text, vector=vector, tokens=tokens, search_tokens=search, equivalents=equivalents,
-                     defines=frozenset(x) or None)
+                     defines=frozenset(x) or None, kind=answertype.kind(text), words=answertype.question_words(text))
 
     def _definition_head(self, sent_row: int) -> frozenset[str] | None:
         """The tokens of what a sentence defines, if it is shaped like a definition (cached)."""
@@ -131,29 +152,90 @@ class Retriever:
                 out[i] = 1.0
         return out
 
+    def _bm25(self, q: Query) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 scores of every passage and every sentence (the exact signals candidates are scored with)."""
+        ix = self.index
+        return (bm25_scores(ix.bm25_passages, q.search_tokens, self.n_passages),
+                bm25_scores(ix.bm25_sentences, q.search_tokens, self.n_sentences))
+
+    def _candidates(self, q: Query, bm_p: np.ndarray, bm_s: np.ndarray) -> np.ndarray:
+        """Passage rows worth scoring: the best of each signal (dense and BM25, passage and sentence)."""
+        ix, C = self.index, self.s.candidates
+        pid, _ = ix.passage_store.search(q.vector, C)
+        sid, _ = ix.sentence_store.search(q.vector, C * 2)
+        rows = [ix.row_of_pid[int(i)] for i in pid if int(i) in ix.row_of_pid]
+        rows += [int(ix.sent_passage[ix.row_of_sid[int(i)]]) for i in sid if int(i) in ix.row_of_sid]
+        rows += list(np.argsort(-bm_p)[:C])
+        rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
+        return np.unique(np.asarray(rows, dtype=np.int64))
+
+    def _article_prior(self, q: Query, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
+        """Evidence from the whole article, added to each of its passages: the article's own cosine
+        (its passages' mean vector) and its best candidate passage. Long-document retrieval scores
+        a passage with its document, so a stray passage of an unrelated article does not win on a
+        few shared words. Only the candidates' articles are scored."""
+        s = self.s
+        if self._docs is None:
+            self._docs = _doc_centroids(self.index)
+        of_row, centroid = self._docs
+        docs = of_row[cand]
+        prior = np.zeros(len(cand), dtype=np.float32)
+        if s.w_doc_dense:
+            prior += s.w_doc_dense * _minmax(centroid[docs] @ q.vector)
+        if s.w_doc_best:
+            uniq, inv = np.unique(docs, return_inverse=True)
+            best = np.full(len(uniq), -np.inf, dtype=np.float32)
+            np.maximum.at(best, inv, fused)
+            prior += s.w_doc_best * _minmax(best)[inv]
+        return prior
+
+    def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray, bm25_p: np.ndarray,
+                      ctx_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Passage scores of a follow-up plus a share of its conversation's (CAsT-style query
+        expansion by history, weighted below the question itself): a follow-up that names
+        nothing ("Or installment easier?") is still about what came before."""
+        w = self.s.w_context
+        return dense_p + w * (self.index.passage_vectors[cand] @ ctx.vector), bm25_p + w * ctx_p[cand]
+
+    def _answer_kind(self, q: Query, cand: np.ndarray, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                     fused: np.ndarray, s_fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """"How many ...?" wants a number, "Who ...?" a name: the sentences of the best passages that
+        hold an answer of that kind rise (the highlight), and so does a passage whose relevant
+        sentence holds one. Only the best RERANK_DEPTH passages are read."""
+        s, ix = self.s, self.index
+        fused, s_fused = fused.copy(), s_fused.copy()
+        for o in order:
+            a, n = int(offsets[o]), int(lengths[o])
+            rows = range(ix.sent_rows[int(cand[o])][0], ix.sent_rows[int(cand[o])][0] + n)
+            match = np.array([not ix.sent_is_heading[r] and answertype.holds(ix.sentence_text(r), q.kind, q.words)
+                              for r in rows], dtype=np.float32)
+            if match.any():
+                fused[o] += s.w_kind_passage * float(np.max(match * np.clip(s_fused[a : a + n], 0.0, 1.0)))
+                s_fused[a : a + n] += s.w_kind_sentence * match
+        return fused, s_fused
+
     def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
         """The k best passages, best first. `restrict` limits the search to some passage rows."""
         ix, s = self.index, self.s
         if self.n_passages == 0:
             return []
-        C = s.candidates
-        # candidates from each signal
-        bm_p = bm25_scores(ix.bm25_passages, q.search_tokens, self.n_passages)
-        bm_s = bm25_scores(ix.bm25_sentences, q.search_tokens, self.n_sentences)
+        bm_p, bm_s = self._bm25(q)
+        ctx = q.context if s.w_context else None
+        if ctx is not None:
+            ctx_p, ctx_s = self._bm25(ctx)
         if restrict is not None:
             cand = np.asarray(restrict, dtype=np.int64)
         else:
-            pid, _ = ix.passage_store.search(q.vector, C)
-            sid, _ = ix.sentence_store.search(q.vector, C * 2)
-            rows = [ix.row_of_pid[int(i)] for i in pid if int(i) in ix.row_of_pid]
-            rows += [int(ix.sent_passage[ix.row_of_sid[int(i)]]) for i in sid if int(i) in ix.row_of_sid]
-            rows += list(np.argsort(-bm_p)[:C])
-            rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
-            cand = np.unique(np.asarray(rows, dtype=np.int64))
+            cand = self._candidates(q, bm_p, bm_s)
+            if ctx is not None:
+                cand = np.union1d(cand, self._candidates(ctx, ctx_p, ctx_s))
         if cand.size == 0:
             return []
         # exact signals for the candidates
-        dense_p = ix.passage_vectors[cand] @ q.vector
+        dense_q = dense_p = ix.passage_vectors[cand] @ q.vector
+        bm25_p = bm_p[cand]
+        if ctx is not None:
+            dense_p, bm25_p = self._with_context(ctx, cand, dense_p, bm25_p, ctx_p)
         spans = [ix.sent_rows[r] for r in cand]
         sent_idx = np.concatenate([np.arange(a, b) for a, b in spans])
         lengths = np.array([b - a for a, b in spans])
@@ -166,26 +248,31 @@ class Retriever:
         s_bm = np.where(heading, 0.0, s_bm)
         dense_s = np.maximum.reduceat(s_cos, offsets)
         bm25_s = np.maximum.reduceat(s_bm, offsets)
-        bm25_p = bm_p[cand]
         fused = (
             s.w_dense_passage * _minmax(dense_p)
             + s.w_bm25_passage * _minmax(bm25_p)
             + s.w_dense_sentence * _minmax(dense_s)
             + s.w_bm25_sentence * _minmax(bm25_s)
         )
+        if s.w_doc_dense or s.w_doc_best:
+            fused = fused + self._article_prior(q, cand, fused)
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
         if q.defines and s.definition_bonus:
             d = self._defines(q, sent_idx)
             fused = fused + s.definition_bonus * np.maximum.reduceat(d, offsets)
             s_fused = s_fused + s.definition_bonus * d
-        order = np.argsort(-fused)[:k]
+        order = np.argsort(-fused)[: max(k, RERANK_DEPTH)]
+        if q.kind and (s.w_kind_sentence or s.w_kind_passage):
+            fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
+            order = order[np.argsort(-fused[order], kind="stable")]
+        order = order[:k]
         hits = []
         for o in order:
             a = offsets[o]
             b = a + lengths[o]
             hits.append(Hit(
-                row=int(cand[o]), score=float(fused[o]), dense=float(dense_p[o]), dense_sentence=float(dense_s[o]),
+                row=int(cand[o]), score=float(fused[o]), dense=float(dense_q[o]), dense_sentence=float(dense_s[o]),
                 bm25=float(bm25_p[o]), bm25_sentence=float(bm25_s[o]),
                 sentence_scores=s_fused[a:b], sentence_cosines=s_cos[a:b],
             ))

@@ -1,4 +1,4 @@
-"""Evaluation: the metrics themselves, `assistant eval FILE.jsonl` and `assistant eval --squad DIR`,
+"""Evaluation: the metrics themselves, `assistant eval FILE.jsonl`, `assistant eval --squad DIR`, `--mtrag DIR`,
 and malformed input (exit code 2, never a traceback)."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from assistant.cli import app
-from assistant.evaluation import EvalReport, TurnResult, evaluate_squad, load_cases, write_squad_corpus
+from assistant.evaluation import (EvalReport, TurnResult, evaluate_mtrag, evaluate_squad, load_cases, mtrag_queries,
+                                  write_squad_corpus)
 from assistant.errors import AssistantError
 from tests.fixtures_core import SHARED_ANSWER
 
@@ -202,6 +203,82 @@ def test_eval_squad_modes_and_json(squad_dir, embedder):
     assert fig["top1"] <= fig["top3"] <= fig["top5"] and fig["top5"] >= 5 / 6
     report = evaluate_squad(squad_dir, mode="dense")
     assert report.questions == 6 and report.top5 >= 5 / 6 and 0 < report.median_passage_words < 40
+
+
+def test_eval_squad_highlight_holds_the_answer(squad_dir, embedder):
+    """Each answer sits in one sentence of a two-sentence paragraph: the highlight figure counts the
+    top answers whose lit sentence(s) hold it (five of the six at least; a lit first sentence
+    everywhere would score 2 of 6)."""
+    assert evaluate_squad(squad_dir).highlight >= 5 / 6
+    text = run("eval", "--squad", squad_dir).stdout
+    assert re.search(r"highlighted sentence\(s\) hold the answer: [\d.]+", text), text
+
+
+# --- eval --mtrag DIR --------------------------------------------------------------------------
+
+MTRAG_PASSAGES = [
+    ("m1", "Glowberry peel", "The glowberry peel is a fruit-acid peel made from fermented glowberry juice. A session takes about twenty minutes."),
+    ("m2", "Glowberry peel", "After a glowberry peel the skin may sting for an hour; redness fades within a day."),
+    ("m3", "Frostleaf mask", "The frostleaf mask is a cooling clay mask made from crushed frostleaf petals. It stays on the skin for twelve minutes."),
+    ("m4", "Frostleaf mask", "A frostleaf mask costs about forty euros at most spas and can be bought for home use."),
+    ("m6", "Glowberry peel", "A glowberry peel costs about sixty euros per session at most spas."),
+    ("m5", "Kaolin", "Kaolin is a soft white clay mined mainly in Cornwall and Georgia, also used to make porcelain."),
+]
+
+
+def mtrag_row(qid, turns, gold, label="ANSWERABLE"):
+    conv = []
+    for t in turns:
+        conv += [{"speaker": "user", "text": t}, {"speaker": "agent", "text": "An answer."}]
+    conv.pop()  # the conversation ends on the user's last turn
+    return {"_id": qid, "conversation": conv, "last_turn": turns[-1], "gold_doc_ids": gold,
+            "answerability": [label], "multi_turn": ["Follow-up" if len(turns) > 1 else "N/A"]}
+
+
+@pytest.fixture
+def mtrag_dir(tmp_path) -> Path:
+    d = tmp_path / "mtrag"
+    d.mkdir()
+    write_jsonl(d / "corpus.jsonl", [{"_id": i, "domain": "x", "title": t, "text": x} for i, t, x in MTRAG_PASSAGES])
+    write_jsonl(d / "queries.jsonl", [
+        mtrag_row("a<::>1", ["What is the glowberry peel made from?"], ["m1"]),
+        # the last question alone names nothing: only its history finds the frostleaf mask
+        mtrag_row("b<::>2", ["Tell me about the frostleaf mask.", "How much does it cost?"], ["m4"]),
+        # ... and the same question after the peel: alone, one of the two is ranked wrong
+        mtrag_row("c<::>2", ["What is the glowberry peel?", "How much does it cost?"], ["m6"]),
+        mtrag_row("d<::>1", ["Who won the football world cup in 1954?"], [], "UNANSWERABLE"),
+    ])
+    return d
+
+
+def test_mtrag_queries_history_is_the_earlier_user_turns(mtrag_dir):
+    qs = {q["id"]: q for q in mtrag_queries(mtrag_dir)}
+    assert qs["b<::>2"]["question"] == "How much does it cost?"
+    assert qs["b<::>2"]["history"] == ["Tell me about the frostleaf mask."]
+    assert qs["a<::>1"]["history"] == [] and qs["d<::>1"]["label"] == "UNANSWERABLE"
+
+
+def test_eval_mtrag_modes(mtrag_dir, embedder, tmp_path):
+    alone, conv = evaluate_mtrag(mtrag_dir, index_dir=tmp_path / "ix", modes=("alone", "conversation"))
+    assert alone.conversations == conv.conversations == 4 and alone.with_gold == 3 and alone.followups == 2
+    assert conv.top5 == 1.0 and conv.followup_top5 == 1.0
+    assert conv.unanswerable_abstained == 1.0 and conv.answerable_abstained == 0.0
+    assert conv.top1 == 1.0 and alone.top1 <= 2 / 3  # "How much does it cost?" alone: the mask's or the peel's price
+    r = run("eval", "--mtrag", mtrag_dir, "--mode", "all", "--json", "--keep-index", tmp_path / "ix")
+    assert r.exit_code == 0, (r.output, r.exception)
+    figs = json.loads(r.stdout)
+    assert [f["mode"] for f in figs] == ["alone", "concat", "conversation"]
+    assert figs[2]["top5"] == 1.0 and figs[2]["unanswerable_abstained"] == 1.0
+    text = run("eval", "--mtrag", mtrag_dir, "--keep-index", tmp_path / "ix").stdout
+    assert "(conversation): 4 conversations, 3 last turns with a gold passage (2 follow-ups)" in text, text
+
+
+def test_eval_mtrag_missing_queries_exits_2(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "corpus.jsonl").write_text("")
+    r = run("eval", "--mtrag", d, "--index", tmp_path / "index")
+    assert r.exit_code == 2 and "queries.jsonl" in r.output, r.output
 
 
 # --- malformed input: exit code 2 --------------------------------------------------------------

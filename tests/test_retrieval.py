@@ -86,3 +86,60 @@ def test_without_the_definition_signal_the_comparison_list_wins(define_assistant
 def test_other_questions_are_not_read_as_definition_questions(define_assistant, question):
     r = define_assistant._current().retriever
     assert r.prepare(question, define_assistant.embedder.encode_query(question)).defines is None
+
+
+def test_answer_kind_lifts_the_sentence_with_the_number(tmp_path, embedder):
+    """'How long ...?' wants a number: the sentence that says how long gains the answer-kind weight in
+    the highlight scores, the sentence repeating the question's words gains nothing."""
+    from assistant import Assistant, Settings
+    from assistant.extraction import highlight
+    from assistant.retrieval import Retriever
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "mask.md").write_text(
+        "# The frostleaf mask\n\nThe frostleaf mask is a cooling clay mask made from crushed frostleaf petals and "
+        "white kaolin clay. It stays on the skin for twelve minutes.\n", encoding="utf-8")
+    base = Settings(corpus_dir=corpus, index_dir=tmp_path / "index")
+    a = Assistant(base, embedder=embedder)
+    a.reindex()
+    index = a._current().index
+    question = "How long does the frostleaf mask stay on the skin?"
+
+    def best(settings):
+        r = Retriever(index, settings)
+        return r.search(r.prepare(question, embedder.encode_query(question)), k=1)[0]
+
+    on, off = best(base), best(replace(base, w_kind_sentence=0.0, w_kind_passage=0.0))
+    p = index.passages[on.row]
+    texts = [index.docs[p.doc_id].text[x.start : x.end] for x in p.sentences]
+    number = next(j for j, t in enumerate(texts) if "twelve" in t)
+    other = next(j for j, t in enumerate(texts) if "kaolin" in t)
+    assert on.sentence_scores[number] - off.sentence_scores[number] == pytest.approx(base.w_kind_sentence)
+    assert on.sentence_scores[other] == pytest.approx(off.sentence_scores[other])
+    span = highlight(index, on, base.highlight_ratio)[0]
+    assert "twelve minutes" in p.text[span.start : span.end]
+
+
+def test_article_prior_adds_the_article_evidence_to_each_of_its_passages(define_assistant, embedder):
+    """With the article prior on, every passage of an article gains the same share of its article's
+    evidence (its mean vector's cosine, its best candidate), so scores move by article, not by passage."""
+    import numpy as np
+
+    from assistant.retrieval import Retriever, _doc_centroids
+
+    index = define_assistant._current().index
+    of_row, centroid = _doc_centroids(index)
+    assert np.allclose(np.linalg.norm(centroid, axis=1), 1.0, atol=1e-5)
+    assert len(centroid) == len({p.doc_id for p in index.passages})
+    question = "What is microneedling?"
+    vec = embedder.encode_query(question)
+    base = Retriever(index, define_assistant.settings)
+    prior = Retriever(index, replace(define_assistant.settings, w_doc_dense=0.2, w_doc_best=0.2))
+    off = {h.row: h.score for h in base.search(base.prepare(question, vec), k=50)}
+    on = {h.row: h.score for h in prior.search(prior.prepare(question, vec), k=50)}
+    gain: dict[int, set[float]] = {}
+    for row in off.keys() & on.keys():
+        gain.setdefault(int(of_row[row]), set()).add(round(on[row] - off[row], 4))
+    assert all(len(g) == 1 for g in gain.values())  # one gain per article
+    assert len({next(iter(g)) for g in gain.values()}) > 1  # and articles differ
