@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import Settings
-from .index import Index, bm25_scores, tokenize
+from .index import Index, bm25_scores_for, candidate_rows, tokenize
 
 
 # A question asking for another name of something, and how articles phrase the answer.
@@ -136,37 +136,29 @@ class Retriever:
         ix, s = self.index, self.s
         if self.n_passages == 0:
             return []
-        C = s.candidates
-        # candidates from each signal
-        bm_p = bm25_scores(ix.bm25_passages, q.search_tokens, self.n_passages)
-        bm_s = bm25_scores(ix.bm25_sentences, q.search_tokens, self.n_sentences)
+        # candidates from each signal (top-k of dense and BM25, passages and sentences: index.py)
         if restrict is not None:
             cand = np.asarray(restrict, dtype=np.int64)
         else:
-            pid, _ = ix.passage_store.search(q.vector, C)
-            sid, _ = ix.sentence_store.search(q.vector, C * 2)
-            rows = [ix.row_of_pid[int(i)] for i in pid if int(i) in ix.row_of_pid]
-            rows += [int(ix.sent_passage[ix.row_of_sid[int(i)]]) for i in sid if int(i) in ix.row_of_sid]
-            rows += list(np.argsort(-bm_p)[:C])
-            rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
-            cand = np.unique(np.asarray(rows, dtype=np.int64))
+            cand = candidate_rows(ix, q.vector, q.search_tokens, s.candidates)
         if cand.size == 0:
             return []
-        # exact signals for the candidates
-        dense_p = ix.passage_vectors[cand] @ q.vector
+        # exact signals for the candidates (BM25 of only their passages and sentences)
+        bm_p = bm25_scores_for(ix.bm25_passages, q.search_tokens, cand)
+        dense_p = np.asarray(ix.passage_vectors[cand], dtype=np.float32) @ q.vector
         spans = [ix.sent_rows[r] for r in cand]
         sent_idx = np.concatenate([np.arange(a, b) for a, b in spans])
         lengths = np.array([b - a for a, b in spans])
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        s_cos = ix.sent_vectors[sent_idx] @ q.vector
-        s_bm = bm_s[sent_idx]
+        s_cos = np.asarray(ix.sent_vectors[sent_idx], dtype=np.float32) @ q.vector
+        s_bm = bm25_scores_for(ix.bm25_sentences, q.search_tokens, sent_idx)
         heading = ix.sent_is_heading[sent_idx]
         # a bare heading ("Exosome Therapy") is context, not evidence: it must not be a passage's best sentence
         s_cos = np.where(heading, np.minimum(s_cos, 0.0), s_cos)
         s_bm = np.where(heading, 0.0, s_bm)
         dense_s = np.maximum.reduceat(s_cos, offsets)
         bm25_s = np.maximum.reduceat(s_bm, offsets)
-        bm25_p = bm_p[cand]
+        bm25_p = bm_p
         fused = (
             s.w_dense_passage * _minmax(dense_p)
             + s.w_bm25_passage * _minmax(bm25_p)

@@ -63,17 +63,17 @@ def test_loaded_index_holds_exactly_the_chunked_articles(built, embedder):
     assert loaded.sent_vectors.shape == (n_s, embedder.dim)
     assert loaded.sent_passage.tolist() == [i for i, p in enumerate(loaded.passages) for _ in p.sentences]
     assert np.allclose(np.linalg.norm(loaded.passage_vectors, axis=1), 1.0, atol=1e-4)
-    # each stored vector is the embedding of its own passage / sentence, and FAISS finds it by id
+    # each stored vector is the embedding of its own passage / sentence, and FAISS finds it by row
     for row in (0, n_p - 1):
         p = loaded.passages[row]
         d = loaded.docs[p.doc_id]
         fresh = embedder.encode_passages([ix.passage_embed_text(p, d.title, d.text)])[0]
         assert float(fresh @ loaded.passage_vectors[row]) > 0.999
-        ids, _ = loaded.passage_store.search(loaded.passage_vectors[row], 1)
-        assert loaded.row_of_pid[int(ids[0])] == row
+        rows, _ = loaded.passage_store.search(loaded.passage_vectors[row], 1)
+        assert int(rows[0]) == row and loaded.row_of_pid[ix.int_id(p.id)] == row
         a_, _b = loaded.sent_rows[row]
         s0 = ix.sentence_embed_text(p, p.sentences[0], d.text)
-        assert float(embedder.encode_passages([s0])[0] @ loaded.sent_vectors[a_]) > 0.999
+        assert float(embedder.encode_passages([s0])[0] @ loaded.sent_vectors[a_].astype(np.float32)) > 0.999
         assert loaded.sentence_text(a_) == d.text[p.sentences[0].start : p.sentences[0].end]
 
 
@@ -93,8 +93,14 @@ def test_manifest_and_layout(built, embedder):
     assert built_at.tzinfo is not None
     assert abs(datetime.now(timezone.utc) - built_at) < timedelta(minutes=10)
     assert m["articles"] == 3 and m["passages"] == len(loaded.passages)
-    for name in ("documents.jsonl", "passages.jsonl", "passages.faiss", "sentences.faiss", "passage_vectors.npy"):
+    for name in ("documents.jsonl", "passages.jsonl", "passages.faiss", "sentences.faiss", "sentence_passage.npy"):
         assert (gen / name).is_file(), name
+    # each vector is stored once (in its store), and the choice of search is recorded
+    assert not list(gen.glob("*_vectors.npy"))
+    vs = m["vector_search"]
+    assert vs["passages"] == {"kind": "flat", "dtype": "float32", "vectors": len(loaded.passages)}
+    assert vs["sentences"] == {"kind": "flat", "dtype": ix.SENTENCE_DTYPE, "vectors": len(loaded.sent_passage)}
+    assert vs["ann_min_vectors"] == ix.ANN_MIN_VECTORS
 
 
 
@@ -215,10 +221,10 @@ def test_reindex_embeds_only_what_changed_and_drops_what_left(built):
     for i, p in enumerate(new.passages):
         if p.doc_id == "guides/cooling-masks":
             assert np.array_equal(new.passage_vectors[i], old.passage_vectors[old_rows[p.id]])
-    # every FAISS id maps to a row of the new index
+    # the store's rows are the new index's rows
     for i, p in enumerate(new.passages):
-        ids, _ = new.passage_store.search(new.passage_vectors[i], len(new.passages))
-        assert all(int(x) in new.row_of_pid for x in ids)
+        rows, _ = new.passage_store.search(new.passage_vectors[i], len(new.passages))
+        assert sorted(rows.tolist()) == list(range(len(new.passages))) and int(rows[0]) == i
     # and the removed article is no longer cited
     res = a.ask("What is the frostleaf mask made from?")
     assert all(x.source.doc_id != "frostleaf-basics" for x in res.answers)
