@@ -234,7 +234,10 @@ def topk(scores: np.ndarray, k: int) -> np.ndarray:
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     if k < n:
-        part = np.argpartition(-scores, k - 1)[:k]
+        # the k-th best score; ties at it go to the lowest rows, as a stable sort would do
+        thr = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        above = np.flatnonzero(scores > thr)
+        part = np.concatenate([above, np.flatnonzero(scores == thr)[: k - len(above)]])
     else:
         part = np.arange(n)
     return part[np.lexsort((part, -scores[part]))].astype(np.int64)
@@ -503,6 +506,17 @@ def current_generation(index_dir: Path) -> Path | None:
     return gen if (gen / "manifest.json").exists() else None
 
 
+def load_docs(gen: Path) -> dict[str, DocRecord]:
+    """The article records of a generation (what a reindex compares the corpus folder with)."""
+    docs = {}
+    with open(Path(gen) / "documents.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                docs[d["doc_id"]] = DocRecord(**d)
+    return docs
+
+
 def load(index_dir: Path, path: Path | None = None, mmap: bool = True) -> Index:
     """The generation CURRENT names (or the generation folder `path`). Raises NotIndexedError when there is none.
 
@@ -513,10 +527,7 @@ def load(index_dir: Path, path: Path | None = None, mmap: bool = True) -> Index:
             f"No index in {index_dir}/. Build one with `assistant reindex` (or `make run`)."
         )
     manifest = json.loads((gen / "manifest.json").read_text())
-    docs = {}
-    for line in (gen / "documents.jsonl").read_text(encoding="utf-8").splitlines():
-        d = json.loads(line)
-        docs[d["doc_id"]] = DocRecord(**d)
+    docs = load_docs(gen)
     passages = []
     for line in (gen / "passages.jsonl").read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
@@ -553,9 +564,11 @@ def _load_bm25(path: Path):
     return bm25s.BM25.load(path, show_progress=False, verbosity=0, mmap=True)
 
 
-def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files: dict | None = None) -> Path:
+def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files: dict | None = None,
+          subjects: dict | None = None) -> Path:
     """Write a new generation folder, then point CURRENT at it (atomic rename).
 
+    `subjects`: the discovery made at build time (subjects.py), stored as subjects.json.
     `tokens` (the BM25 tokens the index was built from) and `files` (path -> [size, mtime_ns,
     sha256]) are kept for the next reindex; readers never need them.
     """
@@ -583,6 +596,8 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
         save_tokens(tmp / TOKENS_FILE, tokens)
     if files is not None:
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
+    if subjects is not None:
+        (tmp / "subjects.json").write_text(json.dumps(subjects, ensure_ascii=False), encoding="utf-8")
     # the manifest last: a generation without one is never loaded
     (tmp / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
     _fsync_tree(tmp)

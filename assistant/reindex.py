@@ -18,11 +18,11 @@ import functools
 import hashlib
 import importlib.metadata
 import inspect
+import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -140,11 +140,37 @@ def _chunk_params(settings: Settings) -> dict:
     return {"target_words": settings.passage_target_words, "max_words": settings.passage_max_words}
 
 
-@dataclass
 class _Previous:
-    index: ix.Index
-    tokens: ix.TokenCache | None
-    files: dict = field(default_factory=dict)
+    """The generation being served, read only as far as a reindex needs: its manifest, article
+    records and file stats first (a no-op reindex stops there), the whole index (memory-mapped)
+    and its token cache only when something changed."""
+
+    def __init__(self, gen: Path, manifest: dict, docs: dict, files: dict, tokens_usable: bool) -> None:
+        self.gen, self.manifest, self.docs, self.files = gen, manifest, docs, files
+        self.tokens_usable = tokens_usable
+        self._index: ix.Index | None = None
+        self._tokens: ix.TokenCache | None = None
+        self._tokens_read = False
+
+    @property
+    def index(self) -> ix.Index:
+        if self._index is None:
+            self._index = ix.load(self.gen.parent, path=self.gen)
+        return self._index
+
+    @property
+    def tokens(self) -> ix.TokenCache | None:
+        if not self._tokens_read:
+            self._tokens_read = True
+            tokens = ix.load_tokens(self.gen) if self.tokens_usable else None
+            prev = self.index
+            if tokens is not None and (
+                len(tokens.passages) != len(prev.passages) or len(tokens.sentences) != len(prev.sent_passage)
+            ):
+                log.warning("token cache of %s does not match its index; re-tokenising", self.gen.name)
+                tokens = None
+            self._tokens = tokens
+        return self._tokens
 
 
 def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None:
@@ -153,11 +179,11 @@ def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None
     if gen is None:
         return None
     try:
-        prev = ix.load(index_dir, path=gen)
+        m = json.loads((gen / "manifest.json").read_text())
+        docs = ix.load_docs(gen)
     except Exception as e:  # an unreadable index: build from scratch
         log.warning("previous index %s unreadable (%s); rebuilding from scratch", gen.name, e)
         return None
-    m = prev.manifest
     if m.get("format") not in ix.READABLE_FORMATS or m.get("model") != MODEL_NAME:
         log.info("index format or model changed; rebuilding from scratch")
         return None
@@ -167,17 +193,10 @@ def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None
     if (m.get("fingerprints") or {}).get("content") != prints["content"]:
         log.info("the reading or chunking code changed; rebuilding from scratch")
         return None
-    tokens = None
-    if (m.get("fingerprints") or {}).get("bm25") == prints["bm25"]:
-        tokens = ix.load_tokens(gen)
-        if tokens is not None and (
-            len(tokens.passages) != len(prev.passages) or len(tokens.sentences) != len(prev.sent_passage)
-        ):
-            log.warning("token cache of %s does not match its index; re-tokenising", gen.name)
-            tokens = None
-    else:
+    usable = (m.get("fingerprints") or {}).get("bm25") == prints["bm25"] and (gen / ix.TOKENS_FILE).is_file()
+    if not usable:
         log.info("BM25 tokenisation changed; re-tokenising every passage")
-    return _Previous(prev, tokens, ix.load_file_stats(gen))
+    return _Previous(gen, m, docs, ix.load_file_stats(gen), usable)
 
 
 # --- reindex ---------------------------------------------------------------------------------
@@ -212,7 +231,7 @@ def reindex(
         params = _chunk_params(settings)
         prints = fingerprints()
         prev = _previous(index_dir, params, prints)
-        prev_index = prev.index if prev else None
+        prev_docs = prev.docs if prev else {}
         lap("load_previous")
         report = ReindexReport(articles=0, passages=0)
         now = ix.now_iso()
@@ -233,7 +252,7 @@ def reindex(
                 log.warning("skipped %s: another file already has id %r", path, doc_id)
                 report.skipped.append(rel)
                 continue
-            old = prev_index.docs.get(doc_id) if prev_index else None
+            old = prev_docs.get(doc_id)
             try:
                 st = path.stat()
                 sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -267,22 +286,26 @@ def reindex(
             seen.add(doc_id)
             new_docs.append(doc)
             (report.changed if old is not None else report.added).append(doc_id)
-        if prev_index:
-            report.removed = sorted(d for d in prev_index.docs if d not in seen)
+        if prev is not None:
+            report.removed = sorted(d for d in prev_docs if d not in seen)
         report.unchanged = len(kept_docs)
         tm["files"], tm["hashed"] = len(files), hashed
         lap("scan")
 
-        if prev_index is not None and not report.touched and prev.tokens is not None:
+        if prev is not None and not report.touched and prev.tokens_usable:
             # nothing to do (without a usable token cache, BM25 is rebuilt below: new tokenising code)
-            if stats != old_stats and prev_index.path is not None:
+            if stats != old_stats:
                 with contextlib.suppress(OSError):
-                    ix.update_file_stats(prev_index.path, stats)  # next time, no hashing
-            report.articles, report.passages = len(prev_index.docs), len(prev_index.passages)
+                    ix.update_file_stats(prev.gen, stats)  # next time, no hashing
+            _refresh_subjects(prev, corpus_dir)
+            lap("subjects")
+            report.articles = len(prev_docs)
+            report.passages = int(prev.manifest.get("passages", sum(d.n_passages for d in prev_docs.values())))
             report.seconds = round(time.perf_counter() - t0, 3)
             lap("done")
             return report
 
+        prev_index = prev.index if prev is not None else None
         # 2. chunk and embed the new and changed articles (length-sorted windows, each window's
         # vectors kept on disk as it finishes: an interrupted build resumes from there)
         new_passages: list[Passage] = []
@@ -390,7 +413,11 @@ def reindex(
             bm25_passages=bm25_p, bm25_sentences=bm25_s,
         )
         lap("index")
-        ix.write(index_dir, new_index, tokens=tokens, files=stats)
+        from . import subjects as sj  # discovered now, stored with the generation: no question waits for it
+
+        found = sj.discover_for_build(new_index, corpus_dir)
+        lap("subjects")
+        ix.write(index_dir, new_index, tokens=tokens, files=stats, subjects=found)
         cache.clear()  # the generation holds the vectors now
         lap("write")
         ix.prune(index_dir)
@@ -399,6 +426,28 @@ def reindex(
         report.seconds = round(time.perf_counter() - t0, 3)
         log.info("reindexed: %s", report.model_dump(exclude={"skipped"}))
         return report
+
+
+def _refresh_subjects(prev: _Previous, corpus_dir: Path) -> None:
+    """No article changed, but the glossary may have: rediscover into the served generation
+    (subjects.json replaced atomically; readers pick it up with the glossary change). Only then
+    is the previous index loaded."""
+    from . import subjects as sj
+
+    path = prev.gen / sj.SAVED_NAME
+    want = sj.glossary_hash(corpus_dir / sj.GLOSSARY_NAME)
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("glossary") == want:
+            return
+    except (OSError, ValueError):
+        pass
+    found = sj.discover_for_build(prev.index, corpus_dir)
+    if found is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(found, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _bm25(tokens: list[list[str]]):

@@ -270,3 +270,135 @@ def test_not_indexed_error_says_how_to_build_one(tmp_path, embedder):
     a.reindex()
     assert ANSWER in a.ask(QUESTION).answers[0].text
     assert a.health().index_loaded and a.health().articles == 3
+
+
+# --- scale: top-k selection, BM25 of candidates only, HNSW, build-time subjects ----------------
+
+def test_topk_is_the_head_of_a_full_sort():
+    rng = np.random.default_rng(7)
+    for n, k in ((1, 1), (10, 3), (1000, 50), (1000, 1000), (5, 9)):
+        x = rng.standard_normal(n).astype(np.float32)
+        x[rng.integers(0, n, size=n // 3)] = 0.0  # ties
+        assert ix.topk(x, k).tolist() == np.argsort(-x, kind="stable")[:k].tolist()
+    assert ix.topk(np.zeros(0, np.float32), 5).size == 0
+
+
+def test_bm25_of_some_rows_equals_the_full_scores_at_those_rows(small_assistant):
+    index = small_assistant._current().index
+    n_p, n_s = len(index.passages), len(index.sent_passage)
+    rng = np.random.default_rng(3)
+    for q in ("How long does the frostleaf mask stay on?", "glowberry peel peel sessions", "zzz unknownword", ""):
+        toks = ix.tokenize([q])[0] if q else []
+        for retriever, n in ((index.bm25_passages, n_p), (index.bm25_sentences, n_s)):
+            full = ix.bm25_scores(retriever, toks, n)
+            rows = rng.choice(n, size=min(n, 7), replace=False)
+            rows = np.concatenate([rows, rows[:2]])  # repeated rows too
+            assert np.array_equal(ix.bm25_scores_for(retriever, toks, rows), full[rows])
+            got_rows, got = ix.bm25_topk(retriever, toks, n, 5)
+            assert got_rows.tolist() == np.argsort(-full, kind="stable")[:5].tolist()
+            assert np.array_equal(got, full[got_rows])
+
+
+def test_vector_stores_flat_and_hnsw_hold_each_vector_once_by_row(small_assistant, tmp_path):
+    index = small_assistant._current().index
+    vecs = np.asarray(index.sent_vectors, dtype=np.float32)
+    flat = ix.FaissStore.build(vecs, "flat", "float32")
+    for dtype in ("float32", "float16"):
+        h = ix.FaissStore.build(vecs, "hnsw", dtype)
+        assert h.describe()["kind"] == "hnsw" and len(h) == len(vecs)
+        h.save(tmp_path / f"h-{dtype}.faiss")
+        loaded = ix.FaissStore.load(tmp_path / f"h-{dtype}.faiss")  # memory-mapped codes
+        m = loaded.matrix()
+        assert m.dtype == ix.DTYPES[dtype] and m.shape == vecs.shape
+        np.testing.assert_allclose(m.astype(np.float32), vecs, atol=1e-3)
+        for row in (0, len(vecs) // 2, len(vecs) - 1):
+            q = vecs[row]
+            want, _ = flat.search(q, 10)
+            got, scores = loaded.search(q, 10)
+            assert got.tolist() == want.tolist()  # a graph this small is searched exhaustively
+            assert got[0] == row and abs(scores[0] - 1.0) < 2e-3
+            ex, _ = loaded.exact_search(q, 10)
+            assert ex.tolist() == want.tolist()
+    assert ix.choose_kind(ix.ANN_MIN_VECTORS - 1) == "flat" and ix.choose_kind(ix.ANN_MIN_VECTORS) == "hnsw"
+
+
+def test_above_the_threshold_hnsw_is_chosen_recorded_extended_and_answers_alike(tmp_path, embedder, monkeypatch):
+    exact_corpus = write_corpus(tmp_path / "c1", SMALL_CORPUS)
+    exact = open_assistant(exact_corpus, tmp_path / "i1")
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    corpus = write_corpus(tmp_path / "c2", SMALL_CORPUS)
+    ann = open_assistant(corpus, tmp_path / "i2")
+    m = ann._current().index.manifest["vector_search"]
+    assert m["passages"]["kind"] == m["sentences"]["kind"] == "hnsw" and m["ann_min_vectors"] == 1
+    assert m["sentences"]["dtype"] == ix.SENTENCE_DTYPE and m["passages"]["M"] == ix.HNSW_M
+    for q in (QUESTION, "How long should the frostleaf mask stay on the skin?", "What is the frostleaf mask made from?"):
+        assert answers(ann.ask(q)) == answers(exact.ask(q))
+    # adding an article extends the HNSW stores (rows appended), it does not rebuild them
+    created = []
+    real_create = ix.FaissStore.create.__func__
+    monkeypatch.setattr(ix.FaissStore, "create", classmethod(lambda cls, *a, **k: created.append(a) or real_create(cls, *a, **k)))
+    sunmoss = "Sunmoss Oil\nSunmoss oil is pressed from the seeds of the sunmoss fern.\nA sunmoss massage lasts forty-five minutes.\n"
+    (corpus / "sunmoss.txt").write_text(sunmoss)
+    report = ann.reindex()
+    assert report.added == ["sunmoss"] and created == []
+    res = ann.ask("How long does a sunmoss massage last?")
+    assert "forty-five minutes" in res.answers[0].text
+    monkeypatch.undo()
+    (exact_corpus / "sunmoss.txt").write_text(sunmoss)
+    exact.reindex()
+    assert answers(ann.ask(QUESTION)) == answers(exact.ask(QUESTION))
+
+
+def test_subjects_are_discovered_at_build_time_and_read_by_servers(tmp_path, embedder, monkeypatch):
+    from assistant import subjects as sj
+    from tests.fixtures_core import copy_seed_corpus
+
+    corpus = copy_seed_corpus(tmp_path / "corpus")
+    a = open_assistant(corpus, tmp_path / "index")
+    gen = ix.current_generation(tmp_path / "index")
+    saved = json.loads((gen / sj.SAVED_NAME).read_text())
+    built_now = sj.build(ix.load(tmp_path / "index"))
+    assert [s["name"] for s in saved["subjects"]] == [s.name for s in built_now.subjects]
+    assert len(saved["subjects"]) >= 3
+    # a serving process never discovers: it reads what the build stored
+    monkeypatch.setattr(sj, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("discovered on a question")))
+    fresh = Assistant.open(settings=a.settings)
+    got = sj.for_index(fresh._current().index, corpus)
+    assert [(s.name, s.aliases, s.rows.tolist()) for s in got.subjects] == [
+        (s.name, s.aliases, s.rows.tolist()) for s in built_now.subjects]
+    assert got.body == built_now.body and got.heading == built_now.heading
+    res = fresh.ask("Compare PRP and microneedling downtime")
+    assert {x.about for x in res.answers if x.about} and not res.abstained
+    monkeypatch.undo()
+    # an edited glossary: a no-op reindex rediscovers into the served generation
+    (corpus / sj.GLOSSARY_NAME).write_text('[[subject]]\nname = "Collagen induction"\naliases = ["microneedling"]\n')
+    report = a.reindex()
+    assert not report.touched
+    saved = json.loads((gen / sj.SAVED_NAME).read_text())
+    assert saved["glossary"] == sj.glossary_hash(corpus / sj.GLOSSARY_NAME)
+    assert "Collagen induction" in [s["name"] for s in saved["subjects"]]
+
+
+def test_a_subject_naming_too_much_of_the_library_is_dropped(seed_assistant, monkeypatch):
+    from assistant import subjects as sj
+
+    index = seed_assistant._current().index
+    full = sj.build(index)
+    biggest = max(full.subjects, key=lambda s: len(s.rows))
+    monkeypatch.setattr(sj, "MAX_ROWS_FLOOR", len(biggest.rows) - 1)
+    capped = sj.build(index)
+    assert biggest.name not in [s.name for s in capped.subjects]
+    assert all(len(s.rows) <= len(biggest.rows) - 1 for s in capped.subjects)
+    # a glossary subject is kept whatever its size
+    glossary = {"subject": [{"name": biggest.name, "aliases": biggest.aliases[:1]}], "ignore": {"aliases": [], "subjects": []}}
+    assert biggest.name in [s.name for s in sj.build(index, glossary).subjects]
+
+
+def test_a_no_op_reindex_does_not_load_the_index(built, monkeypatch):
+    a, corpus, index = built
+    monkeypatch.setattr(ix, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded the whole index")))
+    monkeypatch.setattr(ix, "load_tokens", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded the tokens")))
+    from assistant.reindex import reindex
+
+    report = reindex(a.settings, a.embedder)
+    assert not report.touched and report.unchanged == 3 and report.passages > 0

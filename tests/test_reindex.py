@@ -723,3 +723,57 @@ def test_file_names_are_tidied_and_paths_refused():
     with pytest.raises(sources.InvalidNameError):
         sources.plain_filename("(((.txt")
     assert sources.slug("Exosomes vs. PRP – A Guide!") == "exosomes-vs-prp-a-guide"
+
+
+def test_an_interrupted_build_resumes_with_the_vectors_it_had_embedded(tmp_path, embedder, monkeypatch):
+    """Windows of embedded texts are kept on disk as they finish; after a crash, the next build
+    embeds only the rest, and the index is the one a build in one go makes."""
+    from assistant import Settings
+    from assistant import index as ix
+    from assistant import reindex as rx
+    from tests.fixtures_core import copy_seed_corpus
+
+    corpus = copy_seed_corpus(tmp_path / "corpus")
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index")
+    monkeypatch.setattr(rx, "EMBED_WINDOW", 64)
+    calls = {"n": 0}
+    real = embedder.encode_passages
+
+    def dies_later(texts, batch_size=64, progress=False):
+        calls["n"] += 1
+        if calls["n"] > 20:  # after two windows of 64 texts (8 per batch)
+            raise KeyboardInterrupt("killed")
+        return real(texts, batch_size=batch_size, progress=progress)
+
+    monkeypatch.setattr(embedder, "encode_passages", dies_later)
+    with pytest.raises(KeyboardInterrupt):
+        rx.reindex(settings, embedder)
+    assert ix.current_generation(settings.index_dir) is None
+    assert len(list((settings.index_dir / rx.CACHE_DIR).glob("*.keys.npy"))) == 2
+    monkeypatch.setattr(embedder, "encode_passages", real)
+    tm: dict = {}
+    report = rx.reindex(settings, embedder, timings=tm)
+    assert tm["reused_texts"] == 128 and tm["embedded_texts"] > 0
+    assert not (settings.index_dir / rx.CACHE_DIR).exists()  # cleared once the build is written
+    resumed = ix.load(settings.index_dir)
+    fresh_settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "fresh")
+    rx.reindex(fresh_settings, embedder)
+    fresh = ix.load(fresh_settings.index_dir)
+    assert [p.id for p in resumed.passages] == [p.id for p in fresh.passages] and report.passages == len(fresh.passages)
+    np.testing.assert_allclose(resumed.passage_vectors, fresh.passage_vectors, atol=1e-5)
+    np.testing.assert_array_equal(resumed.sent_vectors, fresh.sent_vectors)
+
+
+def test_embedding_keeps_order_and_windows_sort_by_length(embedder, monkeypatch):
+    from assistant import reindex as rx
+
+    texts = [("word " * n).strip() + f" {i}" for i, n in enumerate([40, 2, 25, 3, 60, 1, 9, 33, 5, 17])]
+    seen: list[list[int]] = []
+    real = embedder.encode_passages
+    monkeypatch.setattr(embedder, "encode_passages",
+                        lambda t, batch_size=64, progress=False: seen.append([len(x) for x in t]) or real(t, batch_size=batch_size))
+    out = rx._embed(embedder, texts, progress=False, batch=2)
+    monkeypatch.setattr(embedder, "encode_passages", real)
+    np.testing.assert_allclose(out, real(texts, batch_size=16), atol=1e-5)
+    flat = [n for b in seen for n in b]
+    assert flat == sorted(flat)  # one window here: every batch is of like lengths
