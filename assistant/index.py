@@ -141,13 +141,24 @@ class FaissStore:
         n = len(vectors)
         if not n:
             return
+        import faiss
+
         step = 20_000
-        with tqdm(total=n, desc=f"{desc} ({self.kind})", unit="vec", disable=not progress or n < step,
-                  leave=False) as bar:
-            for i in range(0, n, step):
-                chunk = np.ascontiguousarray(vectors[i : i + step], dtype=np.float32)
-                self.index.add(chunk)
-                bar.update(len(chunk))
+        # inserting into a graph is the one long FAISS job: it may use every core (no model runs
+        # meanwhile); searching goes back to the one thread beside torch (embedder._limit_threads)
+        wide = self.kind == "hnsw" and n >= step
+        if wide:
+            faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+        try:
+            with tqdm(total=n, desc=f"{desc} ({self.kind})", unit="vec", disable=not progress or n < step,
+                      leave=False) as bar:
+                for i in range(0, n, step):
+                    chunk = np.ascontiguousarray(vectors[i : i + step], dtype=np.float32)
+                    self.index.add(chunk)
+                    bar.update(len(chunk))
+        finally:
+            if wide:
+                faiss.omp_set_num_threads(1)
 
     def _codes(self):
         import faiss
@@ -262,17 +273,30 @@ def _catenate(text: str) -> str:
     return _HYPHENATED.sub(lambda m: f"{m.group(0)} {m.group(0).replace('-', '')}", text)
 
 
-def tokenize(texts: list[str]) -> list[list[str]]:
-    """Lower-cased, stop-worded, Snowball-stemmed tokens (bm25s + PyStemmer), hyphenated words
-    both split and joined."""
-    global _STEMMER
-    import bm25s
-    import Stemmer
+_WORDS = re.compile(r"(?u)\b\w\w+\b").findall  # bm25s's (and scikit-learn's) token pattern
 
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """Lower-cased, stop-worded, Snowball-stemmed tokens, hyphenated words both split and joined.
+
+    The same tokens as `bm25s.tokenize(texts, stopwords=..., stemmer=..., return_ids=False)`
+    (a test holds them equal), without its per-call progress bars and per-text stop-word set:
+    questions call this hundreds of times."""
+    global _STEMMER
     if _STEMMER is None:
+        import Stemmer
+
         _STEMMER = Stemmer.Stemmer("english")
-    texts = [_catenate(t) if "-" in t else t for t in texts]
-    return bm25s.tokenize(texts, stopwords=_stopwords(), stemmer=_STEMMER, return_ids=False, show_progress=False)
+    stop = _stopword_set()
+    rows = [[w for w in _WORDS((_catenate(t) if "-" in t else t).lower()) if w not in stop] for t in texts]
+    unique = list({w: None for row in rows for w in row})
+    stem = dict(zip(unique, _STEMMER.stemWords(unique))) if unique else {}
+    return [[stem[w] for w in row] for row in rows]
+
+
+@functools.lru_cache(maxsize=1)
+def _stopword_set() -> frozenset[str]:
+    return frozenset(_stopwords())
 
 
 @functools.lru_cache(maxsize=1)

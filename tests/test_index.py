@@ -402,3 +402,20 @@ def test_a_no_op_reindex_does_not_load_the_index(built, monkeypatch):
 
     report = reindex(a.settings, a.embedder)
     assert not report.touched and report.unchanged == 3 and report.passages > 0
+
+
+def test_tokenize_gives_bm25s_tokens_without_its_progress_bars(monkeypatch):
+    import bm25s
+    import Stemmer
+
+    from tests.fixtures_core import SEED_CORPUS
+
+    texts = [line for f in sorted(SEED_CORPUS.glob("*.txt")) for line in f.read_text(encoding="utf-8").splitlines()]
+    texts += ["", "a", "Micro-needling vs. PRP: what's the DIFFERENCE?", "naïve café résumé 2024 x2", "the and of"]
+    want = bm25s.tokenize([ix._catenate(t) if "-" in t else t for t in texts], stopwords=ix._stopwords(),
+                          stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False)
+    import tqdm as tqdm_mod
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a progress bar")))
+    assert ix.tokenize(texts) == want
+    assert ix.tokenize(["micro-needling"]) == [["micro", "needl", "microneedl"]]
