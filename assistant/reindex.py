@@ -415,7 +415,14 @@ def reindex(
         lap("index")
         from . import subjects as sj  # discovered now, stored with the generation: no question waits for it
 
-        found = sj.discover_for_build(new_index, corpus_dir)
+        found = None
+        prev_subjects = sj.saved_json(prev_index.path) if prev_index is not None else None
+        if prev_subjects is not None and prev_subjects.get("glossary") == sj.glossary_hash(corpus_dir / sj.GLOSSARY_NAME):
+            old_to_new = np.full(len(prev_index.passages), -1, dtype=np.int64)
+            old_to_new[kept_rows] = np.arange(len(kept_rows))
+            found = sj.carry_over(prev_subjects, new_index, old_to_new, n_kept, len(prev_index.passages) - len(kept_rows))
+        if found is None:
+            found = sj.discover_for_build(new_index, corpus_dir)
         lap("subjects")
         ix.write(index_dir, new_index, tokens=tokens, files=stats, subjects=found)
         cache.clear()  # the generation holds the vectors now

@@ -815,6 +815,66 @@ def discover_for_build(index: Index, corpus_dir: Path | None) -> dict | None:
     return to_json(found, glossary_hash(gpath))
 
 
+# A large library whose reindex changed little keeps its discovery and only places the new
+# passages (discovery reads every passage: minutes at 100k); a full discovery runs again once
+# the passages changed since the last one reach REDISCOVER_SHARE of the library.
+INCREMENTAL_MIN_PASSAGES = 20_000
+REDISCOVER_SHARE = 0.05
+
+
+def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int, removed: int) -> dict | None:
+    """The saved discovery of the previous generation, moved to the rows of `index` (kept rows
+    renumbered by `old_to_new`, -1 for gone), with the passages from `first_new` on placed by
+    the same matcher; None when a full discovery is due (small library, or too much changed)."""
+    n = len(index.passages)
+    changed = int(data.get("changed_since_discovery", 0)) + (n - first_new) + removed
+    if n < INCREMENTAL_MIN_PASSAGES or changed > REDISCOVER_SHARE * n:
+        return None
+    subs = [Subject(i, d["name"], list(d["aliases"]), np.zeros(0, np.int64), set(d["sources"]), int(d.get("mentions", 0)))
+            for i, d in enumerate(data["subjects"])]
+    probe = Subjects(subs, [], [])
+    body: dict[int, list[int]] = {}
+    heading: dict[int, list[int]] = {}
+    for key_, dst in (("body", body), ("heading", heading)):
+        for r, ids in data[key_].items():
+            new = int(old_to_new[int(r)]) if int(r) < len(old_to_new) else -1
+            if new >= 0:
+                dst[new] = list(ids)
+    about_doc: dict[str, set[int]] = {}
+    for r in range(first_new, n):
+        p = index.passages[r]
+        if p.doc_id not in about_doc:
+            named = {m.subject for m in probe.find(index.docs[p.doc_id].title)}
+            about_doc[p.doc_id] = named if len(named) == 1 else set()
+        b = {m.subject for m in probe.find(index.docs[p.doc_id].text[p.start : p.end])}
+        h = {m.subject for m in probe.find(p.heading or "")} | about_doc[p.doc_id]
+        if b:
+            body[r] = sorted(b)
+        if h:
+            heading[r] = sorted(h)
+    rows_of: dict[int, set[int]] = defaultdict(set)
+    for dst in (body, heading):
+        for r, ids in dst.items():
+            for i in ids:
+                rows_of[i].add(r)
+    out = dict(data)
+    out["subjects"] = [{**d, "rows": sorted(rows_of[i])} for i, d in enumerate(data["subjects"])]
+    out["body"] = {str(r): ids for r, ids in sorted(body.items())}
+    out["heading"] = {str(r): ids for r, ids in sorted(heading.items())}
+    out["changed_since_discovery"] = changed
+    return out
+
+
+def saved_json(gen: Path | None) -> dict | None:
+    """The subjects.json of a generation folder, or None."""
+    if gen is None:
+        return None
+    try:
+        return json.loads((Path(gen) / SAVED_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _saved(index: Index, gpath: Path | None) -> Subjects | None:
     """The subjects stored with the index's generation, if they were found with this glossary."""
     if index.path is None:

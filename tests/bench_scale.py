@@ -2,6 +2,7 @@
 
     python tests/bench_scale.py --passages N [--json] [--questions 240] [--workdir DIR]
     python tests/bench_scale.py --plot OUT.png [--workdir DIR]     # ask p50 and memory against N
+    python tests/bench_scale.py --same-answers ../shared/eval/xquad   # float16 / HNSW vs exact float32
 
 What is real and what stands in:
 - Text: real. The 240 XQuAD paragraphs are articles of the library as they are; the rest of the
@@ -129,6 +130,16 @@ class StandInEmbedder:
         self._split = split_sentences
         self.real_texts = 0
         self.standin_texts = 0
+        self.known: dict[str, np.ndarray] = {}  # real vectors of earlier runs (the same XQuAD texts)
+
+    def load_known(self, path: Path) -> None:
+        if path.exists():
+            data = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            self.known.update(zip(data, np.load(path)))
+
+    def save_known(self, path: Path) -> None:
+        path.with_suffix(".json").write_text(json.dumps(list(self.known)), encoding="utf-8")
+        np.save(path, np.array(list(self.known.values()), dtype=np.float32).reshape(-1, self.dim))
 
     def encode_query(self, text: str) -> np.ndarray:
         return self.real.encode_query(text)
@@ -158,8 +169,12 @@ class StandInEmbedder:
                 real.append(i)
             else:
                 out[i] = v
-        if real:
-            out[real] = self.real.encode_passages([texts[i] for i in real], batch_size=batch_size)
+        todo = [i for i in real if texts[i] not in self.known]
+        if todo:
+            vecs = self.real.encode_passages([texts[i] for i in todo], batch_size=batch_size)
+            self.known.update(zip((texts[i] for i in todo), vecs))
+        for i in real:
+            out[i] = self.known[texts[i]]
         self.real_texts += len(real)
         self.standin_texts += len(texts) - len(real)
         return out
@@ -290,10 +305,63 @@ def _hit(a, q) -> bool:
     return bool(res.answers) and res.answers[0].source.doc_id == f"xquad-{q['doc_id']}"
 
 
+# --- same answers: the storage and search choices against exact float32 search ---------------
+
+def same_answers(src: Path, workdir: Path) -> dict:
+    """Build the eval corpus once with float32 sentence vectors and exact search (the reference,
+    what the index stored before), then ask every question again with the default float16
+    sentence store, and with both levels on HNSW. Eval figures and top-1 agreement for each."""
+    from dataclasses import replace
+
+    from assistant import Assistant, Settings
+    from assistant import index as ix
+    from assistant.evaluation import _jsonl as eval_jsonl
+    from assistant.evaluation import write_squad_corpus
+
+    corpus, idx = workdir / "corpus", workdir / "index"
+    if not (idx / "CURRENT").exists():
+        shutil.rmtree(corpus, ignore_errors=True)
+        write_squad_corpus(src, corpus)
+        ix.SENTENCE_DTYPE = "float32"
+        a = Assistant(Settings(corpus_dir=corpus, index_dir=idx))
+        a.reindex(progress=True)
+    a = Assistant(replace(Settings(corpus_dir=corpus, index_dir=idx), abstain_threshold=0.0))
+    index = a._current().index
+    assert index.sentence_store.dtype == "float32" and index.passage_store.kind == "flat"
+    qs = [q for q in eval_jsonl(src / "questions.jsonl", ("question",)) if q.get("answers")]
+    p32 = np.asarray(index.passage_vectors, dtype=np.float32).copy()
+    s32 = np.asarray(index.sent_vectors, dtype=np.float32).copy()
+    variants = {
+        "exact float32 (reference)": (ix.FaissStore.build(p32, "flat", "float32"), ix.FaissStore.build(s32, "flat", "float32")),
+        "default: float16 sentences": (ix.FaissStore.build(p32, "flat", "float32"), ix.FaissStore.build(s32, "flat", "float16")),
+        "HNSW both levels, float16 sentences": (ix.FaissStore.build(p32, "hnsw", "float32"),
+                                                ix.FaissStore.build(s32, "hnsw", "float16")),
+    }
+    out, ref = {}, None
+    for name, (ps, ss) in variants.items():
+        index.passage_store, index.sentence_store = ps, ss
+        a._current().retriever._heads.clear()
+        tops, ranks = [], []
+        for q in qs:
+            res = a.ask(q["question"][:1000], top_k=10)
+            tops.append(_top(res))
+            answers = [x["text"] for x in q["answers"]]
+            ranks.append(next((r for r, x in enumerate(res.answers, 1) if any(t in x.text for t in answers)), None))
+        ref = ref or tops
+        n = len(ranks)
+        out[name] = {"questions": n, "top1": sum(1 for r in ranks if r == 1) / n,
+                     "top3": sum(1 for r in ranks if r and r <= 3) / n, "top5": sum(1 for r in ranks if r and r <= 5) / n,
+                     "mrr": sum(1 / r for r in ranks if r) / n,
+                     "top1_agreement": float(np.mean([x == y for x, y in zip(tops, ref)]))}
+        print(f"{name:40s} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in out[name].items()),
+              flush=True)
+    return out
+
+
 # --- driver ----------------------------------------------------------------------------------
 
 def run(args) -> dict:
-    from assistant import Assistant, Settings
+    from assistant import Settings
     from assistant.embedder import get_embedder
 
     work = args.workdir
@@ -306,15 +374,16 @@ def run(args) -> dict:
         sents = source_sentences()
         info = write_library(corpus, args.passages, sents)
         real = get_embedder()
-        stand_in = StandInEmbedder(real, base_vectors(real, sents, work))
-        a = Assistant.open(settings=Settings(corpus_dir=corpus, index_dir=index), require_index=False)
-        a.embedder = stand_in
+        stand_in = StandInEmbedder(real, base_vectors(real, sents, work.parent))
+        known = work.parent / "real-vectors.npy"  # the model's vectors of real texts, kept across sizes
+        stand_in.load_known(known)
         tm: dict = {}
         from assistant.reindex import reindex
 
         t = time.perf_counter()
-        report = reindex(a.settings, stand_in, progress=not args.json, timings=tm)
+        report = reindex(Settings(corpus_dir=corpus, index_dir=index), stand_in, progress=True, timings=tm)
         build_s = time.perf_counter() - t
+        stand_in.save_known(known)
         texts = stand_in.real_texts + stand_in.standin_texts
         info.update(build_s=build_s, build_phases=tm, passages=report.passages, articles=report.articles,
                     texts=texts, real_texts=stand_in.real_texts, standin_texts=stand_in.standin_texts,
@@ -324,7 +393,7 @@ def run(args) -> dict:
 
         loaded = ix.load(index)
         rng = random.Random(3)
-        rows = rng.sample(range(len(loaded.passages)), min(200, len(loaded.passages)))
+        rows = rng.sample(range(len(loaded.passages)), min(args.rate_sample, len(loaded.passages)))
         sample = []
         for r in rows:
             p = loaded.passages[r]
@@ -382,8 +451,10 @@ def main() -> None:
     ap.add_argument("--passages", type=int, default=10_000)
     ap.add_argument("--questions", type=int, default=240)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rate-sample", type=int, default=60, help="passages (with their sentences) timed with the real model")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
+    ap.add_argument("--same-answers", type=Path, default=None, metavar="EVAL_FOLDER")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -397,6 +468,13 @@ def main() -> None:
         return
     if args.serve:
         print(json.dumps(serve(args)))
+        return
+    if args.same_answers:
+        work = args.workdir or root / f"same-{args.same_answers.resolve().name}"
+        work.mkdir(parents=True, exist_ok=True)
+        r = same_answers(args.same_answers, work)
+        if args.json:
+            print(json.dumps(r))
         return
     args.workdir = args.workdir or root / f"n{args.passages}"
     args.workdir.mkdir(parents=True, exist_ok=True)

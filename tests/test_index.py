@@ -419,3 +419,43 @@ def test_tokenize_gives_bm25s_tokens_without_its_progress_bars(monkeypatch):
     monkeypatch.setattr(tqdm_mod, "tqdm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a progress bar")))
     assert ix.tokenize(texts) == want
     assert ix.tokenize(["micro-needling"]) == [["micro", "needl", "microneedl"]]
+
+
+def test_a_small_change_to_a_large_library_carries_the_discovery_over(tmp_path, embedder, monkeypatch):
+    from assistant import subjects as sj
+    from tests.fixtures_core import copy_seed_corpus
+
+    monkeypatch.setattr(sj, "INCREMENTAL_MIN_PASSAGES", 1)  # the seed corpus plays a large library
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 1.0)
+    corpus = copy_seed_corpus(tmp_path / "corpus")
+    a = open_assistant(corpus, tmp_path / "index")
+    (corpus / "aftercare.txt").write_text(
+        "Aftercare Notes\nAfter microneedling, avoid direct sun for a week and use a gentle cleanser. "
+        "After PRP injections, mild swelling at the injection sites usually settles within two days.\n")
+    calls = []
+    real_build = sj.build
+    monkeypatch.setattr(sj, "build", lambda *x, **k: calls.append(1) or real_build(*x, **k))
+    assert a.reindex().added == ["aftercare"]
+    assert calls == []  # no discovery ran
+    gen = ix.current_generation(tmp_path / "index")
+    saved = json.loads((gen / sj.SAVED_NAME).read_text())
+    new = ix.load(tmp_path / "index")
+    assert saved["changed_since_discovery"] == sum(1 for p in new.passages if p.doc_id == "aftercare") > 0
+    full = real_build(new)
+    carried = sj.for_index(new, corpus)
+    same = {s.name: s for s in full.subjects}
+    checked = 0
+    for s in carried.subjects:
+        f = same.get(s.name)
+        if f is not None and f.aliases == s.aliases:
+            assert s.rows.tolist() == f.rows.tolist(), s.name
+            checked += 1
+    assert checked >= 3
+    new_rows = [r for r, p in enumerate(new.passages) if p.doc_id == "aftercare"]
+    assert any(carried.body[r] for r in new_rows)  # the new passages name known subjects
+    # past the share, a full discovery runs again
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 0.0)
+    (corpus / "aftercare.txt").write_text("Aftercare Notes\nAfter microneedling, avoid the sun for two weeks.\n")
+    a.reindex()
+    assert calls == [1]
+    assert "changed_since_discovery" not in json.loads((ix.current_generation(tmp_path / "index") / sj.SAVED_NAME).read_text())
