@@ -338,9 +338,7 @@ def reindex(
             keep = np.fromiter((p.doc_id in kept_docs for p in prev_index.passages), dtype=bool,
                                count=len(prev_index.passages))
             kept_rows = np.flatnonzero(keep)
-            spans = prev_index.sent_rows[kept_rows]
-            kept_sent_rows = (np.concatenate([np.arange(a, b) for a, b in spans]) if len(spans)
-                              else np.zeros(0, dtype=np.int64))
+            kept_sent_rows = _ranges(prev_index.sent_rows[kept_rows])
             passages = [prev_index.passages[r] for r in kept_rows]
             if tok is not None:
                 tok_p = [tok.passages[r] for r in kept_rows]
@@ -433,6 +431,15 @@ def reindex(
         report.seconds = round(time.perf_counter() - t0, 3)
         log.info("reindexed: %s", report.model_dump(exclude={"skipped"}))
         return report
+
+
+def _ranges(spans: np.ndarray) -> np.ndarray:
+    """The rows of [start, end) spans, concatenated (no Python loop: a million passages)."""
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    lens = spans[:, 1] - spans[:, 0]
+    if not lens.sum():
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(spans[:, 0] - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
 
 
 def _refresh_subjects(prev: _Previous, corpus_dir: Path) -> None:

@@ -459,3 +459,24 @@ def test_a_small_change_to_a_large_library_carries_the_discovery_over(tmp_path, 
     a.reindex()
     assert calls == [1]
     assert "changed_since_discovery" not in json.loads((ix.current_generation(tmp_path / "index") / sj.SAVED_NAME).read_text())
+
+
+def test_a_format_2_generation_is_still_read(built):
+    """Before format 3, vectors lived in .npy files beside id-keyed FAISS indexes."""
+    a, corpus, index = built
+    want = answers(a.ask(QUESTION))
+    gen = ix.current_generation(index)
+    loaded = ix.load(index, mmap=False)
+    np.save(gen / "passage_vectors.npy", np.asarray(loaded.passage_vectors, dtype=np.float32))
+    np.save(gen / "sentence_vectors.npy", np.asarray(loaded.sent_vectors, dtype=np.float32))
+    m = json.loads((gen / "manifest.json").read_text())
+    m["format"] = 2
+    (gen / "manifest.json").write_text(json.dumps(m))
+    for name in ("passages.faiss", "sentences.faiss"):  # a new file: mappings of the old one stay valid
+        (gen / name).unlink()
+        (gen / name).write_bytes(b"an id-keyed index the reader no longer needs")
+    old = ix.load(index)
+    assert old.passage_store.kind == "flat" and len(old.sentence_store) == len(loaded.sent_passage)
+    np.testing.assert_allclose(old.passage_vectors, loaded.passage_vectors)
+    reopened = Assistant.open(settings=a.settings)
+    assert answers(reopened.ask(QUESTION)) == want
