@@ -18,6 +18,7 @@ readers never see a half-written index. Servers poll CURRENT and swap to the new
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import logging
@@ -168,7 +169,7 @@ class FaissStore:
 
     def matrix(self) -> np.ndarray:
         """Every vector, row-aligned: a zero-copy view of the index's own codes (float32 or
-        float16). Valid while this store lives and is not added to."""
+        float16). The view keeps the store alive; it is invalid once the store is added to."""
         import faiss
 
         flat = self._codes()
@@ -176,8 +177,12 @@ class FaissStore:
         dt = DTYPES[self.dtype]
         if n == 0:
             return np.zeros((0, self.dim), dtype=dt)
-        raw = faiss.rev_swig_ptr(flat.codes.data(), n * flat.code_size)
-        return np.asarray(raw).view(dt).reshape(n, self.dim)
+        nbytes = n * flat.code_size
+        addr = np.asarray(faiss.rev_swig_ptr(flat.codes.data(), nbytes)).__array_interface__["data"][0]
+        # the view must keep this store (and so its memory, often a mapping of the file) alive
+        buf = (ctypes.c_uint8 * nbytes).from_address(addr)
+        buf._owner = self  # type: ignore[attr-defined]
+        return np.frombuffer(buf, dtype=dt).reshape(n, self.dim)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (rows, scores) for one query vector, best first."""

@@ -4,6 +4,7 @@ crash safety, incremental reindex, skipped files, and the error before any index
 Real model, real FAISS, real BM25; small corpora written into tmp_path."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -310,6 +311,9 @@ def test_vector_stores_flat_and_hnsw_hold_each_vector_once_by_row(small_assistan
         loaded = ix.FaissStore.load(tmp_path / f"h-{dtype}.faiss")  # memory-mapped codes
         m = loaded.matrix()
         assert m.dtype == ix.DTYPES[dtype] and m.shape == vecs.shape
+        view = ix.FaissStore.load(tmp_path / f"h-{dtype}.faiss").matrix()  # the view outlives its store
+        gc.collect()
+        np.testing.assert_array_equal(view, m)
         np.testing.assert_allclose(m.astype(np.float32), vecs, atol=1e-3)
         for row in (0, len(vecs) // 2, len(vecs) - 1):
             q = vecs[row]
