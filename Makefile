@@ -8,7 +8,7 @@ PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: run test bench index screenshot browser clean
+.PHONY: run test bench bench-scale index screenshot browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,15 @@ bench: $(STAMP) index/CURRENT
 	$(BIN)/python tests/bench.py
 	$(BIN)/python tests/bench_load.py
 	$(BIN)/python tests/bench_reindex.py
+
+# Cost against library size (issue 11): builds libraries of 10k and 100k passages in
+# $$TMPDIR/assistant-bench-scale (real text, stand-in vectors: see the script), then the plot.
+# SCALE_SIZES="10000 100000 1000000" adds the million (a long build: run it with nice).
+SCALE_SIZES ?= 10000 100000
+bench-scale: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	for n in $(SCALE_SIZES); do nice -n 10 $(BIN)/python tests/bench_scale.py --passages $$n --json || exit 1; done
+	$(BIN)/python tests/bench_scale.py --plot web/scale.png
 
 screenshot: $(STAMP) browser index/CURRENT
 	$(BIN)/python tests/screenshot.py web/screenshot.png

@@ -3,7 +3,8 @@
 Layout of `index/`:
     CURRENT            name of the generation being served (written atomically)
     gen-<stamp>/       one complete build: manifest.json, documents.jsonl, passages.jsonl,
-                       passages.faiss, sentences.faiss, *_vectors.npy, bm25-passages/, bm25-sentences/,
+                       passages.faiss, sentences.faiss (the vectors, by row: flat or HNSW, memory-
+                       mapped), sentence_passage.npy, bm25-passages/, bm25-sentences/, subjects.json,
                        and for the next reindex only: bm25-tokens.npz (BM25 tokens per passage and
                        sentence) and files.json (size, mtime, ctime, sha256 per article file)
     .tmp-gen-*/        a build being written (or left by a crash: removed by the next reindex)
@@ -17,6 +18,7 @@ readers never see a half-written index. Servers poll CURRENT and swap to the new
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import logging
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from tqdm import tqdm
 
 from .chunking import Passage, Sentence
 from .documents import Document
@@ -37,57 +40,170 @@ from .errors import NotIndexedError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: BM25 tokens and file stats kept per generation (bm25-tokens.npz, files.json)
+# 2: BM25 tokens and file stats kept per generation (bm25-tokens.npz, files.json)
+# 3: vectors stored once, in the FAISS files, by row (flat or HNSW; no *_vectors.npy)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (2, 3)  # a format-2 generation is read (and reused by reindex) as flat stores
 CURRENT = "CURRENT"
+PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
 
 
 # --- vector store ----------------------------------------------------------------------------
 
-class VectorStore(Protocol):
-    """What retrieval needs from a vector store; FAISS on disk here, pgvector later."""
+# Exact search reads every vector per question; above this many vectors a level (passages or
+# sentences) gets an HNSW graph instead. Measured on this 2-core machine (tests/bench_scale.py,
+# README "Scale"): flat inner product over 384-d float32 costs about 0.1 ms per 1,000 vectors, so
+# 200k vectors is ~20 ms per search, where HNSW stays at ~1-2 ms with recall@100 >= 0.99.
+ANN_MIN_VECTORS = int(os.environ.get("ASSISTANT_ANN_MIN_VECTORS", "200000"))
+HNSW_M = 16  # graph degree (links per vector): 16 keeps the graph small and the build quick
+HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_SEARCH = 192  # candidates explored per search; ~2x the largest k retrieval asks for (100)
+DTYPES = {"float32": np.float32, "float16": np.float16}
+# Passage vectors stay float32 (they decide the dense passage score); sentence vectors, five
+# times as many, are float16: the same top answer on XQuAD and COVID-QA (README "Scale").
+PASSAGE_DTYPE = "float32"
+SENTENCE_DTYPE = os.environ.get("ASSISTANT_SENTENCE_DTYPE", "float16")
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
-    def remove(self, ids: np.ndarray) -> None: ...
+
+class VectorStore(Protocol):
+    """What retrieval needs from a vector store: rows in, rows out (FAISS on disk here, pgvector
+    next). Row i is the i-th passage (or sentence) of the Index; vectors are unit length, so the
+    inner product is the cosine.
+
+    - `search(q, k)`: the (up to) k best rows for one query vector, best first, with scores; may
+      be approximate (retrieval rescores every candidate exactly with `matrix()`).
+    - `matrix()`: every vector, row-aligned, as a numpy array (a memory-mapped or zero-copy view:
+      the store holds the only copy). Only the rows retrieval rescores are ever touched.
+    - `add(vectors)`: append rows. `save(path)` / `load(path)`: one file per store.
+    - `describe()`: what the manifest records about the store (kind, dtype, parameters).
+    """
+
+    def __len__(self) -> int: ...
+    def add(self, vectors: np.ndarray) -> None: ...
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def matrix(self) -> np.ndarray: ...
+    def describe(self) -> dict: ...
     def save(self, path: Path) -> None: ...
     @classmethod
     def load(cls, path: Path) -> "VectorStore": ...
 
 
-class FaissStore:
-    """Exact inner-product search over unit vectors (= cosine), keyed by int64 ids."""
+def choose_kind(n: int) -> str:
+    """'flat' (exact) for small levels, 'hnsw' from ANN_MIN_VECTORS vectors up."""
+    return "hnsw" if n >= ANN_MIN_VECTORS else "flat"
 
-    def __init__(self, dim: int, index=None) -> None:
+
+class FaissStore:
+    """Vectors by row in one FAISS index that is also their only copy (no side `.npy`).
+
+    kind 'flat': IndexFlatIP (float32) or IndexScalarQuantizer fp16 — exact search.
+    kind 'hnsw': IndexHNSWFlat / IndexHNSWSQ fp16 — approximate search, exact vectors in its
+    storage. Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
+    """
+
+    def __init__(self, index, kind: str, dtype: str) -> None:
+        self.index = index
+        self.kind = kind
+        self.dtype = dtype
+        self.dim = int(index.d)
+
+    @classmethod
+    def create(cls, dim: int, kind: str = "flat", dtype: str = "float32") -> "FaissStore":
         import faiss
 
-        self.dim = dim
-        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        ip = faiss.METRIC_INNER_PRODUCT
+        fp16 = dtype == "float16"
+        if kind == "flat":
+            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip) if fp16 else faiss.IndexFlatIP(dim)
+        elif kind == "hnsw":
+            index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_M, ip) if fp16
+                     else faiss.IndexHNSWFlat(dim, HNSW_M, ip))
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+        else:
+            raise ValueError(f"unknown vector store kind {kind!r}")
+        if not index.is_trained:  # fp16 needs no statistics; train on nothing
+            index.train(np.zeros((1, dim), dtype=np.float32))
+        return cls(index, kind, dtype)
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, kind: str | None = None, dtype: str = "float32",
+              progress: bool = False, desc: str = "Vectors") -> "FaissStore":
+        """A store of `vectors` (rows in order); kind chosen by size unless given."""
+        store = cls.create(vectors.shape[1], kind or choose_kind(len(vectors)), dtype)
+        store.add(vectors, progress=progress, desc=desc)
+        return store
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    def add(self, vectors: np.ndarray, progress: bool = False, desc: str = "Vectors") -> None:
+        """Append rows, in batches (an HNSW insert of a million vectors takes a while: a bar)."""
+        n = len(vectors)
+        if not n:
+            return
+        import faiss
 
-    def remove(self, ids: np.ndarray) -> None:
-        if len(ids):
-            self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+        step = 20_000
+        # inserting into a graph is the one long FAISS job: it may use every core (no model runs
+        # meanwhile); searching goes back to the one thread beside torch (embedder._limit_threads)
+        wide = self.kind == "hnsw" and n >= step
+        if wide:
+            faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+        try:
+            with tqdm(total=n, desc=f"{desc} ({self.kind})", unit="vec", disable=not progress or n < step,
+                      leave=False) as bar:
+                for i in range(0, n, step):
+                    chunk = np.ascontiguousarray(vectors[i : i + step], dtype=np.float32)
+                    self.index.add(chunk)
+                    bar.update(len(chunk))
+        finally:
+            if wide:
+                faiss.omp_set_num_threads(1)
+
+    def _codes(self):
+        import faiss
+
+        inner = self.index.storage if self.kind == "hnsw" else self.index
+        return faiss.downcast_index(inner)
+
+    def matrix(self) -> np.ndarray:
+        """Every vector, row-aligned: a zero-copy view of the index's own codes (float32 or
+        float16). The view keeps the store alive; it is invalid once the store is added to."""
+        import faiss
+
+        flat = self._codes()
+        n = len(self)
+        dt = DTYPES[self.dtype]
+        if n == 0:
+            return np.zeros((0, self.dim), dtype=dt)
+        nbytes = n * flat.code_size
+        addr = np.asarray(faiss.rev_swig_ptr(flat.codes.data(), nbytes)).__array_interface__["data"][0]
+        # the view must keep this store (and so its memory, often a mapping of the file) alive
+        buf = (ctypes.c_uint8 * nbytes).from_address(addr)
+        buf._owner = self  # type: ignore[attr-defined]
+        return np.frombuffer(buf, dtype=dt).reshape(n, self.dim)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (ids, scores) for one query vector, best first."""
+        """Top-k (rows, scores) for one query vector, best first."""
         k = min(k, len(self))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores, ids = self.index.search(query.reshape(1, -1).astype(np.float32), k)
+        if self.kind == "hnsw":
+            self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+        scores, ids = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
         keep = ids[0] >= 0
-        return ids[0][keep], scores[0][keep]
+        return ids[0][keep].astype(np.int64), scores[0][keep]
 
-    def vectors(self, ids: np.ndarray) -> np.ndarray:
-        """The stored vectors of these ids (for reuse when reindexing)."""
-        if not len(ids):
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.vstack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+    def exact_search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by reading every vector (what 'flat' does; the reference for an HNSW store)."""
+        return exact_topk(self.matrix(), query, k)
+
+    def describe(self) -> dict:
+        d = {"kind": self.kind, "dtype": self.dtype, "vectors": len(self)}
+        if self.kind == "hnsw":
+            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+        return d
 
     def save(self, path: Path) -> None:
         import faiss
@@ -95,15 +211,56 @@ class FaissStore:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: Path) -> "FaissStore":
+    def load(cls, path: Path, mmap: bool = True) -> "FaissStore":
+        """mmap: vector codes mapped from the file (read-only; not for a store to be added to)."""
         import faiss
 
-        index = faiss.read_index(str(path))
-        return cls(index.d, index)
+        raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+        index = faiss.downcast_index(raw)
+        if index is not raw:  # the typed proxy must own the C++ index, or it dies with `raw`
+            raw.this.disown()
+            index.this.own(True)
+        kind = "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat"
+        inner = faiss.downcast_index(index.storage) if kind == "hnsw" else index
+        dtype = "float16" if isinstance(inner, faiss.IndexScalarQuantizer) else "float32"
+        if kind == "hnsw":
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+        return cls(index, kind, dtype)
+
+
+def exact_topk(matrix: np.ndarray, query: np.ndarray, k: int, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k rows by inner product, reading `matrix` in blocks (float16 is widened per block)."""
+    n = len(matrix)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    scores = np.empty(n, dtype=np.float32)
+    for i in range(0, n, block):
+        scores[i : i + block] = np.asarray(matrix[i : i + block], dtype=np.float32) @ q
+    rows = topk(scores, k)
+    return rows, scores[rows]
+
+
+def topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k highest scores, best first (ties: lower row first), without sorting all
+    of them: argpartition is linear, a full argsort is n log n (240 ms vs 18 ms at 5M)."""
+    n = len(scores)
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    if k < n:
+        # the k-th best score; ties at it go to the lowest rows, as a stable sort would do
+        thr = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        above = np.flatnonzero(scores > thr)
+        part = np.concatenate([above, np.flatnonzero(scores == thr)[: k - len(above)]])
+    else:
+        part = np.arange(n)
+    return part[np.lexsort((part, -scores[part]))].astype(np.int64)
 
 
 def int_id(hex_id: str) -> int:
-    """A content hash as a positive int64 FAISS id."""
+    """A content hash as a positive int64 id."""
     return int(hex_id[:15], 16)
 
 
@@ -121,17 +278,30 @@ def _catenate(text: str) -> str:
     return _HYPHENATED.sub(lambda m: f"{m.group(0)} {m.group(0).replace('-', '')}", text)
 
 
-def tokenize(texts: list[str]) -> list[list[str]]:
-    """Lower-cased, stop-worded, Snowball-stemmed tokens (bm25s + PyStemmer), hyphenated words
-    both split and joined."""
-    global _STEMMER
-    import bm25s
-    import Stemmer
+_WORDS = re.compile(r"(?u)\b\w\w+\b").findall  # bm25s's (and scikit-learn's) token pattern
 
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    """Lower-cased, stop-worded, Snowball-stemmed tokens, hyphenated words both split and joined.
+
+    The same tokens as `bm25s.tokenize(texts, stopwords=..., stemmer=..., return_ids=False)`
+    (a test holds them equal), without its per-call progress bars and per-text stop-word set:
+    questions call this hundreds of times."""
+    global _STEMMER
     if _STEMMER is None:
+        import Stemmer
+
         _STEMMER = Stemmer.Stemmer("english")
-    texts = [_catenate(t) if "-" in t else t for t in texts]
-    return bm25s.tokenize(texts, stopwords=_stopwords(), stemmer=_STEMMER, return_ids=False, show_progress=False)
+    stop = _stopword_set()
+    rows = [[w for w in _WORDS((_catenate(t) if "-" in t else t).lower()) if w not in stop] for t in texts]
+    unique = list({w: None for row in rows for w in row})
+    stem = dict(zip(unique, _STEMMER.stemWords(unique))) if unique else {}
+    return [[stem[w] for w in row] for row in rows]
+
+
+@functools.lru_cache(maxsize=1)
+def _stopword_set() -> frozenset[str]:
+    return frozenset(_stopwords())
 
 
 @functools.lru_cache(maxsize=1)
@@ -164,6 +334,47 @@ def bm25_scores(retriever, query_tokens: list[str], n: int) -> np.ndarray:
     return np.asarray(retriever.get_scores(known), dtype=np.float32)[:n]
 
 
+def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best rows (best first) and their scores: bm25s's sparse sum over the query words'
+    postings, then argpartition (never a sort of all n scores)."""
+    scores = bm25_scores(retriever, query_tokens, n)
+    rows = topk(scores, k)
+    return rows, scores[rows]
+
+
+def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.ndarray:
+    """Scores of only these rows, the same numbers `bm25_scores(...)[rows]` gives, from the
+    postings of the query's words (cost: those postings, not the size of the library).
+
+    bm25s keeps a token-major sparse matrix (data/indices/indptr); a text's score is the sum of
+    its entries over the query's tokens, a repeated token counted each time, in query order
+    (so float32 sums match bm25s's own bit for bit)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    out = np.zeros(len(rows), dtype=np.float32)
+    vocab = retriever.vocab_dict
+    ids = [vocab[t] for t in query_tokens if t in vocab]
+    if not ids or not len(rows):
+        return out
+    m = retriever.scores
+    data, indices, indptr = m["data"], m["indices"], m["indptr"]
+    uniq, inv = np.unique(rows, return_inverse=True)
+    acc = np.zeros(len(uniq), dtype=np.float32)
+    for t in ids:
+        a, b = int(indptr[t]), int(indptr[t + 1])
+        if a == b:
+            continue
+        docs = np.asarray(indices[a:b])
+        pos = np.searchsorted(uniq, docs)
+        pos[pos >= len(uniq)] = 0
+        hit = uniq[pos] == docs
+        if hit.any():
+            np.add.at(acc, pos[hit], np.asarray(data[a:b], dtype=np.float32)[hit])
+    nonocc = getattr(retriever, "nonoccurrence_array", None)
+    if nonocc is not None:  # BM25L/BM25+ variants: a constant per query word
+        acc += np.float32(nonocc[ids].sum())
+    return acc[inv]
+
+
 # --- the index -------------------------------------------------------------------------------
 
 @dataclass
@@ -184,47 +395,65 @@ class DocRecord:
 
 @dataclass
 class Index:
-    """Everything retrieval and extraction read, loaded into memory from one generation."""
+    """Everything retrieval and extraction read, from one generation.
+
+    Build one with `Index(manifest=, docs=, passages=, passage_store=, sentence_store=,
+    sent_passage=, bm25_passages=, bm25_sentences=)`: row i of `passage_store` is `passages[i]`,
+    row j of `sentence_store` is sentence j in passage order (`sent_passage[j]` its passage row).
+    The vectors live only in the stores; `passage_vectors` / `sent_vectors` are views of them.
+    """
 
     manifest: dict
     docs: dict[str, DocRecord]
     passages: list[Passage]
-    passage_store: FaissStore
-    sentence_store: FaissStore
-    passage_vectors: np.ndarray  # passage row -> unit vector (exact rescoring of candidates)
+    passage_store: VectorStore
+    sentence_store: VectorStore
     sent_passage: np.ndarray  # sentence row -> passage row
-    sent_vectors: np.ndarray  # sentence row -> unit vector (for highlighting and dedup)
     bm25_passages: object
     bm25_sentences: object
     path: Path | None = None
-    row_of_pid: dict[int, int] = field(default_factory=dict)
-    row_of_sid: dict[int, int] = field(default_factory=dict)
-    sent_rows: list[tuple[int, int]] = field(default_factory=list)  # passage row -> [first, last) sentence rows
+    sent_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # passage row -> [first, last) sentence rows
     vocab: set = field(default_factory=set)
     sent_is_heading: np.ndarray | None = None
     idf: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.row_of_pid = {int_id(p.id): i for i, p in enumerate(self.passages)}
-        self.row_of_sid = {}
-        self.sent_rows = []
-        self.sent_is_heading = np.array([s.heading for p in self.passages for s in p.sentences], dtype=bool)
-        r = 0
-        for i, p in enumerate(self.passages):
-            for j in range(len(p.sentences)):
-                self.row_of_sid[sentence_int_id(p.id, j)] = r + j
-            self.sent_rows.append((r, r + len(p.sentences)))
-            r += len(p.sentences)
+        counts = np.fromiter((len(p.sentences) for p in self.passages), dtype=np.int64, count=len(self.passages))
+        ends = np.cumsum(counts)
+        self.sent_rows = np.stack([ends - counts, ends], axis=1) if len(counts) else np.zeros((0, 2), np.int64)
+        self.sent_is_heading = np.fromiter((s.heading for p in self.passages for s in p.sentences), dtype=bool,
+                                           count=int(ends[-1]) if len(ends) else 0)
+        self._row_of_pid: dict[int, int] | None = None
         vocab = getattr(self.bm25_passages, "vocab_dict", {}) or {}
         self.vocab = set(vocab)
         # document frequencies from the BM25 matrix (token-major CSC): df = entries per token
         indptr = np.asarray(self.bm25_passages.scores["indptr"])
         n = max(1, len(self.passages))
         self.idf = {}
-        for tok, tid in vocab.items():
-            if tid + 1 < len(indptr):
-                df = int(indptr[tid + 1] - indptr[tid])
-                self.idf[tok] = float(np.log(1 + (n - df + 0.5) / (df + 0.5)))
+        if vocab:
+            tids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
+            ok = tids + 1 < len(indptr)
+            df = np.zeros(len(tids), dtype=np.float64)
+            df[ok] = indptr[tids[ok] + 1] - indptr[tids[ok]]
+            idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
+            self.idf = {tok: float(v) for tok, v, good in zip(vocab, idf, ok) if good}
+
+    @property
+    def passage_vectors(self) -> np.ndarray:
+        """passage row -> unit vector (a view of the passage store: exact rescoring of candidates)."""
+        return self.passage_store.matrix()
+
+    @property
+    def sent_vectors(self) -> np.ndarray:
+        """sentence row -> unit vector (float16 or float32; a view of the sentence store)."""
+        return self.sentence_store.matrix()
+
+    @property
+    def row_of_pid(self) -> dict[int, int]:
+        """int_id(passage id) -> row (built on first use: nothing per question needs it)."""
+        if self._row_of_pid is None:
+            self._row_of_pid = {int_id(p.id): i for i, p in enumerate(self.passages)}
+        return self._row_of_pid
 
     @property
     def built_at(self) -> str | None:
@@ -232,8 +461,27 @@ class Index:
 
     def sentence_text(self, row: int) -> str:
         p = self.passages[int(self.sent_passage[row])]
-        s = p.sentences[row - self.sent_rows[int(self.sent_passage[row])][0]]
+        s = p.sentences[row - int(self.sent_rows[int(self.sent_passage[row])][0])]
         return self.docs[p.doc_id].text[s.start : s.end]
+
+
+def candidate_rows(index: "Index", vector: np.ndarray, tokens: list[str], c: int) -> np.ndarray:
+    """Passage rows worth scoring exactly for one question: the top `c` passages and top `2c`
+    sentences by the dense store and by BM25 (sentences count for their passage), deduplicated.
+
+    Cost per question: the store searches (HNSW: logarithmic; flat: linear but only below
+    ANN_MIN_VECTORS) and a sparse BM25 sum with argpartition; nothing sorts the whole library."""
+    n_p, n_s = len(index.passages), int(len(index.sent_passage))
+    parts = []
+    if n_p:
+        parts.append(index.passage_store.search(vector, c)[0])
+        parts.append(bm25_topk(index.bm25_passages, tokens, n_p, c)[0])
+    if n_s:
+        parts.append(np.asarray(index.sent_passage)[index.sentence_store.search(vector, 2 * c)[0]])
+        parts.append(np.asarray(index.sent_passage)[bm25_topk(index.bm25_sentences, tokens, n_s, 2 * c)[0]])
+    if not parts:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(parts).astype(np.int64))
 
 
 def sentence_int_id(passage_hex: str, j: int) -> int:
@@ -292,20 +540,28 @@ def current_generation(index_dir: Path) -> Path | None:
     return gen if (gen / "manifest.json").exists() else None
 
 
-def load(index_dir: Path, path: Path | None = None) -> Index:
-    """The generation CURRENT names (or the generation folder `path`). Raises NotIndexedError when there is none."""
-    import bm25s
+def load_docs(gen: Path) -> dict[str, DocRecord]:
+    """The article records of a generation (what a reindex compares the corpus folder with)."""
+    docs = {}
+    with open(Path(gen) / "documents.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                docs[d["doc_id"]] = DocRecord(**d)
+    return docs
 
+
+def load(index_dir: Path, path: Path | None = None, mmap: bool = True) -> Index:
+    """The generation CURRENT names (or the generation folder `path`). Raises NotIndexedError when there is none.
+
+    Vectors and BM25 arrays are memory-mapped (`mmap`): a process holds in RAM what it reads."""
     gen = Path(path) if path is not None else current_generation(index_dir)
     if gen is None:
         raise NotIndexedError(
             f"No index in {index_dir}/. Build one with `assistant reindex` (or `make run`)."
         )
     manifest = json.loads((gen / "manifest.json").read_text())
-    docs = {}
-    for line in (gen / "documents.jsonl").read_text(encoding="utf-8").splitlines():
-        d = json.loads(line)
-        docs[d["doc_id"]] = DocRecord(**d)
+    docs = load_docs(gen)
     passages = []
     for line in (gen / "passages.jsonl").read_text(encoding="utf-8").splitlines():
         d = json.loads(line)
@@ -316,25 +572,37 @@ def load(index_dir: Path, path: Path | None = None) -> Index:
                 sentences=[Sentence(s, e, bool(h)) for s, e, h in d["sentences"]], heading=d.get("heading", ""),
             )
         )
-    sent_passage = np.load(gen / "sentence_passage.npy", allow_pickle=False)
+    sent_passage = np.load(gen / "sentence_passage.npy", allow_pickle=False, mmap_mode="r")
+    if manifest.get("format", 0) < 3:  # vectors in .npy beside id-keyed FAISS indexes: rows from the .npy
+        p_store = FaissStore.build(np.load(gen / "passage_vectors.npy", allow_pickle=False), "flat")
+        s_store = FaissStore.build(np.load(gen / "sentence_vectors.npy", allow_pickle=False), "flat")
+    else:
+        p_store, s_store = FaissStore.load(gen / PASSAGE_STORE, mmap=mmap), FaissStore.load(gen / SENTENCE_STORE, mmap=mmap)
     return Index(
         manifest=manifest,
         docs=docs,
         passages=passages,
-        passage_store=FaissStore.load(gen / "passages.faiss"),
-        sentence_store=FaissStore.load(gen / "sentences.faiss"),
-        passage_vectors=np.load(gen / "passage_vectors.npy", allow_pickle=False),
+        passage_store=p_store,
+        sentence_store=s_store,
         sent_passage=sent_passage,
-        sent_vectors=np.load(gen / "sentence_vectors.npy", allow_pickle=False),
-        bm25_passages=bm25s.BM25.load(gen / "bm25-passages", show_progress=False, verbosity=0),
-        bm25_sentences=bm25s.BM25.load(gen / "bm25-sentences", show_progress=False, verbosity=0),
+        bm25_passages=_load_bm25(gen / "bm25-passages"),
+        bm25_sentences=_load_bm25(gen / "bm25-sentences"),
         path=gen,
     )
 
 
-def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files: dict | None = None) -> Path:
+def _load_bm25(path: Path):
+    """bm25s's arrays memory-mapped: only the postings of a question's words are read."""
+    import bm25s
+
+    return bm25s.BM25.load(path, show_progress=False, verbosity=0, mmap=True)
+
+
+def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files: dict | None = None,
+          subjects: dict | None = None) -> Path:
     """Write a new generation folder, then point CURRENT at it (atomic rename).
 
+    `subjects`: the discovery made at build time (subjects.py), stored as subjects.json.
     `tokens` (the BM25 tokens the index was built from) and `files` (path -> [size, mtime_ns,
     sha256]) are kept for the next reindex; readers never need them.
     """
@@ -353,17 +621,17 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
                 "id": p.id, "doc_id": p.doc_id, "start": p.start, "end": p.end, "heading": p.heading,
                 "sentences": [[s.start, s.end, int(s.heading)] for s in p.sentences],
             }, ensure_ascii=False) + "\n")
-    index.passage_store.save(tmp / "passages.faiss")
-    index.sentence_store.save(tmp / "sentences.faiss")
-    np.save(tmp / "passage_vectors.npy", index.passage_vectors, allow_pickle=False)
-    np.save(tmp / "sentence_passage.npy", index.sent_passage, allow_pickle=False)
-    np.save(tmp / "sentence_vectors.npy", index.sent_vectors, allow_pickle=False)
+    index.passage_store.save(tmp / PASSAGE_STORE)
+    index.sentence_store.save(tmp / SENTENCE_STORE)
+    np.save(tmp / "sentence_passage.npy", np.asarray(index.sent_passage), allow_pickle=False)
     index.bm25_passages.save(tmp / "bm25-passages", show_progress=False)
     index.bm25_sentences.save(tmp / "bm25-sentences", show_progress=False)
     if tokens is not None:
         save_tokens(tmp / TOKENS_FILE, tokens)
     if files is not None:
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
+    if subjects is not None:
+        (tmp / "subjects.json").write_text(json.dumps(subjects, ensure_ascii=False), encoding="utf-8")
     # the manifest last: a generation without one is never loaded
     (tmp / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
     _fsync_tree(tmp)

@@ -18,10 +18,11 @@ import functools
 import hashlib
 import importlib.metadata
 import inspect
+import json
 import logging
 import os
+import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 EMBED_BATCH = 8  # small, length-sorted batches: fastest on CPU, and questions get the model in between
+EMBED_WINDOW = 4096  # texts sorted by length within a window of this many (bounded memory, little padding)
+OUT_ON_DISK = 200_000  # from this many new texts, their vectors are gathered in a file, not in RAM
+CACHE_DIR = ".embed-cache"  # vectors of an unfinished build, reused by the next one (EmbedCache)
 RACY_SECONDS = 2.0  # a file modified this recently is hashed again next time (coarse timestamps)
 
 
@@ -137,11 +141,37 @@ def _chunk_params(settings: Settings) -> dict:
     return {"target_words": settings.passage_target_words, "max_words": settings.passage_max_words}
 
 
-@dataclass
 class _Previous:
-    index: ix.Index
-    tokens: ix.TokenCache | None
-    files: dict = field(default_factory=dict)
+    """The generation being served, read only as far as a reindex needs: its manifest, article
+    records and file stats first (a no-op reindex stops there), the whole index (memory-mapped)
+    and its token cache only when something changed."""
+
+    def __init__(self, gen: Path, manifest: dict, docs: dict, files: dict, tokens_usable: bool) -> None:
+        self.gen, self.manifest, self.docs, self.files = gen, manifest, docs, files
+        self.tokens_usable = tokens_usable
+        self._index: ix.Index | None = None
+        self._tokens: ix.TokenCache | None = None
+        self._tokens_read = False
+
+    @property
+    def index(self) -> ix.Index:
+        if self._index is None:
+            self._index = ix.load(self.gen.parent, path=self.gen)
+        return self._index
+
+    @property
+    def tokens(self) -> ix.TokenCache | None:
+        if not self._tokens_read:
+            self._tokens_read = True
+            tokens = ix.load_tokens(self.gen) if self.tokens_usable else None
+            prev = self.index
+            if tokens is not None and (
+                len(tokens.passages) != len(prev.passages) or len(tokens.sentences) != len(prev.sent_passage)
+            ):
+                log.warning("token cache of %s does not match its index; re-tokenising", self.gen.name)
+                tokens = None
+            self._tokens = tokens
+        return self._tokens
 
 
 def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None:
@@ -150,12 +180,12 @@ def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None
     if gen is None:
         return None
     try:
-        prev = ix.load(index_dir, path=gen)
+        m = json.loads((gen / "manifest.json").read_text())
+        docs = ix.load_docs(gen)
     except Exception as e:  # an unreadable index: build from scratch
         log.warning("previous index %s unreadable (%s); rebuilding from scratch", gen.name, e)
         return None
-    m = prev.manifest
-    if m.get("format") != ix.FORMAT_VERSION or m.get("model") != MODEL_NAME:
+    if m.get("format") not in ix.READABLE_FORMATS or m.get("model") != MODEL_NAME:
         log.info("index format or model changed; rebuilding from scratch")
         return None
     if m.get("chunking") != chunking:
@@ -164,31 +194,13 @@ def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None
     if (m.get("fingerprints") or {}).get("content") != prints["content"]:
         log.info("the reading or chunking code changed; rebuilding from scratch")
         return None
-    tokens = None
-    if (m.get("fingerprints") or {}).get("bm25") == prints["bm25"]:
-        tokens = ix.load_tokens(gen)
-        if tokens is not None and (
-            len(tokens.passages) != len(prev.passages) or len(tokens.sentences) != len(prev.sent_passage)
-        ):
-            log.warning("token cache of %s does not match its index; re-tokenising", gen.name)
-            tokens = None
-    else:
+    usable = (m.get("fingerprints") or {}).get("bm25") == prints["bm25"] and (gen / ix.TOKENS_FILE).is_file()
+    if not usable:
         log.info("BM25 tokenisation changed; re-tokenising every passage")
-    return _Previous(prev, tokens, ix.load_file_stats(gen))
+    return _Previous(gen, m, docs, ix.load_file_stats(gen), usable)
 
 
 # --- reindex ---------------------------------------------------------------------------------
-
-@dataclass
-class _Entry:
-    """One passage of the new index with everything stored per passage."""
-
-    passage: Passage
-    vector: np.ndarray
-    sent_vectors: np.ndarray
-    tokens: list[str] | None
-    sent_tokens: list[list[str]] | None
-
 
 def reindex(
     settings: Settings,
@@ -224,10 +236,10 @@ def reindex(
         params = _chunk_params(settings)
         prints = fingerprints()
         prev = _previous(index_dir, params, prints)
-        if prev is not None and index_vector_space(prev.index.manifest) != embedder.vector_space:
+        if prev is not None and index_vector_space(prev.manifest) != embedder.vector_space:
             log.info("the index holds vectors of another encoder; rebuilding from scratch")
             prev = None  # never mix vectors of encoders that differ
-        prev_index = prev.index if prev else None
+        prev_docs = prev.docs if prev else {}
         lap("load_previous")
         report = ReindexReport(articles=0, passages=0)
         now = ix.now_iso()
@@ -249,7 +261,7 @@ def reindex(
                 log.warning("skipped %s: another file already has id %r", path, doc_id)
                 report.skipped.append(rel)
                 continue
-            old = prev_index.docs.get(doc_id) if prev_index else None
+            old = prev_docs.get(doc_id)
             try:
                 st = path.stat()
                 sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -283,114 +295,104 @@ def reindex(
             seen.add(doc_id)
             new_docs.append(doc)
             (report.changed if old is not None else report.added).append(doc_id)
-        if prev_index:
-            report.removed = sorted(d for d in prev_index.docs if d not in seen)
+        if prev is not None:
+            report.removed = sorted(d for d in prev_docs if d not in seen)
         report.unchanged = len(kept_docs)
         tick("reading", len(files), len(files))
         tm["files"], tm["hashed"] = len(files), hashed
         lap("scan")
 
-        if prev_index is not None and not report.touched and prev.tokens is not None:
+        if prev is not None and not report.touched and prev.tokens_usable:
             # nothing to do (without a usable token cache, BM25 is rebuilt below: new tokenising code)
-            if stats != old_stats and prev_index.path is not None:
+            if stats != old_stats:
                 with contextlib.suppress(OSError):
-                    ix.update_file_stats(prev_index.path, stats)  # next time, no hashing
-            report.articles, report.passages = len(prev_index.docs), len(prev_index.passages)
+                    ix.update_file_stats(prev.gen, stats)  # next time, no hashing
+            _refresh_subjects(prev, corpus_dir)
+            lap("subjects")
+            report.articles = len(prev_docs)
+            report.passages = int(prev.manifest.get("passages", sum(d.n_passages for d in prev_docs.values())))
             report.seconds = round(time.perf_counter() - t0, 3)
             lap("done")
             return report
 
-        # 2. chunk and embed the new and changed articles
+        prev_index = prev.index if prev is not None else None
+        # 2. chunk and embed the new and changed articles (length-sorted windows, each window's
+        # vectors kept on disk as it finishes: an interrupted build resumes from there)
         new_passages: list[Passage] = []
         new_records: dict[str, ix.DocRecord] = {}
         for doc in new_docs:
             ps = chunk(doc, params["target_words"], params["max_words"])
             new_passages.extend(ps)
             new_records[doc.doc_id] = ix.doc_record(doc, now, len(ps))
+        new_passages.sort(key=lambda p: (p.doc_id, p.start))
         lap("chunk")
         p_texts = [ix.passage_embed_text(p, new_records[p.doc_id].title, new_records[p.doc_id].text) for p in new_passages]
         s_texts = [ix.sentence_embed_text(p, s, new_records[p.doc_id].text) for p in new_passages for s in p.sentences]
         n_new = len(new_passages)
-        vecs = _embed(embedder, p_texts + s_texts, progress,
+        cache = EmbedCache(index_dir / CACHE_DIR, embedder.dim)
+        vecs = _embed(embedder, p_texts + s_texts, progress, cache=cache, stats=tm,
                       on_batch=lambda done, total: tick("embedding", round(done * n_new / total), n_new))
         p_vecs, s_vecs = vecs[: len(p_texts)], vecs[len(p_texts) :]
+        del p_texts, s_texts
         report.embedded_passages = len(new_passages)
         lap("embed")
 
-        # 3. assemble: kept passages (with their stored vectors and tokens) + new ones, in doc order
+        # 3. assemble: the kept passages in their previous order, then the new ones in doc order
+        # (so an HNSW store that only gains rows is extended, not rebuilt)
         docs = {**kept_docs, **new_records}
-        entries: list[_Entry] = []
-        gone: list[Passage] = []
+        kept_rows = np.zeros(0, dtype=np.int64)
+        kept_sent_rows = np.zeros(0, dtype=np.int64)
+        passages: list[Passage] = []
+        tok_p: list[list[str] | None] = []
+        tok_s: list[list[str] | None] = []
         if prev_index is not None:
             tok = prev.tokens
-            for row, p in enumerate(prev_index.passages):
-                if p.doc_id not in kept_docs:
-                    gone.append(p)
-                    continue
-                a, b = prev_index.sent_rows[row]
-                entries.append(_Entry(
-                    p, prev_index.passage_vectors[row], prev_index.sent_vectors[a:b],
-                    tok.passages[row] if tok else None, tok.sentences[a:b] if tok else None,
-                ))
-        r = 0
-        for i, p in enumerate(new_passages):
-            n = len(p.sentences)
-            entries.append(_Entry(p, p_vecs[i], s_vecs[r : r + n], None, None))
-            r += n
-        entries.sort(key=lambda e: (e.passage.doc_id, e.passage.start))
-        passages = [e.passage for e in entries]
-        dim = embedder.dim
-        passage_vectors = (
-            np.vstack([e.vector for e in entries]).astype(np.float32) if entries else np.zeros((0, dim), np.float32)
-        )
-        sent_vectors = (
-            np.vstack([e.sent_vectors for e in entries]).astype(np.float32) if entries else np.zeros((0, dim), np.float32)
-        )
+            keep = np.fromiter((p.doc_id in kept_docs for p in prev_index.passages), dtype=bool,
+                               count=len(prev_index.passages))
+            kept_rows = np.flatnonzero(keep)
+            kept_sent_rows = _ranges(prev_index.sent_rows[kept_rows])
+            passages = [prev_index.passages[r] for r in kept_rows]
+            if tok is not None:
+                tok_p = [tok.passages[r] for r in kept_rows]
+                tok_s = [tok.sentences[r] for r in kept_sent_rows]
+            else:
+                tok_p, tok_s = [None] * len(kept_rows), [None] * len(kept_sent_rows)
+        n_kept = len(passages)
+        passages += new_passages
+        tok_p += [None] * len(new_passages)
+        tok_s += [None] * len(s_vecs)
         sent_passage = np.repeat(np.arange(len(passages), dtype=np.int32), [len(p.sentences) for p in passages])
-
-        # the vector stores: the previous ones minus what left, plus what arrived
-        passage_store, sentence_store = _stores(prev_index, dim)
-        passage_store.remove(np.array([ix.int_id(p.id) for p in gone], dtype=np.int64))
-        sentence_store.remove(np.array([ix.sentence_int_id(p.id, j) for p in gone for j in range(len(p.sentences))], dtype=np.int64))
-        passage_store.add(np.array([ix.int_id(p.id) for p in new_passages], dtype=np.int64), p_vecs)
-        sentence_store.add(
-            np.array([ix.sentence_int_id(p.id, j) for p in new_passages for j in range(len(p.sentences))], dtype=np.int64),
-            s_vecs,
-        )
-        if len(passage_store) != len(passages) or len(sentence_store) != len(sent_passage):
-            # repeated passage ids (the same paragraph twice in an article) make id-wise edits
-            # ambiguous: rebuild the stores from the rows, which are right by construction
-            log.info("rebuilding vector stores from the assembled rows")
-            passage_store, sentence_store = ix.FaissStore(dim), ix.FaissStore(dim)
-            passage_store.add(np.array([ix.int_id(p.id) for p in passages], dtype=np.int64), passage_vectors)
-            sentence_store.add(
-                np.array([ix.sentence_int_id(p.id, j) for p in passages for j in range(len(p.sentences))], dtype=np.int64),
-                sent_vectors,
-            )
+        dim = embedder.dim
+        passage_store = _store(prev_index.passage_store if prev_index else None, prev_index.path / ix.PASSAGE_STORE
+                               if prev_index and prev_index.path else None, kept_rows, p_vecs, dim, ix.PASSAGE_DTYPE,
+                               progress, "Passage vectors")
+        sentence_store = _store(prev_index.sentence_store if prev_index else None, prev_index.path / ix.SENTENCE_STORE
+                                if prev_index and prev_index.path else None, kept_sent_rows, s_vecs, dim,
+                                ix.SENTENCE_DTYPE, progress, "Sentence vectors")
+        del vecs, p_vecs, s_vecs
         lap("assemble")
 
         # 4. BM25 over passages and sentences: tokens of kept passages come from the cache
-        missing = [i for i, e in enumerate(entries) if e.tokens is None]
+        missing = [i for i, t in enumerate(tok_p) if t is None]
         if missing:
-            fresh = ix.tokenize([
-                ix.passage_bm25_text(entries[i].passage, docs[entries[i].passage.doc_id].title, docs[entries[i].passage.doc_id].text)
+            for i, t in zip(missing, ix.tokenize([
+                ix.passage_bm25_text(passages[i], docs[passages[i].doc_id].title, docs[passages[i].doc_id].text)
                 for i in missing
-            ])
-            s_fresh = ix.tokenize([
-                ix.sentence_bm25_text(entries[i].passage, s, docs[entries[i].passage.doc_id].text, docs[entries[i].passage.doc_id].title)
-                for i in missing for s in entries[i].passage.sentences
-            ]) if any(entries[i].passage.sentences for i in missing) else []
-            k = 0
-            for j, i in enumerate(missing):
-                e = entries[i]
-                e.tokens = list(fresh[j])
-                n = len(e.passage.sentences)
-                e.sent_tokens = [list(t) for t in s_fresh[k : k + n]]
-                k += n
-        tokens = ix.TokenCache(
-            passages=[e.tokens for e in entries],
-            sentences=[t for e in entries for t in e.sent_tokens],
-        )
+            ])):
+                tok_p[i] = list(t)
+        s_missing = [j for j, t in enumerate(tok_s) if t is None]
+        if s_missing:
+            counts = np.array([len(p.sentences) for p in passages], dtype=np.int64)
+            first = np.cumsum(counts) - counts
+            s_texts = []
+            for j in s_missing:
+                p = passages[int(sent_passage[j])]
+                s = p.sentences[j - int(first[int(sent_passage[j])])]
+                s_texts.append(ix.sentence_bm25_text(p, s, docs[p.doc_id].text, docs[p.doc_id].title))
+            for j, t in zip(s_missing, ix.tokenize(s_texts)):
+                tok_s[j] = list(t)
+            del s_texts
+        tokens = ix.TokenCache(passages=tok_p, sentences=tok_s)
         lap("tokenize")
         bm25_p = _bm25(tokens.passages)
         bm25_s = _bm25(tokens.sentences)
@@ -398,6 +400,12 @@ def reindex(
 
         manifest = {
             "format": ix.FORMAT_VERSION,
+            "vector_search": {
+                "passages": passage_store.describe(), "sentences": sentence_store.describe(),
+                "ann_min_vectors": ix.ANN_MIN_VECTORS,
+                "why": "exact (flat) search below ann_min_vectors vectors per level, HNSW from there up; "
+                       "candidates are always rescored exactly",
+            },
             "model": MODEL_NAME,
             "encoder": embedder.encoder,
             "vector_space": embedder.vector_space,
@@ -413,12 +421,23 @@ def reindex(
         }
         new_index = ix.Index(
             manifest=manifest, docs=dict(sorted(docs.items())), passages=passages,
-            passage_store=passage_store, sentence_store=sentence_store,
-            passage_vectors=passage_vectors, sent_passage=sent_passage, sent_vectors=sent_vectors,
+            passage_store=passage_store, sentence_store=sentence_store, sent_passage=sent_passage,
             bm25_passages=bm25_p, bm25_sentences=bm25_s,
         )
         lap("index")
-        ix.write(index_dir, new_index, tokens=tokens, files=stats)
+        from . import subjects as sj  # discovered now, stored with the generation: no question waits for it
+
+        found = None
+        prev_subjects = sj.saved_json(prev_index.path) if prev_index is not None else None
+        if prev_subjects is not None and prev_subjects.get("glossary") == sj.glossary_hash(corpus_dir / sj.GLOSSARY_NAME):
+            old_to_new = np.full(len(prev_index.passages), -1, dtype=np.int64)
+            old_to_new[kept_rows] = np.arange(len(kept_rows))
+            found = sj.carry_over(prev_subjects, new_index, old_to_new, n_kept, len(prev_index.passages) - len(kept_rows))
+        if found is None:
+            found = sj.discover_for_build(new_index, corpus_dir)
+        lap("subjects")
+        ix.write(index_dir, new_index, tokens=tokens, files=stats, subjects=found)
+        cache.clear()  # the generation holds the vectors now
         lap("write")
         ix.prune(index_dir)
         lap("prune")
@@ -426,6 +445,37 @@ def reindex(
         report.seconds = round(time.perf_counter() - t0, 3)
         log.info("reindexed: %s", report.model_dump(exclude={"skipped"}))
         return report
+
+
+def _ranges(spans: np.ndarray) -> np.ndarray:
+    """The rows of [start, end) spans, concatenated (no Python loop: a million passages)."""
+    spans = np.asarray(spans, dtype=np.int64).reshape(-1, 2)
+    lens = spans[:, 1] - spans[:, 0]
+    if not lens.sum():
+        return np.zeros(0, dtype=np.int64)
+    return np.repeat(spans[:, 0] - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+
+
+def _refresh_subjects(prev: _Previous, corpus_dir: Path) -> None:
+    """No article changed, but the glossary may have: rediscover into the served generation
+    (subjects.json replaced atomically; readers pick it up with the glossary change). Only then
+    is the previous index loaded."""
+    from . import subjects as sj
+
+    path = prev.gen / sj.SAVED_NAME
+    want = sj.glossary_hash(corpus_dir / sj.GLOSSARY_NAME)
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("glossary") == want:
+            return
+    except (OSError, ValueError):
+        pass
+    found = sj.discover_for_build(prev.index, corpus_dir)
+    if found is None:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(OSError):
+        tmp.write_text(json.dumps(found, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _bm25(tokens: list[list[str]]):
@@ -441,28 +491,155 @@ def _bm25(tokens: list[list[str]]):
 
 
 def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EMBED_BATCH,
+           cache: "EmbedCache | None" = None, stats: dict | None = None,
            on_batch: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """Unit vectors of `texts`, in order. Texts are batched by length (a batch is padded to its
-    longest text: mixing a 100-word passage with short sentences wastes most of the work), and
-    batches are small, so a question asked meanwhile waits for one batch at most."""
-    if not texts:
-        return np.zeros((0, embedder.dim), dtype=np.float32)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
-    with tqdm(total=len(texts), desc="Embedding", unit="text", disable=not progress, leave=False) as bar:
-        for i in range(0, len(texts), batch):
-            rows = order[i : i + batch]
-            out[rows] = embedder.encode_passages([texts[j] for j in rows], batch_size=batch)
-            bar.update(len(rows))
-            if on_batch is not None:
-                on_batch(min(i + batch, len(texts)), len(texts))
-            time.sleep(0.0005)  # let a question waiting for the model have it
+    """Unit vectors of `texts`, in order.
+
+    Texts already in `cache` (embedded by a build that was interrupted) are not embedded again.
+    The rest go through in windows of EMBED_WINDOW texts, sorted by length within the window (a
+    batch is padded to its longest text: mixing a 100-word passage with short sentences wastes
+    most of the work); each finished window is appended to the cache. Batches are small, so a
+    question asked meanwhile waits for one batch at most. A large result is a memory-mapped file
+    in the cache folder, not RAM."""
+    dim = embedder.dim
+    n = len(texts)
+    if not n:
+        return np.zeros((0, dim), dtype=np.float32)
+    if cache is not None and n >= OUT_ON_DISK:
+        out = cache.scratch(n)
+    else:
+        out = np.zeros((n, dim), dtype=np.float32)
+    keys = text_keys(texts)
+    todo = np.arange(n)
+    if cache is not None:
+        found = cache.lookup(keys)
+        hit = np.flatnonzero(found >= 0)
+        for i in range(0, len(hit), 65_536):
+            rows = hit[i : i + 65_536]
+            out[rows] = cache.vectors(found[rows])
+        todo = np.flatnonzero(found < 0)
+        if len(hit):
+            log.info("resuming: %d of %d texts were embedded by an interrupted build", len(hit), n)
+    if stats is not None:
+        stats["embedded_texts"], stats["reused_texts"] = int(len(todo)), int(n - len(todo))
+    with tqdm(total=len(todo), desc="Embedding", unit="text", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        for w in range(0, len(todo), EMBED_WINDOW):
+            window = todo[w : w + EMBED_WINDOW]
+            order = window[np.argsort([len(texts[j]) for j in window], kind="stable")]
+            vecs = np.zeros((len(order), dim), dtype=np.float32)
+            for i in range(0, len(order), batch):
+                rows = order[i : i + batch]
+                vecs[i : i + len(rows)] = embedder.encode_passages([texts[j] for j in rows], batch_size=batch)
+                bar.update(len(rows))
+                if on_batch is not None:
+                    on_batch(n - len(todo) + bar.n, n)
+                time.sleep(0.0005)  # let a question waiting for the model have it
+            out[order] = vecs
+            if cache is not None:
+                cache.append(keys[order], vecs)
     return out
 
 
-def _stores(prev: ix.Index | None, dim: int) -> tuple[ix.FaissStore, ix.FaissStore]:
-    """The previous generation's stores (this process loaded them for itself: never the served
-    index, which lives in another object or process), or empty ones."""
-    if prev is None:
-        return ix.FaissStore(dim), ix.FaissStore(dim)
-    return prev.passage_store, prev.sentence_store
+def text_keys(texts: list[str]) -> np.ndarray:
+    """A content hash per text (20 bytes), with the model's name: what the resume cache is keyed by."""
+    salt = MODEL_NAME.encode() + b"\x00"
+    return np.array([hashlib.sha1(salt + t.encode("utf-8", "surrogatepass")).digest() for t in texts], dtype="S20")
+
+
+class EmbedCache:
+    """Vectors embedded by a build that has not finished, keyed by content hash, in
+    index/.embed-cache/: shards `<n>.keys.npy` (S20) + `<n>.vecs.npy` (float32), each written
+    under a temporary name and renamed, so a killed build leaves whole shards only. The next
+    build reuses them; a build that completes clears the folder."""
+
+    def __init__(self, folder: Path, dim: int) -> None:
+        self.folder = Path(folder)
+        self.dim = dim
+        self._keys: np.ndarray | None = None
+        self._where: np.ndarray | None = None  # sorted position -> (shard, row)
+        self._shards: list[np.ndarray] = []
+
+    def _load(self) -> None:
+        if self._keys is not None:
+            return
+        keys, where, self._shards = [], [], []
+        for kf in sorted(self.folder.glob("*.keys.npy")) if self.folder.is_dir() else []:
+            vf = kf.with_name(kf.name.replace(".keys.npy", ".vecs.npy"))
+            try:
+                k = np.load(kf, allow_pickle=False)
+                v = np.load(vf, allow_pickle=False, mmap_mode="r")
+            except (OSError, ValueError) as e:
+                log.warning("embedding cache shard %s unreadable (%s); ignored", kf.name, e)
+                continue
+            if len(k) != len(v) or v.ndim != 2 or v.shape[1] != self.dim:
+                continue
+            s = len(self._shards)
+            self._shards.append(v)
+            keys.append(k)
+            where.append(np.stack([np.full(len(k), s), np.arange(len(k))], axis=1))
+        if keys:
+            allk = np.concatenate(keys)
+            order = np.argsort(allk, kind="stable")
+            self._keys, self._where = allk[order], np.concatenate(where)[order]
+        else:
+            self._keys, self._where = np.zeros(0, dtype="S20"), np.zeros((0, 2), dtype=np.int64)
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Per key: its position in the cache, or -1."""
+        self._load()
+        if not len(self._keys):
+            return np.full(len(keys), -1, dtype=np.int64)
+        pos = np.searchsorted(self._keys, keys)
+        pos[pos >= len(self._keys)] = 0
+        return np.where(self._keys[pos] == keys, pos, -1)
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        w = self._where[positions]
+        out = np.zeros((len(positions), self.dim), dtype=np.float32)
+        for s in np.unique(w[:, 0]):
+            m = w[:, 0] == s
+            out[m] = self._shards[int(s)][w[m, 1]]
+        return out
+
+    def append(self, keys: np.ndarray, vecs: np.ndarray) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}"
+        for suffix, arr in ((".vecs.npy", vecs), (".keys.npy", keys)):  # keys last: a shard counts once both exist
+            tmp = self.folder / f".{name}{suffix}.tmp"
+            with open(tmp, "wb") as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr), allow_pickle=False)
+            os.replace(tmp, self.folder / f"{name}{suffix}")
+
+    def scratch(self, n: int) -> np.ndarray:
+        """An (n, dim) float32 array on disk (a large build's new vectors), removed by clear()."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return np.lib.format.open_memmap(self.folder / f".scratch-{os.getpid()}.npy", mode="w+",
+                                         dtype=np.float32, shape=(n, self.dim))
+
+    def clear(self) -> None:
+        self._keys = self._where = None
+        self._shards = []
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray, new: np.ndarray, dim: int,
+           dtype: str, progress: bool, desc: str) -> ix.FaissStore:
+    """The new generation's store for one level: the previous store's `kept` rows, then `new`.
+
+    An HNSW store that only gains rows is read from its file and extended (cost: the new rows);
+    anything else is rebuilt from the rows (a flat store is a copy; an HNSW graph is re-inserted)."""
+    n = len(kept) + len(new)
+    kind = ix.choose_kind(n)
+    if (prev is not None and prev_path is not None and prev.kind == kind == "hnsw" and prev.dtype == dtype
+            and len(kept) == len(prev) and np.array_equal(kept, np.arange(len(prev)))):
+        store = ix.FaissStore.load(prev_path, mmap=False)
+        store.add(new, progress=progress, desc=desc)
+        return store
+    store = ix.FaissStore.create(dim, kind, dtype)
+    if prev is not None and len(kept):
+        m = prev.matrix()
+        for i in range(0, len(kept), 65_536):
+            store.add(np.asarray(m[kept[i : i + 65_536]], dtype=np.float32), progress=progress, desc=desc)
+    store.add(new, progress=progress, desc=desc)
+    return store

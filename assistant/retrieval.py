@@ -13,7 +13,7 @@ import numpy as np
 
 from . import answertype
 from .config import Settings
-from .index import Index, bm25_scores, tokenize
+from .index import Index, bm25_scores_for, candidate_rows, tokenize
 
 
 # A question asking for another name of something, and how articles phrase the answer.
@@ -152,22 +152,10 @@ class Retriever:
                 out[i] = 1.0
         return out
 
-    def _bm25(self, q: Query) -> tuple[np.ndarray, np.ndarray]:
-        """BM25 scores of every passage and every sentence (the exact signals candidates are scored with)."""
-        ix = self.index
-        return (bm25_scores(ix.bm25_passages, q.search_tokens, self.n_passages),
-                bm25_scores(ix.bm25_sentences, q.search_tokens, self.n_sentences))
-
-    def _candidates(self, q: Query, bm_p: np.ndarray, bm_s: np.ndarray) -> np.ndarray:
-        """Passage rows worth scoring: the best of each signal (dense and BM25, passage and sentence)."""
-        ix, C = self.index, self.s.candidates
-        pid, _ = ix.passage_store.search(q.vector, C)
-        sid, _ = ix.sentence_store.search(q.vector, C * 2)
-        rows = [ix.row_of_pid[int(i)] for i in pid if int(i) in ix.row_of_pid]
-        rows += [int(ix.sent_passage[ix.row_of_sid[int(i)]]) for i in sid if int(i) in ix.row_of_sid]
-        rows += list(np.argsort(-bm_p)[:C])
-        rows += list(ix.sent_passage[np.argsort(-bm_s)[: C * 2]])
-        return np.unique(np.asarray(rows, dtype=np.int64))
+    def _candidates(self, q: Query) -> np.ndarray:
+        """Passage rows worth scoring: the best of each signal (dense and BM25, passage and
+        sentence), by top-k selection in the index (nothing sorts the whole library)."""
+        return candidate_rows(self.index, q.vector, q.search_tokens, self.s.candidates)
 
     def _article_prior(self, q: Query, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
         """Evidence from the whole article, added to each of its passages: the article's own cosine
@@ -189,13 +177,15 @@ class Retriever:
             prior += s.w_doc_best * _minmax(best)[inv]
         return prior
 
-    def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray, bm25_p: np.ndarray,
-                      ctx_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray,
+                      bm25_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Passage scores of a follow-up plus a share of its conversation's (CAsT-style query
         expansion by history, weighted below the question itself): a follow-up that names
         nothing ("Or installment easier?") is still about what came before."""
         w = self.s.w_context
-        return dense_p + w * (self.index.passage_vectors[cand] @ ctx.vector), bm25_p + w * ctx_p[cand]
+        ctx_dense = np.asarray(self.index.passage_vectors[cand], dtype=np.float32) @ ctx.vector
+        ctx_bm25 = bm25_scores_for(self.index.bm25_passages, ctx.search_tokens, cand)
+        return dense_p + w * ctx_dense, bm25_p + w * ctx_bm25
 
     def _answer_kind(self, q: Query, cand: np.ndarray, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                      fused: np.ndarray, s_fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -219,29 +209,27 @@ class Retriever:
         ix, s = self.index, self.s
         if self.n_passages == 0:
             return []
-        bm_p, bm_s = self._bm25(q)
         ctx = q.context if s.w_context else None
-        if ctx is not None:
-            ctx_p, ctx_s = self._bm25(ctx)
+        # candidates from each signal (top-k of dense and BM25, passages and sentences: index.py)
         if restrict is not None:
             cand = np.asarray(restrict, dtype=np.int64)
         else:
-            cand = self._candidates(q, bm_p, bm_s)
+            cand = self._candidates(q)
             if ctx is not None:
-                cand = np.union1d(cand, self._candidates(ctx, ctx_p, ctx_s))
+                cand = np.union1d(cand, self._candidates(ctx))
         if cand.size == 0:
             return []
-        # exact signals for the candidates
-        dense_q = dense_p = ix.passage_vectors[cand] @ q.vector
-        bm25_p = bm_p[cand]
+        # exact signals for the candidates (BM25 of only their passages and sentences)
+        bm25_p = bm25_scores_for(ix.bm25_passages, q.search_tokens, cand)
+        dense_q = dense_p = np.asarray(ix.passage_vectors[cand], dtype=np.float32) @ q.vector
         if ctx is not None:
-            dense_p, bm25_p = self._with_context(ctx, cand, dense_p, bm25_p, ctx_p)
+            dense_p, bm25_p = self._with_context(ctx, cand, dense_p, bm25_p)
         spans = [ix.sent_rows[r] for r in cand]
         sent_idx = np.concatenate([np.arange(a, b) for a, b in spans])
         lengths = np.array([b - a for a, b in spans])
         offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        s_cos = ix.sent_vectors[sent_idx] @ q.vector
-        s_bm = bm_s[sent_idx]
+        s_cos = np.asarray(ix.sent_vectors[sent_idx], dtype=np.float32) @ q.vector
+        s_bm = bm25_scores_for(ix.bm25_sentences, q.search_tokens, sent_idx)
         heading = ix.sent_is_heading[sent_idx]
         # a bare heading ("Exosome Therapy") is context, not evidence: it must not be a passage's best sentence
         s_cos = np.where(heading, np.minimum(s_cos, 0.0), s_cos)

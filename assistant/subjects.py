@@ -17,11 +17,15 @@ that several different subjects share ("therapy" in "exosome therapy", "plasma t
 generic head: what comes before it ("exosome") names the subject too, unless that is a common word.
 
 The optional `glossary.toml` in the corpus folder adds or fixes aliases (format: `load_glossary`).
-The result is built once per loaded index (and glossary version) and cached, so a reindex picks
-up the subjects of new articles by itself.
+Discovery runs when a generation is built (reindex) and is stored in it (`subjects.json`, with the
+glossary's hash): a serving process reads it in milliseconds, so no question waits for it. An
+index without it, or a glossary edited since, is discovered on first use and cached per index.
+A discovered subject that names more than `max_subject_rows` passages is dropped.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -39,6 +43,16 @@ from .index import Index
 log = logging.getLogger(__name__)
 
 GLOSSARY_NAME = "glossary.toml"
+SAVED_NAME = "subjects.json"  # the subjects of a generation, discovered when it was built
+# A subject may name at most this share of the passages of a large library (and always up to
+# MAX_ROWS_FLOOR): a comparison searches the passages of its subjects.
+MAX_SHARE = 0.02
+MAX_ROWS_FLOOR = 2000
+
+
+def max_subject_rows(n_passages: int) -> int:
+    """How many passages one discovered subject may name (a glossary subject is never capped)."""
+    return max(MAX_ROWS_FLOOR, int(MAX_SHARE * n_passages))
 
 # Generic English function words (a linguistic resource; no subject is listed anywhere here).
 STOPWORDS = frozenset("""
@@ -577,10 +591,16 @@ def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter
         for s in body[r] | heads[r]:
             rows_of[s].append(r)
     keep = []
+    cap = max_subject_rows(len(ptexts))
     for s in subjects:
         s.rows = np.asarray(rows_of[s.id], dtype=np.int64)
         s.mentions = sum(surface[s.id].values())
         if len(s.rows) < min_passages and "glossary" not in s.sources:
+            continue
+        if len(s.rows) > cap and "glossary" not in s.sources:
+            # a plain word ("file", "command") that half a large library uses is no subject, and
+            # a comparison restricted to it would score a large share of the library
+            log.info("subject %r dropped: %d passages name it (at most %d)", s.name, len(s.rows), cap)
             continue
         s.name = labels.get(s.id) or _display_name(s, surface[s.id])  # a glossary name is the label
         keep.append(s)
@@ -751,9 +771,131 @@ def _signature(path: Path | None) -> tuple:
     return (str(path), st.st_mtime_ns, st.st_size)
 
 
+def glossary_hash(path: Path | None) -> str | None:
+    """What a saved discovery depends on besides the articles: the glossary's content (None: no glossary)."""
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def to_json(subjects: Subjects, glossary: str | None) -> dict:
+    """A plain JSON form of a discovery (stored in the generation as subjects.json)."""
+    return {
+        "glossary": glossary,
+        "subjects": [{"name": x.name, "aliases": x.aliases, "rows": x.rows.tolist(), "sources": sorted(x.sources),
+                      "mentions": x.mentions} for x in subjects.subjects],
+        "body": {str(r): sorted(b) for r, b in enumerate(subjects.body) if b},
+        "heading": {str(r): sorted(h) for r, h in enumerate(subjects.heading) if h},
+    }
+
+
+def from_json(data: dict, n_passages: int) -> Subjects:
+    subs = [Subject(i, d["name"], list(d["aliases"]), np.asarray(d["rows"], dtype=np.int64), set(d["sources"]),
+                    int(d.get("mentions", 0))) for i, d in enumerate(data["subjects"])]
+    body = [frozenset()] * n_passages
+    heading = [frozenset()] * n_passages
+    for r, ids in data["body"].items():
+        body[int(r)] = frozenset(ids)
+    for r, ids in data["heading"].items():
+        heading[int(r)] = frozenset(ids)
+    return Subjects(subs, body, heading)
+
+
+def discover_for_build(index: Index, corpus_dir: Path | None) -> dict | None:
+    """Discovery at build time (reindex), so no reader's question ever waits for it. None if it fails."""
+    gpath = Path(corpus_dir) / GLOSSARY_NAME if corpus_dir is not None else None
+    try:
+        found = build(index, load_glossary(gpath) if gpath is not None else None)
+    except Exception:
+        log.exception("could not discover the subjects at build time; serving processes will")
+        return None
+    return to_json(found, glossary_hash(gpath))
+
+
+# A large library whose reindex changed little keeps its discovery and only places the new
+# passages (discovery reads every passage: minutes at 100k); a full discovery runs again once
+# the passages changed since the last one reach REDISCOVER_SHARE of the library.
+INCREMENTAL_MIN_PASSAGES = 20_000
+REDISCOVER_SHARE = 0.05
+
+
+def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int, removed: int) -> dict | None:
+    """The saved discovery of the previous generation, moved to the rows of `index` (kept rows
+    renumbered by `old_to_new`, -1 for gone), with the passages from `first_new` on placed by
+    the same matcher; None when a full discovery is due (small library, or too much changed)."""
+    n = len(index.passages)
+    changed = int(data.get("changed_since_discovery", 0)) + (n - first_new) + removed
+    if n < INCREMENTAL_MIN_PASSAGES or changed > REDISCOVER_SHARE * n:
+        return None
+    subs = [Subject(i, d["name"], list(d["aliases"]), np.zeros(0, np.int64), set(d["sources"]), int(d.get("mentions", 0)))
+            for i, d in enumerate(data["subjects"])]
+    probe = Subjects(subs, [], [])
+    body: dict[int, list[int]] = {}
+    heading: dict[int, list[int]] = {}
+    for key_, dst in (("body", body), ("heading", heading)):
+        for r, ids in data[key_].items():
+            new = int(old_to_new[int(r)]) if int(r) < len(old_to_new) else -1
+            if new >= 0:
+                dst[new] = list(ids)
+    about_doc: dict[str, set[int]] = {}
+    for r in range(first_new, n):
+        p = index.passages[r]
+        if p.doc_id not in about_doc:
+            named = {m.subject for m in probe.find(index.docs[p.doc_id].title)}
+            about_doc[p.doc_id] = named if len(named) == 1 else set()
+        b = {m.subject for m in probe.find(index.docs[p.doc_id].text[p.start : p.end])}
+        h = {m.subject for m in probe.find(p.heading or "")} | about_doc[p.doc_id]
+        if b:
+            body[r] = sorted(b)
+        if h:
+            heading[r] = sorted(h)
+    rows_of: dict[int, set[int]] = defaultdict(set)
+    for dst in (body, heading):
+        for r, ids in dst.items():
+            for i in ids:
+                rows_of[i].add(r)
+    out = dict(data)
+    out["subjects"] = [{**d, "rows": sorted(rows_of[i])} for i, d in enumerate(data["subjects"])]
+    out["body"] = {str(r): ids for r, ids in sorted(body.items())}
+    out["heading"] = {str(r): ids for r, ids in sorted(heading.items())}
+    out["changed_since_discovery"] = changed
+    return out
+
+
+def saved_json(gen: Path | None) -> dict | None:
+    """The subjects.json of a generation folder, or None."""
+    if gen is None:
+        return None
+    try:
+        return json.loads((Path(gen) / SAVED_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _saved(index: Index, gpath: Path | None) -> Subjects | None:
+    """The subjects stored with the index's generation, if they were found with this glossary."""
+    if index.path is None:
+        return None
+    try:
+        data = json.loads((Path(index.path) / SAVED_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if data.get("glossary") != glossary_hash(gpath):
+        return None  # the glossary changed since the build: discover again (answering goes on)
+    try:
+        return from_json(data, len(index.passages))
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        log.warning("saved subjects of %s unreadable (%s); discovering again", index.path, e)
+        return None
+
+
 def for_index(index: Index, corpus_dir: Path | None = None) -> Subjects:
-    """The subjects of a loaded index, built on first use and cached per index and glossary version
-    (an edited glossary applies at the next question; new articles at the next reindex)."""
+    """The subjects of a loaded index: those saved with its generation at build time (read in
+    milliseconds), else discovered on first use; cached per index and glossary version (an
+    edited glossary applies at the next question; new articles at the next reindex)."""
     gpath = Path(corpus_dir) / GLOSSARY_NAME if corpus_dir is not None else None
     sig = _signature(gpath)
     hit = _cache.get(id(index))
@@ -763,13 +905,15 @@ def for_index(index: Index, corpus_dir: Path | None = None) -> Subjects:
         hit = _cache.get(id(index))
         if hit is not None and hit[0]() is index and hit[1] == sig:
             return hit[2]
-        try:
-            subjects = build(index, load_glossary(gpath) if gpath is not None else None)
-        except Exception:  # discovery must never take answering down: answer without subjects
-            log.exception("could not discover the subjects of the index; answering without them")
-            subjects = Subjects([], [frozenset()] * len(index.passages), [frozenset()] * len(index.passages))
+        subjects = _saved(index, gpath)
+        if subjects is None:
+            try:
+                subjects = build(index, load_glossary(gpath) if gpath is not None else None)
+            except Exception:  # discovery must never take answering down: answer without subjects
+                log.exception("could not discover the subjects of the index; answering without them")
+                subjects = Subjects([], [frozenset()] * len(index.passages), [frozenset()] * len(index.passages))
         for k in [k for k, v in _cache.items() if v[0]() is None]:
             del _cache[k]
         _cache[id(index)] = (weakref.ref(index), sig, subjects)
-        log.info("subjects: %s", "; ".join(f"{s.name} ({len(s.rows)} passages)" for s in subjects))
+        log.info("subjects: %s", "; ".join(f"{s.name} ({len(s.rows)} passages)" for s in subjects.subjects[:50]))
         return subjects

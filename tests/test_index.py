@@ -4,6 +4,7 @@ crash safety, incremental reindex, skipped files, and the error before any index
 Real model, real FAISS, real BM25; small corpora written into tmp_path."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import re
@@ -63,17 +64,17 @@ def test_loaded_index_holds_exactly_the_chunked_articles(built, embedder):
     assert loaded.sent_vectors.shape == (n_s, embedder.dim)
     assert loaded.sent_passage.tolist() == [i for i, p in enumerate(loaded.passages) for _ in p.sentences]
     assert np.allclose(np.linalg.norm(loaded.passage_vectors, axis=1), 1.0, atol=1e-4)
-    # each stored vector is the embedding of its own passage / sentence, and FAISS finds it by id
+    # each stored vector is the embedding of its own passage / sentence, and FAISS finds it by row
     for row in (0, n_p - 1):
         p = loaded.passages[row]
         d = loaded.docs[p.doc_id]
         fresh = embedder.encode_passages([ix.passage_embed_text(p, d.title, d.text)])[0]
         assert float(fresh @ loaded.passage_vectors[row]) > 0.999
-        ids, _ = loaded.passage_store.search(loaded.passage_vectors[row], 1)
-        assert loaded.row_of_pid[int(ids[0])] == row
+        rows, _ = loaded.passage_store.search(loaded.passage_vectors[row], 1)
+        assert int(rows[0]) == row and loaded.row_of_pid[ix.int_id(p.id)] == row
         a_, _b = loaded.sent_rows[row]
         s0 = ix.sentence_embed_text(p, p.sentences[0], d.text)
-        assert float(embedder.encode_passages([s0])[0] @ loaded.sent_vectors[a_]) > 0.999
+        assert float(embedder.encode_passages([s0])[0] @ loaded.sent_vectors[a_].astype(np.float32)) > 0.999
         assert loaded.sentence_text(a_) == d.text[p.sentences[0].start : p.sentences[0].end]
 
 
@@ -93,8 +94,14 @@ def test_manifest_and_layout(built, embedder):
     assert built_at.tzinfo is not None
     assert abs(datetime.now(timezone.utc) - built_at) < timedelta(minutes=10)
     assert m["articles"] == 3 and m["passages"] == len(loaded.passages)
-    for name in ("documents.jsonl", "passages.jsonl", "passages.faiss", "sentences.faiss", "passage_vectors.npy"):
+    for name in ("documents.jsonl", "passages.jsonl", "passages.faiss", "sentences.faiss", "sentence_passage.npy"):
         assert (gen / name).is_file(), name
+    # each vector is stored once (in its store), and the choice of search is recorded
+    assert not list(gen.glob("*_vectors.npy"))
+    vs = m["vector_search"]
+    assert vs["passages"] == {"kind": "flat", "dtype": "float32", "vectors": len(loaded.passages)}
+    assert vs["sentences"] == {"kind": "flat", "dtype": ix.SENTENCE_DTYPE, "vectors": len(loaded.sent_passage)}
+    assert vs["ann_min_vectors"] == ix.ANN_MIN_VECTORS
 
 
 
@@ -215,10 +222,10 @@ def test_reindex_embeds_only_what_changed_and_drops_what_left(built):
     for i, p in enumerate(new.passages):
         if p.doc_id == "guides/cooling-masks":
             assert np.array_equal(new.passage_vectors[i], old.passage_vectors[old_rows[p.id]])
-    # every FAISS id maps to a row of the new index
+    # the store's rows are the new index's rows
     for i, p in enumerate(new.passages):
-        ids, _ = new.passage_store.search(new.passage_vectors[i], len(new.passages))
-        assert all(int(x) in new.row_of_pid for x in ids)
+        rows, _ = new.passage_store.search(new.passage_vectors[i], len(new.passages))
+        assert sorted(rows.tolist()) == list(range(len(new.passages))) and int(rows[0]) == i
     # and the removed article is no longer cited
     res = a.ask("What is the frostleaf mask made from?")
     assert all(x.source.doc_id != "frostleaf-basics" for x in res.answers)
@@ -264,3 +271,216 @@ def test_not_indexed_error_says_how_to_build_one(tmp_path, embedder):
     a.reindex()
     assert ANSWER in a.ask(QUESTION).answers[0].text
     assert a.health().index_loaded and a.health().articles == 3
+
+
+# --- scale: top-k selection, BM25 of candidates only, HNSW, build-time subjects ----------------
+
+def test_topk_is_the_head_of_a_full_sort():
+    rng = np.random.default_rng(7)
+    for n, k in ((1, 1), (10, 3), (1000, 50), (1000, 1000), (5, 9)):
+        x = rng.standard_normal(n).astype(np.float32)
+        x[rng.integers(0, n, size=n // 3)] = 0.0  # ties
+        assert ix.topk(x, k).tolist() == np.argsort(-x, kind="stable")[:k].tolist()
+    assert ix.topk(np.zeros(0, np.float32), 5).size == 0
+
+
+def test_bm25_of_some_rows_equals_the_full_scores_at_those_rows(small_assistant):
+    index = small_assistant._current().index
+    n_p, n_s = len(index.passages), len(index.sent_passage)
+    rng = np.random.default_rng(3)
+    for q in ("How long does the frostleaf mask stay on?", "glowberry peel peel sessions", "zzz unknownword", ""):
+        toks = ix.tokenize([q])[0] if q else []
+        for retriever, n in ((index.bm25_passages, n_p), (index.bm25_sentences, n_s)):
+            full = ix.bm25_scores(retriever, toks, n)
+            rows = rng.choice(n, size=min(n, 7), replace=False)
+            rows = np.concatenate([rows, rows[:2]])  # repeated rows too
+            assert np.array_equal(ix.bm25_scores_for(retriever, toks, rows), full[rows])
+            got_rows, got = ix.bm25_topk(retriever, toks, n, 5)
+            assert got_rows.tolist() == np.argsort(-full, kind="stable")[:5].tolist()
+            assert np.array_equal(got, full[got_rows])
+
+
+def test_vector_stores_flat_and_hnsw_hold_each_vector_once_by_row(small_assistant, tmp_path):
+    index = small_assistant._current().index
+    vecs = np.asarray(index.sent_vectors, dtype=np.float32)
+    flat = ix.FaissStore.build(vecs, "flat", "float32")
+    for dtype in ("float32", "float16"):
+        h = ix.FaissStore.build(vecs, "hnsw", dtype)
+        assert h.describe()["kind"] == "hnsw" and len(h) == len(vecs)
+        h.save(tmp_path / f"h-{dtype}.faiss")
+        loaded = ix.FaissStore.load(tmp_path / f"h-{dtype}.faiss")  # memory-mapped codes
+        m = loaded.matrix()
+        assert m.dtype == ix.DTYPES[dtype] and m.shape == vecs.shape
+        view = ix.FaissStore.load(tmp_path / f"h-{dtype}.faiss").matrix()  # the view outlives its store
+        gc.collect()
+        np.testing.assert_array_equal(view, m)
+        np.testing.assert_allclose(m.astype(np.float32), vecs, atol=1e-3)
+        for row in (0, len(vecs) // 2, len(vecs) - 1):
+            q = vecs[row]
+            want, _ = flat.search(q, 10)
+            got, scores = loaded.search(q, 10)
+            assert got.tolist() == want.tolist()  # a graph this small is searched exhaustively
+            assert got[0] == row and abs(scores[0] - 1.0) < 2e-3
+            ex, _ = loaded.exact_search(q, 10)
+            assert ex.tolist() == want.tolist()
+    assert ix.choose_kind(ix.ANN_MIN_VECTORS - 1) == "flat" and ix.choose_kind(ix.ANN_MIN_VECTORS) == "hnsw"
+
+
+def test_above_the_threshold_hnsw_is_chosen_recorded_extended_and_answers_alike(tmp_path, embedder, monkeypatch):
+    exact_corpus = write_corpus(tmp_path / "c1", SMALL_CORPUS)
+    exact = open_assistant(exact_corpus, tmp_path / "i1")
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    corpus = write_corpus(tmp_path / "c2", SMALL_CORPUS)
+    ann = open_assistant(corpus, tmp_path / "i2")
+    m = ann._current().index.manifest["vector_search"]
+    assert m["passages"]["kind"] == m["sentences"]["kind"] == "hnsw" and m["ann_min_vectors"] == 1
+    assert m["sentences"]["dtype"] == ix.SENTENCE_DTYPE and m["passages"]["M"] == ix.HNSW_M
+    for q in (QUESTION, "How long should the frostleaf mask stay on the skin?", "What is the frostleaf mask made from?"):
+        assert answers(ann.ask(q)) == answers(exact.ask(q))
+    # adding an article extends the HNSW stores (rows appended), it does not rebuild them
+    created = []
+    real_create = ix.FaissStore.create.__func__
+    monkeypatch.setattr(ix.FaissStore, "create", classmethod(lambda cls, *a, **k: created.append(a) or real_create(cls, *a, **k)))
+    sunmoss = "Sunmoss Oil\nSunmoss oil is pressed from the seeds of the sunmoss fern.\nA sunmoss massage lasts forty-five minutes.\n"
+    (corpus / "sunmoss.txt").write_text(sunmoss)
+    report = ann.reindex()
+    assert report.added == ["sunmoss"] and created == []
+    res = ann.ask("How long does a sunmoss massage last?")
+    assert "forty-five minutes" in res.answers[0].text
+    monkeypatch.undo()
+    (exact_corpus / "sunmoss.txt").write_text(sunmoss)
+    exact.reindex()
+    assert answers(ann.ask(QUESTION)) == answers(exact.ask(QUESTION))
+
+
+def test_subjects_are_discovered_at_build_time_and_read_by_servers(tmp_path, embedder, monkeypatch):
+    from assistant import subjects as sj
+    from tests.fixtures_core import copy_seed_corpus
+
+    corpus = copy_seed_corpus(tmp_path / "corpus")
+    a = open_assistant(corpus, tmp_path / "index")
+    gen = ix.current_generation(tmp_path / "index")
+    saved = json.loads((gen / sj.SAVED_NAME).read_text())
+    built_now = sj.build(ix.load(tmp_path / "index"))
+    assert [s["name"] for s in saved["subjects"]] == [s.name for s in built_now.subjects]
+    assert len(saved["subjects"]) >= 3
+    # a serving process never discovers: it reads what the build stored
+    monkeypatch.setattr(sj, "build", lambda *a, **k: (_ for _ in ()).throw(AssertionError("discovered on a question")))
+    fresh = Assistant.open(settings=a.settings)
+    got = sj.for_index(fresh._current().index, corpus)
+    assert [(s.name, s.aliases, s.rows.tolist()) for s in got.subjects] == [
+        (s.name, s.aliases, s.rows.tolist()) for s in built_now.subjects]
+    assert got.body == built_now.body and got.heading == built_now.heading
+    res = fresh.ask("Compare PRP and microneedling downtime")
+    assert {x.about for x in res.answers if x.about} and not res.abstained
+    monkeypatch.undo()
+    # an edited glossary: a no-op reindex rediscovers into the served generation
+    (corpus / sj.GLOSSARY_NAME).write_text('[[subject]]\nname = "Collagen induction"\naliases = ["microneedling"]\n')
+    report = a.reindex()
+    assert not report.touched
+    saved = json.loads((gen / sj.SAVED_NAME).read_text())
+    assert saved["glossary"] == sj.glossary_hash(corpus / sj.GLOSSARY_NAME)
+    assert "Collagen induction" in [s["name"] for s in saved["subjects"]]
+
+
+def test_a_subject_naming_too_much_of_the_library_is_dropped(seed_assistant, monkeypatch):
+    from assistant import subjects as sj
+
+    index = seed_assistant._current().index
+    full = sj.build(index)
+    biggest = max(full.subjects, key=lambda s: len(s.rows))
+    monkeypatch.setattr(sj, "MAX_ROWS_FLOOR", len(biggest.rows) - 1)
+    capped = sj.build(index)
+    assert biggest.name not in [s.name for s in capped.subjects]
+    assert all(len(s.rows) <= len(biggest.rows) - 1 for s in capped.subjects)
+    # a glossary subject is kept whatever its size
+    glossary = {"subject": [{"name": biggest.name, "aliases": biggest.aliases[:1]}], "ignore": {"aliases": [], "subjects": []}}
+    assert biggest.name in [s.name for s in sj.build(index, glossary).subjects]
+
+
+def test_a_no_op_reindex_does_not_load_the_index(built, monkeypatch):
+    a, corpus, index = built
+    monkeypatch.setattr(ix, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded the whole index")))
+    monkeypatch.setattr(ix, "load_tokens", lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded the tokens")))
+    from assistant.reindex import reindex
+
+    report = reindex(a.settings, a.embedder)
+    assert not report.touched and report.unchanged == 3 and report.passages > 0
+
+
+def test_tokenize_gives_bm25s_tokens_without_its_progress_bars(monkeypatch):
+    import bm25s
+    import Stemmer
+
+    from tests.fixtures_core import SEED_CORPUS
+
+    texts = [line for f in sorted(SEED_CORPUS.glob("*.txt")) for line in f.read_text(encoding="utf-8").splitlines()]
+    texts += ["", "a", "Micro-needling vs. PRP: what's the DIFFERENCE?", "naïve café résumé 2024 x2", "the and of"]
+    want = bm25s.tokenize([ix._catenate(t) if "-" in t else t for t in texts], stopwords=ix._stopwords(),
+                          stemmer=Stemmer.Stemmer("english"), return_ids=False, show_progress=False)
+    import tqdm as tqdm_mod
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", lambda *a, **k: (_ for _ in ()).throw(AssertionError("a progress bar")))
+    assert ix.tokenize(texts) == want
+    assert ix.tokenize(["micro-needling"]) == [["micro", "needl", "microneedl"]]
+
+
+def test_a_small_change_to_a_large_library_carries_the_discovery_over(tmp_path, embedder, monkeypatch):
+    from assistant import subjects as sj
+    from tests.fixtures_core import copy_seed_corpus
+
+    monkeypatch.setattr(sj, "INCREMENTAL_MIN_PASSAGES", 1)  # the seed corpus plays a large library
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 1.0)
+    corpus = copy_seed_corpus(tmp_path / "corpus")
+    a = open_assistant(corpus, tmp_path / "index")
+    (corpus / "aftercare.txt").write_text(
+        "Aftercare Notes\nAfter microneedling, avoid direct sun for a week and use a gentle cleanser. "
+        "After PRP injections, mild swelling at the injection sites usually settles within two days.\n")
+    calls = []
+    real_build = sj.build
+    monkeypatch.setattr(sj, "build", lambda *x, **k: calls.append(1) or real_build(*x, **k))
+    assert a.reindex().added == ["aftercare"]
+    assert calls == []  # no discovery ran
+    gen = ix.current_generation(tmp_path / "index")
+    saved = json.loads((gen / sj.SAVED_NAME).read_text())
+    new = ix.load(tmp_path / "index")
+    assert saved["changed_since_discovery"] == sum(1 for p in new.passages if p.doc_id == "aftercare") > 0
+    full = real_build(new)
+    carried = sj.for_index(new, corpus)
+    same = {s.name: s for s in full.subjects}
+    checked = 0
+    for s in carried.subjects:
+        f = same.get(s.name)
+        if f is not None and f.aliases == s.aliases:
+            assert s.rows.tolist() == f.rows.tolist(), s.name
+            checked += 1
+    assert checked >= 3
+    new_rows = [r for r, p in enumerate(new.passages) if p.doc_id == "aftercare"]
+    assert any(carried.body[r] for r in new_rows)  # the new passages name known subjects
+    # past the share, a full discovery runs again
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 0.0)
+    (corpus / "aftercare.txt").write_text("Aftercare Notes\nAfter microneedling, avoid the sun for two weeks.\n")
+    a.reindex()
+    assert calls == [1]
+    assert "changed_since_discovery" not in json.loads((ix.current_generation(tmp_path / "index") / sj.SAVED_NAME).read_text())
+
+
+def test_a_format_2_generation_is_still_read(built):
+    """Before format 3, vectors lived in .npy files beside id-keyed FAISS indexes."""
+    a, corpus, index = built
+    want = answers(a.ask(QUESTION))
+    gen = ix.current_generation(index)
+    loaded = ix.load(index, mmap=False)
+    np.save(gen / "passage_vectors.npy", np.asarray(loaded.passage_vectors, dtype=np.float32))
+    np.save(gen / "sentence_vectors.npy", np.asarray(loaded.sent_vectors, dtype=np.float32))
+    m = json.loads((gen / "manifest.json").read_text())
+    m["format"] = 2
+    (gen / "manifest.json").write_text(json.dumps(m))
+    for name in ("passages.faiss", "sentences.faiss"):  # a new file: mappings of the old one stay valid
+        (gen / name).unlink()
+        (gen / name).write_bytes(b"an id-keyed index the reader no longer needs")
+    old = ix.load(index)
+    assert old.passage_store.kind == "flat" and len(old.sentence_store) == len(loaded.sent_passage)
+    np.testing.assert_allclose(old.passage_vectors, loaded.passage_vectors)
+    reopened = Assistant.open(settings=a.settings)
+    assert answers(reopened.ask(QUESTION)) == want
