@@ -522,6 +522,7 @@ def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EM
             log.info("resuming: %d of %d texts were embedded by an interrupted build", len(hit), n)
     if stats is not None:
         stats["embedded_texts"], stats["reused_texts"] = int(len(todo)), int(n - len(todo))
+    done = n - len(todo)  # texts with a vector so far (the cached ones count)
     with tqdm(total=len(todo), desc="Embedding", unit="text", disable=not progress, leave=False,
               dynamic_ncols=True) as bar:
         for w in range(0, len(todo), EMBED_WINDOW):
@@ -532,8 +533,9 @@ def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EM
                 rows = order[i : i + batch]
                 vecs[i : i + len(rows)] = embedder.encode_passages([texts[j] for j in rows], batch_size=batch)
                 bar.update(len(rows))
+                done += len(rows)
                 if on_batch is not None:
-                    on_batch(n - len(todo) + bar.n, n)
+                    on_batch(done, n)
                 time.sleep(0.0005)  # let a question waiting for the model have it
             out[order] = vecs
             if cache is not None:
