@@ -39,6 +39,7 @@ from .errors import (
     InvalidQuestionError,
     NotIndexedError,
     ReindexBusyError,
+    StoreUnavailableError,
     UnsupportedFileError,
 )
 from .models import ArticleView, AskResponse, DocumentInfo, Health, ReindexReport
@@ -174,6 +175,7 @@ def _respond_error(request: Request, status: int, message: str, details: list[di
 
 _CORE_STATUS: list[tuple[type[AssistantError], int]] = [
     (NotIndexedError, 503),
+    (StoreUnavailableError, 503),
     (InvalidQuestionError, 422),
     (DocumentNotFoundError, 404),
     (ReindexBusyError, 409),
@@ -608,7 +610,8 @@ def create_app(assistant: "Assistant | None" = None, settings: Settings | None =
             415: _err("The body was not sent as JSON (Content-Type: application/json)."),
             422: _err("The question is missing, empty or too long, a field has the wrong type, "
                       "or there are more than 20 history items."),
-            503: _err("No index has been built yet; the message says how to build one."),
+            503: _err("No index has been built yet (the message says how to build one), or the database "
+                      "holding the index is unreachable."),
         },
     )
     def ask(body: AskRequest, request: Request) -> AskResponse:
@@ -812,6 +815,9 @@ async def _every_worker_switched(ast: "Assistant") -> None:
 
     from . import index as ix
 
+    if ast.in_database:  # replicas anywhere: they heartbeat their version in the database
+        await run_in_threadpool(ast.wait_for_replicas, WORKER_SWITCH_WAIT)
+        return
     index_dir = ast.settings.index_dir
     target = ast._current().generation
     if target is None:
@@ -903,7 +909,8 @@ def _install_admin(app: FastAPI, holder: AssistantHolder) -> None:
         from starlette.datastructures import UploadFile
 
         ast = holder.get()
-        _corpus_ready(ast)
+        if not ast.in_database:
+            _corpus_ready(ast)
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise ApiError(415, (
@@ -928,7 +935,10 @@ def _install_admin(app: FastAPI, holder: AssistantHolder) -> None:
         if len(data) > MAX_UPLOAD_BYTES:
             raise ApiError(413, f"The file is larger than {MAX_UPLOAD_BYTES // 1048576} MiB, the limit for one article file.")
         try:
-            added = await run_in_threadpool(sources.add_bytes, ast.settings.corpus_dir, filename, data, replace)
+            if ast.in_database:  # the library is in the database: every replica answers it
+                added, report = await run_in_threadpool(ast.upload, filename, data, replace, _reindex_wait(request))
+            else:
+                added = await run_in_threadpool(sources.add_bytes, ast.settings.corpus_dir, filename, data, replace)
         except sources.InvalidNameError as e:
             raise ApiError(422, str(e), [{"field": "file", "message": str(e)}]) from None
         except sources.TooLargeError as e:
@@ -938,7 +948,8 @@ def _install_admin(app: FastAPI, holder: AssistantHolder) -> None:
         except sources.SourceError as e:
             raise ApiError(422, str(e), [{"field": "file", "message": str(e)}]) from None
         try:
-            report = await run_in_threadpool(ast.reindex, lock_timeout=_reindex_wait(request))
+            if not ast.in_database:
+                report = await run_in_threadpool(ast.reindex, lock_timeout=_reindex_wait(request))
         except ReindexBusyError as e:
             raise ApiError(409, f"{added.path.name} was saved, but it is not answerable yet: {e} "
                                 "It will be after the next reindex (POST /reindex).") from None
@@ -948,7 +959,8 @@ def _install_admin(app: FastAPI, holder: AssistantHolder) -> None:
         if added.status == "unchanged":
             response.status_code = 200
         return UploadResult(
-            doc_id=added.doc_id, title=added.title, path=added.path.relative_to(ast.settings.corpus_dir).as_posix(),
+            doc_id=added.doc_id, title=added.title,
+            path=added.path.as_posix() if ast.in_database else added.path.relative_to(ast.settings.corpus_dir).as_posix(),
             status=added.status, url=article_url(_root(request), added.doc_id), report=report,
         )
 
@@ -964,6 +976,8 @@ def _install_admin(app: FastAPI, holder: AssistantHolder) -> None:
     )
     async def delete_document(doc_id: str, request: Request) -> DeleteResult:
         ast = holder.get()
+        if ast.in_database:
+            return await _delete_from_database(ast, doc_id, request)
         _corpus_ready(ast)
         if not _plausible_id(doc_id):
             raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
@@ -983,6 +997,23 @@ def _install_admin(app: FastAPI, holder: AssistantHolder) -> None:
         await _every_worker_switched(ast)
         corpus = ast.settings.corpus_dir
         return DeleteResult(doc_id=doc_id, removed=[p.relative_to(corpus).as_posix() for p in removed], report=report)
+
+
+async def _delete_from_database(ast: "Assistant", doc_id: str, request: Request) -> DeleteResult:
+    """DELETE in database mode: the article leaves the shared library (and this machine's corpus
+    folder, if it is there), so no replica cites it any more."""
+    from . import pgstore, sources
+
+    if not _plausible_id(doc_id) or not await run_in_threadpool(pgstore.has_source, ast.settings, doc_id):
+        raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
+    local = []
+    if ast.settings.corpus_dir.is_dir():
+        local = await run_in_threadpool(sources.remove, ast.settings.corpus_dir, doc_id)
+    path, report = await run_in_threadpool(ast.delete, doc_id, _reindex_wait(request))
+    await _every_worker_switched(ast)
+    corpus = ast.settings.corpus_dir
+    return DeleteResult(doc_id=doc_id, removed=[path] if path else [p.relative_to(corpus).as_posix() for p in local],
+                        report=report)
 
 
 def app_factory() -> FastAPI:

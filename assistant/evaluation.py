@@ -187,11 +187,34 @@ def evaluate_squad(
     }
     if mode not in weights:
         raise AssistantError(f"unknown mode {mode!r}; choose from {', '.join(weights)}")
+    if settings.database_url:  # a throw-away library in the database: a schema of its own, dropped after
+        import os
+        import uuid
+
+        settings = replace(settings, database_schema=f"eval_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    try:
+        return _evaluate_squad(src, settings, index_dir, weights[mode], abstain, progress)
+    finally:
+        if settings.database_url:
+            from . import pgstore
+
+            db = pgstore.database(settings)
+            try:
+                pgstore.drop_schema(db)
+            except AssistantError as e:
+                import logging
+
+                logging.getLogger(__name__).warning("could not drop the evaluation schema %s: %s", settings.database_schema, e)
+            pgstore.close_database(settings)
+
+
+def _evaluate_squad(src: Path, settings: Settings, index_dir: Path | None, weights: dict, abstain: bool,
+                    progress: bool) -> SquadReport:
     with tempfile.TemporaryDirectory(prefix="assistant-squad-") as tmp:
         corpus_dir = Path(tmp) / "corpus"
         write_squad_corpus(src, corpus_dir)
         idx = Path(index_dir) if index_dir else Path(tmp) / "index"
-        s = replace(settings, corpus_dir=corpus_dir, index_dir=idx, **weights[mode])
+        s = replace(settings, corpus_dir=corpus_dir, index_dir=idx, **weights)
         if not abstain:
             s = replace(s, abstain_threshold=0.0)
         a = Assistant(s)

@@ -101,6 +101,7 @@ class Database:
         )
         self._opened = False
         self._open_lock = threading.Lock()
+        self._reached = False  # until one connection succeeded, fail fast with the server's own reason
 
     @staticmethod
     def _configure(conn) -> None:
@@ -125,6 +126,8 @@ class Database:
         import psycopg
         from psycopg_pool import PoolTimeout
 
+        if not self._reached:
+            self._probe()
         try:
             if not self._opened:
                 with self._open_lock:
@@ -137,6 +140,17 @@ class Database:
             if isinstance(e, psycopg.errors.QueryCanceled):
                 raise StoreUnavailableError(f"The database {self.where} did not answer in time ({e}).") from e
             raise self.unavailable(e) from e
+
+    def _probe(self) -> None:
+        """One direct connection: 'connection refused' or 'password authentication failed' at
+        once, rather than the pool retrying until its timeout."""
+        import psycopg
+
+        try:
+            psycopg.connect(self.url, connect_timeout=max(1, int(self.connect_timeout))).close()
+        except psycopg.OperationalError as e:
+            raise self.unavailable(e) from e
+        self._reached = True
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -158,6 +172,14 @@ def database(settings: Settings) -> Database:
         if db is None:
             db = _DATABASES[key] = Database(key[0], key[1], settings.database_statement_timeout_ms)
         return db
+
+
+def close_database(settings: Settings) -> None:
+    """Close and forget the pool for these settings (a throw-away schema is done with)."""
+    with _DATABASES_LOCK:
+        db = _DATABASES.pop((settings.database_url or "", settings.database_schema), None)
+    if db is not None:
+        db.close()
 
 
 # --- schema ----------------------------------------------------------------------------------
@@ -432,7 +454,7 @@ class Source:
                 heartbeat(self.db, self.replica, int(serving[1:]) if serving.startswith("v") else None)
                 self._beat = (serving, time.monotonic())
         except StoreUnavailableError as e:
-            if self._failed is None:
+            if self._failed is None and self._last_ok is not None:  # a serving replica lost its database
                 log.warning("%s", e)
             self._failed = e
             raise
@@ -721,6 +743,9 @@ def build(settings: Settings, embedder, progress: bool = False, lock_timeout: fl
                 if tokens is None:  # never: reindex always writes them
                     raise RuntimeError("the build wrote no BM25 tokens")
                 version = write_version(db, built, tokens)
+                if cur is None:  # seeded from a local FAISS index: to the database, everything is new
+                    report.added, report.changed, report.removed = sorted(built.docs), [], []
+                    report.unchanged = 0
         collect_garbage(db)
     report.seconds = round(time.perf_counter() - t0, 3)
     return report, version
