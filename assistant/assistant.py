@@ -89,14 +89,15 @@ class Assistant:
         self._checked_at = time.monotonic()
         return loaded
 
-    def _generation(self):
+    def _generation(self, beat: bool = False):
         """What should be served now: the generation folder CURRENT names, or (database mode)
-        the current version; both have a `.name` that sorts like their age. In database mode
-        this also heartbeats the version this process serves."""
+        the current version; both have a `.name` that sorts like their age. In database mode,
+        `beat` (the regular poll of a process that answers questions) also heartbeats the
+        version this process serves, so cleanup keeps it and admin routes can wait for it."""
         if self._db is None:
             return ix.current_generation(self.settings.index_dir)
         loaded = self._loaded
-        return self._db.current(serving=loaded.generation if loaded else None)
+        return self._db.current(serving=loaded.generation if loaded and beat else None)
 
     def _no_index(self) -> NotIndexedError:
         if self._db is not None:
@@ -149,7 +150,7 @@ class Assistant:
         try:
             self._checked_at = time.monotonic()
             try:
-                gen = self._generation()
+                gen = self._generation(beat=True)
             except StoreUnavailableError:
                 return loaded  # keeps serving; ask() decides when it has been down too long
             if gen is None or gen.name == loaded.generation or gen.name == self._loading:
@@ -296,5 +297,5 @@ class Assistant:
         loaded = self._current()
         if self._db is None or loaded.generation is None:
             return True
-        self._db.current(serving=loaded.generation)  # our own heartbeat first
+        self._db.current(serving=loaded.generation)  # our own heartbeat first (this process serves it)
         return pgstore.wait_for_replicas(self._db.db, pgstore.Version(int(loaded.generation[1:])), timeout)

@@ -26,6 +26,7 @@ Every table lives in one schema (`ASSISTANT_DATABASE_SCHEMA`, default `assistant
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 LOCK_KEY = 0x61737369  # pg_advisory_lock key ("assi"), combined with the schema name's hash
 HEARTBEAT_SECONDS = 5.0  # a replica refreshes its row at least this often
-REPLICA_TTL_SECONDS = 60.0  # a replica silent for longer no longer holds its version
+REPLICA_TTL_SECONDS = 20.0  # a replica silent for longer no longer holds its version
 WRITE_BATCH_DOCS = 50  # documents written per transaction while building a version
 
 
@@ -452,6 +453,8 @@ class Source:
             v = current_version(self.db)
             if serving is not None and (self._beat[0] != serving or time.monotonic() - self._beat[1] > HEARTBEAT_SECONDS):
                 heartbeat(self.db, self.replica, int(serving[1:]) if serving.startswith("v") else None)
+                if self._beat[0] is None:
+                    atexit.register(self._sign_off)
                 self._beat = (serving, time.monotonic())
         except StoreUnavailableError as e:
             if self._failed is None and self._last_ok is not None:  # a serving replica lost its database
@@ -462,6 +465,12 @@ class Source:
             log.info("the database %s answers again", self.db.where)
         self._failed, self._last_ok = None, time.monotonic()
         return v
+
+    def _sign_off(self) -> None:
+        """At exit: this replica no longer holds a version (best effort; else it expires)."""
+        with contextlib.suppress(Exception):
+            with self.db.connection() as conn:
+                conn.execute("DELETE FROM replicas WHERE replica = %s", (self.replica,))
 
     def check(self) -> None:
         """Raise StoreUnavailableError once the database has been unreachable for longer than the grace period."""
