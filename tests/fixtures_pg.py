@@ -12,6 +12,7 @@ import logging
 import shutil
 import tempfile
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -34,10 +35,12 @@ class PgServer:
 @contextlib.contextmanager
 def start_postgres(prefix: str = "pg-") -> Iterator[PgServer]:
     """Start a throw-away PostgreSQL in a short temp path (Unix socket paths are limited to ~100 bytes)."""
-    import pgserver
-
     data = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    srv = pgserver.get_server(data, cleanup_mode="delete")
+    with warnings.catch_warnings():  # platformdirs: "XDG_RUNTIME_DIR is not set" (pgserver's lock folder)
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        import pgserver
+
+        srv = pgserver.get_server(data, cleanup_mode="delete")
     try:
         yield PgServer(srv.get_uri(), data, srv)
     finally:

@@ -199,3 +199,19 @@ def test_eval_squad_against_the_database_matches_the_folder_and_leaves_nothing(p
     with pgstore.database(pg_settings).connection() as conn:
         left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'eval_%'").fetchone()[0]
     assert left == 0
+
+
+def test_eval_of_a_question_file_reads_the_database(library, pg_settings, tmp_path):
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text(json.dumps({"id": "c1", "turns": [
+        {"q": SHARED_QUESTION, "expect_any": ["twelve minutes"]},
+        {"q": "What is the capital of France?", "expect_abstain": True}]}) + "\n")
+    r = cli("eval", cases, "--json", env=pg_env(pg_settings))
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output)
+    assert got["hit@1"] == 1.0 and got["abstain_recall"] == 1.0
+
+
+def test_serve_watch_is_refused_with_a_database(pg_settings):
+    r = cli("serve", "--watch", "--database", pg_settings.database_url)
+    assert r.exit_code == 2 and "--watch watches one machine's corpus folder" in r.output
