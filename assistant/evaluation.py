@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import statistics
 import tempfile
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .assistant import Assistant
 from .config import Settings
 from .errors import AssistantError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -188,9 +193,6 @@ def evaluate_squad(
     if mode not in weights:
         raise AssistantError(f"unknown mode {mode!r}; choose from {', '.join(weights)}")
     if settings.database_url:  # a throw-away library in the database: a schema of its own, dropped after
-        import os
-        import uuid
-
         settings = replace(settings, database_schema=f"eval_{os.getpid()}_{uuid.uuid4().hex[:8]}")
     try:
         return _evaluate_squad(src, settings, index_dir, weights[mode], abstain, progress)
@@ -202,9 +204,7 @@ def evaluate_squad(
             try:
                 pgstore.drop_schema(db)
             except AssistantError as e:
-                import logging
-
-                logging.getLogger(__name__).warning("could not drop the evaluation schema %s: %s", settings.database_schema, e)
+                log.warning("could not drop the evaluation schema %s: %s", settings.database_schema, e)
             pgstore.close_database(settings)
 
 

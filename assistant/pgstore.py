@@ -108,11 +108,9 @@ class Database:
     def _configure(conn) -> None:
         from pgvector.psycopg import register_vector
 
-        try:
-            register_vector(conn)
-        except Exception:  # the extension is not there yet (before the first build): plain types
-            conn.rollback()
         conn.autocommit = True
+        with contextlib.suppress(Exception):  # the extension is not there yet (before the first build)
+            register_vector(conn)
 
     def unavailable(self, e: BaseException) -> StoreUnavailableError:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
