@@ -84,7 +84,7 @@ def rss_after_load(settings: Settings, dense: str = "memory") -> float:
     return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else float("nan")
 
 
-def run_set(name: str, cache: Path, url: str) -> dict:
+def run_set(name: str, cache: Path, url: str, scratch: bool = False) -> dict:
     fs, faiss_build = faiss_library(name, cache)
     ps = replace(fs, database_url=url, database_schema=f"bench_{name.replace('-', '_')}")
     db = pgstore.database(ps)
@@ -93,9 +93,19 @@ def run_set(name: str, cache: Path, url: str) -> dict:
     report = Assistant(ps).reindex()
     pg_import = time.perf_counter() - t
     assert report.embedded_passages == 0, report
+    scratch_s = None
+    if scratch:  # the same library built in Postgres from nothing (embedding everything again)
+        ss = replace(ps, index_dir=cache / name / "no-index", database_schema=ps.database_schema + "_scratch")
+        pgstore.drop_schema(pgstore.database(ss))
+        t = time.perf_counter()
+        Assistant(ss).reindex()
+        scratch_s = round(time.perf_counter() - t, 2)
+        pgstore.drop_schema(pgstore.database(ss))
+        pgstore.close_database(ss)
     # the no-threshold settings as `eval --squad --no-abstain`, and the default (abstention on)
     questions = _jsonl(SHARED / name / "questions.jsonl", ("question",))
-    out: dict = {"set": name, "questions": len(questions), "faiss_build_s": faiss_build, "pg_import_s": round(pg_import, 2)}
+    out: dict = {"set": name, "questions": len(questions), "faiss_build_s": faiss_build, "pg_import_s": round(pg_import, 2),
+                 "pg_build_from_scratch_s": scratch_s}
     backends = {"faiss": Assistant(fs), "postgres": Assistant(ps)}
     os.environ["ASSISTANT_PG_DENSE"] = "hnsw"
     backends["postgres+hnsw"] = Assistant(ps)
@@ -123,6 +133,7 @@ def run_set(name: str, cache: Path, url: str) -> dict:
         out[f"ask_ms_{k}"] = {"p50": round(pct(times[k], 50), 1), "p99": round(pct(times[k], 99), 1)}
     out["rss_mib"] = {"faiss": round(rss_after_load(fs), 0), "postgres": round(rss_after_load(ps), 0),
                       "postgres+hnsw": round(rss_after_load(ps, "hnsw"), 0)}
+    pgstore.close_database(ps)
     return out
 
 
@@ -131,15 +142,16 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=["xquad", "covidqa-dev"])
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "assistant-bench-pg")
     ap.add_argument("--database", default=None, help="a PostgreSQL URL (default: start one with pgserver)")
+    ap.add_argument("--scratch", action="store_true", help="also time a Postgres build from nothing (embeds again)")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     if args.database:
-        results = [run_set(n, args.cache, args.database) for n in args.sets]
+        results = [run_set(n, args.cache, args.database, args.scratch) for n in args.sets]
     else:
         from tests.fixtures_pg import start_postgres
 
         with start_postgres(prefix="pgbench-") as srv:
-            results = [run_set(n, args.cache, srv.url) for n in args.sets]
+            results = [run_set(n, args.cache, srv.url, args.scratch) for n in args.sets]
     for r in results:
         print(json.dumps(r, indent=1))
     print("\nset            questions  agree pg  agree pg+hnsw  top1 faiss/pg/hnsw  ask p50 ms faiss/pg/hnsw  p99")

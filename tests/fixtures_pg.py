@@ -8,7 +8,6 @@ on a Unix socket in that folder only (no TCP port). Each test gets a schema of i
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import tempfile
 import uuid
@@ -19,7 +18,6 @@ from typing import Iterator
 
 import pytest
 
-log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -214,3 +214,13 @@ def test_eval_of_a_question_file_reads_the_database(library, pg_settings, tmp_pa
 def test_serve_watch_is_refused_with_a_database(pg_settings):
     r = cli("serve", "--watch", "--database", pg_settings.database_url)
     assert r.exit_code == 2 and "--watch watches one machine's corpus folder" in r.output
+
+
+def test_a_server_started_while_the_database_is_down_answers_503(tmp_path):
+    s = Settings(corpus_dir=tmp_path / "corpus", index_dir=tmp_path / "index", database_url=DOWN)
+    with run_server(create_app(settings=s)) as base:
+        r = httpx.post(base + "/ask", json={"question": SHARED_QUESTION}, timeout=60)
+        assert r.status_code == 503
+        assert "is unreachable" in r.json()["error"]["message"] and "Connection refused" in r.json()["error"]["message"]
+        r = httpx.get(base + "/documents", timeout=60)
+        assert r.status_code == 503
