@@ -57,6 +57,7 @@ LOCK_KEY = 0x61737369  # pg_advisory_lock key ("assi"), combined with the schema
 HEARTBEAT_SECONDS = 5.0  # a replica refreshes its row at least this often
 REPLICA_TTL_SECONDS = 20.0  # a replica silent for longer no longer holds its version
 WRITE_BATCH_DOCS = 50  # documents written per transaction while building a version
+BULK_TIMEOUT = "15min"  # statement timeout of loading or writing a whole version (questions keep the short one)
 
 
 # --- connections -----------------------------------------------------------------------------
@@ -306,6 +307,7 @@ def load_version(db: Database, version: Version | None = None, dense: str = "mem
         register_vector(conn)
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            conn.execute(f"SET LOCAL statement_timeout = '{BULK_TIMEOUT}'")
             if version is None:
                 import psycopg
 
@@ -594,6 +596,7 @@ def write_version(db: Database, index: ix.Index, tokens: ix.TokenCache) -> Versi
         for b in range(0, len(todo), WRITE_BATCH_DOCS):
             batch = todo[b : b + WRITE_BATCH_DOCS]
             with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = '{BULK_TIMEOUT}'")
                 cur = conn.cursor()
                 with cur.copy("COPY documents (doc_key, doc_id, title, path, sha256, indexed_at, text, n_passages) "
                               "FROM STDIN") as cp:
