@@ -294,10 +294,12 @@ def _no_index(db: Database) -> NotIndexedError:
     )
 
 
-def load_version(db: Database, version: Version | None = None, dense: str = "memory") -> ix.Index:
+def load_version(db: Database, version: Version | None = None, dense: str = "memory",
+                 keep_tokens: bool = False) -> ix.Index:
     """One version as the in-memory Index retrieval reads, from one consistent snapshot.
 
     `dense="hnsw"`: candidate search goes to the pgvector HNSW indexes instead of in-memory FAISS.
+    `keep_tokens`: keep the BM25 tokens on the index as `.tokens` (a build needs them; a replica does not).
     """
     from .reindex import _bm25
 
@@ -375,7 +377,8 @@ def load_version(db: Database, version: Version | None = None, dense: str = "mem
         passage_vectors=passage_vectors, sent_passage=sent_passage, sent_vectors=sent_vectors,
         bm25_passages=_bm25(p_toks), bm25_sentences=_bm25(s_toks),
     )
-    index.tokens = ix.TokenCache(p_toks, s_toks)  # kept for the next build (see _materialise)
+    if keep_tokens:
+        index.tokens = ix.TokenCache(p_toks, s_toks)  # for the next build (see _materialise)
     return index
 
 
@@ -734,7 +737,7 @@ def build(settings: Settings, embedder, progress: bool = False, lock_timeout: fl
             with db.connection() as conn, conn.transaction():
                 change(conn)
         cur = current_version(db)
-        prev = load_version(db, cur) if cur is not None else None
+        prev = load_version(db, cur, keep_tokens=True) if cur is not None else None
         with tempfile.TemporaryDirectory(prefix="assistant-pg-build-") as tmp:
             corpus, index_dir = Path(tmp) / "corpus", Path(tmp) / "index"
             corpus.mkdir()
