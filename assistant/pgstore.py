@@ -601,6 +601,20 @@ def reindex_lock(db: Database, timeout: float = 600.0):
 
 # --- building a version ----------------------------------------------------------------------
 
+def _renumber_subjects(data: dict, order: list[int]) -> dict:
+    """A discovery's passage rows (subjects.json) moved to another row order: `order[new] = old`.
+
+    A build appends new articles' passages after the kept ones; a version loads its rows by
+    (doc_id, start), so the rows the build-time discovery names are renumbered to that order."""
+    new_of = {old: new for new, old in enumerate(order)}
+    out = dict(data)
+    out["subjects"] = [{**d, "rows": sorted(new_of[int(r)] for r in d.get("rows", []))} for d in data.get("subjects", [])]
+    for part in ("body", "heading"):
+        out[part] = {str(new_of[int(r)]): ids for r, ids in sorted((data.get(part) or {}).items(),
+                                                                   key=lambda kv: new_of[int(kv[0])])}
+    return out
+
+
 _DOC_META = ("author", "published", "site", "original_url")  # DocRecord's optional citation fields
 
 
@@ -628,6 +642,11 @@ def write_version(db: Database, index: ix.Index, tokens: ix.TokenCache, subjects
     for row, p in enumerate(index.passages):
         by_doc.setdefault(p.doc_id, []).append(row)
     p_mat, s_mat = index.passage_vectors, index.sent_vectors  # views of the stores (float32 or float16)
+    if subjects is not None:  # its rows as a replica loads them (load_version: by doc_id, start)
+        ord_of = {row: o for rows in by_doc.values() for o, row in enumerate(rows)}
+        order = sorted(range(len(index.passages)),
+                       key=lambda r: (index.passages[r].doc_id, index.passages[r].start, ord_of[r]))
+        subjects = _renumber_subjects(subjects, order)
     with db.connection() as conn:
         register_vector(conn)
         have = {r[0] for r in conn.execute("SELECT doc_key FROM documents WHERE doc_key = ANY(%s)",
