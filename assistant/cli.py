@@ -351,13 +351,13 @@ def serve(
             _fail("--threads must be at least 1")
         os.environ["ASSISTANT_THREADS"] = str(threads)  # read by every worker when it loads the model
     s = _settings(corpus, index, database)
+    if s.database_url and watch:  # refused before anything is set in the environment
+        _fail("--watch watches one machine's corpus folder; with --database, run `assistant reindex --database URL` "
+              "where the folder is (or upload through the admin API)")
     os.environ["ASSISTANT_CORPUS_DIR"] = str(s.corpus_dir)
     os.environ["ASSISTANT_INDEX_DIR"] = str(s.index_dir)
     if s.database_url:
         os.environ["ASSISTANT_DATABASE_URL"] = s.database_url
-        if watch:
-            _fail("--watch watches one machine's corpus folder; with --database, run `assistant reindex --database URL` "
-                  "where the folder is (or upload through the admin API)")
     if watch:
         from .watch import start_watcher
 
