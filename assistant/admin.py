@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -116,6 +117,9 @@ async def _every_worker_switched(ast: "Assistant") -> None:
     WORKER_SWITCH_WAIT seconds: the workers still switch, a little later."""
     from . import index as ix
 
+    if ast.in_database:  # replicas anywhere: they heartbeat their version in the database
+        await run_in_threadpool(ast.wait_for_replicas, WORKER_SWITCH_WAIT)
+        return
     index_dir = ast.settings.index_dir
     target = ast._current().generation
     if target is None:
@@ -132,6 +136,51 @@ async def _every_worker_switched(ast: "Assistant") -> None:
             log.warning("workers %s still answer from an older index than %s", sorted(behind), target)
             return
         await asyncio.sleep(0.1)
+
+
+async def _upload_to_database(ast: "Assistant", request: Request, response: Response, filename: str, data: bytes,
+                              replace: bool, original_url: str | None) -> UploadResult:
+    """POST /documents in database mode: the original file goes into the shared library and a
+    version with it is published; returns once every live replica serves it."""
+    from . import sources
+
+    if original_url and Path(filename).suffix.lower() in sources.HTML_SUFFIXES:
+        from .citation import embed_original_url
+
+        data = embed_original_url(data, original_url)  # it travels inside the page, as in the folder
+    elif original_url:
+        log.warning("upload %s: `url` is kept only inside HTML pages in database mode; ignored", filename)
+    try:
+        added, report = await run_in_threadpool(ast.upload, filename, data, replace, _reindex_wait(request))
+    except (sources.SourceError, sources.DocumentExistsError) as e:
+        raise _source_errors(e, "upload") from None
+    except ReindexBusyError as e:
+        raise ApiError(409, f"{filename} was not stored: {e} Try again.") from None
+    await _every_worker_switched(ast)
+    if added.status == "unchanged":
+        response.status_code = 200
+    return UploadResult(doc_id=added.doc_id, title=added.title, path=added.path.as_posix(), status=added.status,
+                        url=article_url(root_of(request), added.doc_id), report=report)
+
+
+async def _delete_from_database(ast: "Assistant", doc_id: str, request: Request) -> DeleteResult:
+    """DELETE in database mode: the article leaves the shared library (and this machine's corpus
+    folder, if it is there), so no replica cites it any more."""
+    from . import pgstore, sources
+
+    if not plausible_id(doc_id) or not await run_in_threadpool(pgstore.has_source, ast.settings, doc_id):
+        raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
+    local = []
+    if ast.settings.corpus_dir.is_dir():
+        local = await run_in_threadpool(sources.remove, ast.settings.corpus_dir, doc_id)
+    try:
+        path, report = await run_in_threadpool(ast.delete, doc_id, _reindex_wait(request))
+    except ReindexBusyError as e:
+        raise ApiError(409, f"{doc_id!r} was not deleted from the library: {e} Try again.") from None
+    await _every_worker_switched(ast)
+    corpus = ast.settings.corpus_dir
+    return DeleteResult(doc_id=doc_id, removed=[path] if path else [p.relative_to(corpus).as_posix() for p in local],
+                        report=report)
 
 
 def _corpus_ready(ast: "Assistant") -> None:
@@ -336,7 +385,8 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
         from starlette.datastructures import UploadFile
 
         ast = holder.get()
-        _corpus_ready(ast)
+        if not ast.in_database:
+            _corpus_ready(ast)
         ctype = request.headers.get("content-type", "")
         if not ctype.lower().startswith("multipart/form-data"):
             raise ApiError(415, (
@@ -361,6 +411,8 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
             await form.close()
         if len(data) > MAX_UPLOAD_BYTES:
             raise ApiError(413, f"The file is larger than {MAX_UPLOAD_BYTES // 1048576} MiB, the limit for one article file.")
+        if ast.in_database:  # the library is in the database: every replica answers it
+            return await _upload_to_database(ast, request, response, filename, data, replace, original_url)
         try:
             added = await run_in_threadpool(sources.add_bytes, ast.settings.corpus_dir, filename, data, replace,
                                             original_url)
@@ -427,6 +479,8 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
     )
     async def delete_document(doc_id: str, request: Request) -> DeleteResult:
         ast = holder.get()
+        if ast.in_database:
+            return await _delete_from_database(ast, doc_id, request)
         _corpus_ready(ast)
         if not plausible_id(doc_id):
             raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")

@@ -136,7 +136,8 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
             415: _err("The body was not sent as JSON (Content-Type: application/json)."),
             422: _err("The question is missing, empty or too long, a field has the wrong type, "
                       "or there are more than 20 history items."),
-            503: _err("No index has been built yet; the message says how to build one."),
+            503: _err("No index has been built yet (the message says how to build one), or the database "
+                      "holding the index is unreachable."),
         },
     )
     def ask(body: AskRequest, request: Request) -> AskResponse:

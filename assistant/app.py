@@ -52,7 +52,7 @@ async def _poll_index(holder: AssistantHolder, every: float = 0.5) -> None:
                 loaded = await run_in_threadpool(ast._current)
             except Exception:  # no index yet, or one that fails to load: requests report it
                 continue
-            if (ast.settings.index_dir, loaded.generation) != marked:
+            if (ast.settings.index_dir, loaded.generation) != marked and not ast.in_database:  # (replicas heartbeat in the database)
                 marked = (ast.settings.index_dir, loaded.generation)
                 await run_in_threadpool(ix.mark_serving, ast.settings.index_dir, loaded.generation)
     finally:

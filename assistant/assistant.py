@@ -11,7 +11,7 @@ from . import index as ix
 from .config import MODEL_NAME, Settings
 from .conversation import answer_turn
 from .embedder import Embedder, check_compatible, get_embedder
-from .errors import DocumentNotFoundError, InvalidQuestionError, NotIndexedError
+from .errors import DocumentNotFoundError, InvalidQuestionError, NotIndexedError, StoreUnavailableError
 from .models import ArticleView, AskResponse, DocumentInfo, Health, PassageSpan, ReindexReport
 from .reindex import reindex as run_reindex
 from .retrieval import Retriever
@@ -64,10 +64,10 @@ class _Capturing:
 class _Loaded:
     """An index and its retriever: swapped as one reference, so a request sees one or the other."""
 
-    def __init__(self, index: ix.Index, settings: Settings) -> None:
+    def __init__(self, index: ix.Index, settings: Settings, generation: str | None = None) -> None:
         self.index = index
         self.retriever = Retriever(index, settings)
-        self.generation = index.path.name if index.path else None
+        self.generation = generation or (index.path.name if index.path else None)
 
 
 class Assistant:
@@ -81,6 +81,11 @@ class Assistant:
         self._checked_at = 0.0
         self._loading: str | None = None  # generation being loaded in the background (see _current)
         self._failed: tuple[str, float] | None = None  # a generation that would not load, and when
+        self._db = None  # database mode: versions in PostgreSQL instead of generations in index_dir
+        if self.settings.database_url:
+            from .pgstore import Source
+
+            self._db = Source(self.settings)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -117,10 +122,33 @@ class Assistant:
         return self._embedder
 
     def _load(self) -> _Loaded:
-        loaded = _Loaded(ix.load(self.settings.index_dir), self.settings)
+        if self._db is not None:
+            version = self._db.current()
+            if version is None:
+                raise self._db.no_index()
+            loaded = _Loaded(self._db.load(version), self.settings, version.name)
+        else:
+            loaded = _Loaded(ix.load(self.settings.index_dir), self.settings)
         self._loaded = loaded
         self._checked_at = time.monotonic()
         return loaded
+
+    def _generation(self, beat: bool = False):
+        """What should be served now: the generation folder CURRENT names, or (database mode)
+        the current version; both have a `.name` that sorts like their age. In database mode,
+        `beat` (the regular poll of a process that answers questions) also heartbeats the
+        version this process serves, so cleanup keeps it and admin routes can wait for it."""
+        if self._db is None:
+            return ix.current_generation(self.settings.index_dir)
+        loaded = self._loaded
+        return self._db.current(serving=loaded.generation if loaded and beat else None)
+
+    def _no_index(self) -> NotIndexedError:
+        if self._db is not None:
+            return self._db.no_index()
+        return NotIndexedError(
+            f"No index in {self.settings.index_dir}/. Build one with `assistant reindex` (or `make run`)."
+        )
 
     def _current(self, force: bool = False) -> _Loaded:
         """The index to answer with; swaps to a newer generation when CURRENT names one.
@@ -139,13 +167,16 @@ class Assistant:
         if loaded is None or force:
             with self._reload_lock:
                 self._checked_at = time.monotonic()
-                gen = ix.current_generation(self.settings.index_dir)
+                try:
+                    gen = self._generation()
+                except StoreUnavailableError:
+                    if self._loaded is None:
+                        raise
+                    return self._loaded  # keeps serving; ask() decides when it has been down too long
                 loaded = self._loaded
                 if gen is None:
                     if loaded is None:
-                        raise NotIndexedError(
-                            f"No index in {self.settings.index_dir}/. Build one with `assistant reindex` (or `make run`)."
-                        )
+                        raise self._no_index()
                     return loaded
                 if loaded is None or loaded.generation != gen.name:
                     try:
@@ -162,7 +193,10 @@ class Assistant:
             return loaded  # another thread is checking right now
         try:
             self._checked_at = time.monotonic()
-            gen = ix.current_generation(self.settings.index_dir)
+            try:
+                gen = self._generation(beat=True)
+            except StoreUnavailableError:
+                return loaded  # keeps serving; ask() decides when it has been down too long
             if gen is None or gen.name == loaded.generation or gen.name == self._loading:
                 return loaded
             if self._failed and self._failed[0] == gen.name and time.monotonic() - self._failed[1] < 10.0:
@@ -177,7 +211,10 @@ class Assistant:
     def _prepare(self, gen: Path, warm: bool = True) -> _Loaded:
         """Load one generation; `warm`: also build what the first question on it would build
         (its subjects), when nobody is waiting for the load (the background swap)."""
-        fresh = _Loaded(ix.load(self.settings.index_dir, path=gen), self.settings)
+        if self._db is not None:
+            fresh = _Loaded(self._db.load(gen), self.settings, gen.name)
+        else:
+            fresh = _Loaded(ix.load(self.settings.index_dir, path=gen), self.settings)
         if not warm:
             return fresh
         try:
@@ -213,7 +250,12 @@ class Assistant:
         total)` is called as files are read and passages embedded (the admin page's progress).
         """
         kw = {"on_progress": on_progress} if on_progress is not None else {}
-        report = run_reindex(self.settings, self.embedder, progress=progress, lock_timeout=lock_timeout, **kw)
+        if self._db is not None:
+            from . import pgstore
+
+            report, _ = pgstore.build(self.settings, self.embedder, progress=progress, lock_timeout=lock_timeout, **kw)
+        else:
+            report = run_reindex(self.settings, self.embedder, progress=progress, lock_timeout=lock_timeout, **kw)
         try:
             self._current(force=True)
         except NotIndexedError:
@@ -239,6 +281,8 @@ class Assistant:
         if not 1 <= top_k <= s.max_top_k:
             raise InvalidQuestionError(f"top_k must be between 1 and {s.max_top_k}.")
         loaded = self._current()
+        if self._db is not None:
+            self._db.check()
         check_compatible(loaded.index.manifest, self.embedder)
         embedder = self.embedder if capture is None else _Capturing(self.embedder, capture)
         resp = answer_turn(loaded.index, loaded.retriever, embedder, s, question, history, top_k)
@@ -266,9 +310,48 @@ class Assistant:
     def health(self) -> Health:
         try:
             index = self._current().index
+            if self._db is not None:
+                self._db.check()
         except NotIndexedError:
             return Health(status="no index", index_loaded=False, articles=0, passages=0, model=MODEL_NAME, built_at=None)
+        except StoreUnavailableError:
+            return Health(status="database unavailable", index_loaded=False, articles=0, passages=0,
+                          model=MODEL_NAME, built_at=None)
         return Health(
             status="ok", index_loaded=True, articles=len(index.docs), passages=len(index.passages),
             model=MODEL_NAME, built_at=index.built_at,
         )
+
+    # --- database mode: the library lives in PostgreSQL ----------------------------------------
+
+    @property
+    def in_database(self) -> bool:
+        """True when the index (and the library of original files) is in PostgreSQL."""
+        return self._db is not None
+
+    def upload(self, filename: str, data: bytes, replace: bool = False, lock_timeout: float = 600.0):
+        """Database mode: store an article's original file in the library and publish a version
+        with it (every replica picks it up). Returns (sources.Added, ReindexReport)."""
+        from . import pgstore
+
+        added, report, _ = pgstore.upload(self.settings, self.embedder, filename, data, replace, lock_timeout)
+        self._current(force=True)
+        return added, report
+
+    def delete(self, doc_id: str, lock_timeout: float = 600.0):
+        """Database mode: take an article out of the library. Returns (its stored path or None, ReindexReport)."""
+        from . import pgstore
+
+        path, report, _ = pgstore.delete(self.settings, self.embedder, doc_id, lock_timeout)
+        self._current(force=True)
+        return path, report
+
+    def wait_for_replicas(self, timeout: float = 10.0) -> bool:
+        """Database mode: wait until every live replica serves this one's version (or newer)."""
+        from . import pgstore
+
+        loaded = self._current()
+        if self._db is None or loaded.generation is None:
+            return True
+        self._db.current(serving=loaded.generation)  # our own heartbeat first (this process serves it)
+        return pgstore.wait_for_replicas(self._db.db, pgstore.Version(int(loaded.generation[1:])), timeout)

@@ -21,6 +21,10 @@ app = typer.Typer(
 
 CorpusOpt = Annotated[Optional[Path], typer.Option("--corpus", help="Corpus folder [env ASSISTANT_CORPUS_DIR, default ./corpus]")]
 IndexOpt = Annotated[Optional[Path], typer.Option("--index", help="Index folder [env ASSISTANT_INDEX_DIR, default ./index]")]
+DatabaseOpt = Annotated[Optional[str], typer.Option(
+    "--database", metavar="URL",
+    help="Keep the index in PostgreSQL with pgvector (postgresql://user:pass@host/db) instead of the index folder "
+         "[env ASSISTANT_DATABASE_URL]")]
 
 
 def _fail(message: str) -> None:
@@ -28,14 +32,16 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _settings(corpus: Path | None, index: Path | None) -> Settings:
-    return Settings.from_env(corpus_dir=corpus, index_dir=index)
+def _settings(corpus: Path | None, index: Path | None, database: str | None = None) -> Settings:
+    if database is not None and not database.startswith(("postgresql://", "postgres://")):
+        _fail(f"--database must be a PostgreSQL URL (postgresql://user:password@host:5432/dbname), not {database!r}")
+    return Settings.from_env(corpus_dir=corpus, index_dir=index, database_url=database)
 
 
-def _open(corpus: Path | None, index: Path | None, require_index: bool = True):
+def _open(corpus: Path | None, index: Path | None, require_index: bool = True, database: str | None = None):
     from .assistant import Assistant
 
-    return Assistant.open(settings=_settings(corpus, index), require_index=require_index)
+    return Assistant.open(settings=_settings(corpus, index, database), require_index=require_index)
 
 
 @app.callback()
@@ -57,13 +63,13 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log wha
 
 
 @app.command()
-def reindex(corpus: CorpusOpt = None, index: IndexOpt = None) -> None:
+def reindex(corpus: CorpusOpt = None, index: IndexOpt = None, database: DatabaseOpt = None) -> None:
     """Build or update the index: only new and changed articles are embedded."""
-    s = _settings(corpus, index)
+    s = _settings(corpus, index, database)
     if not s.corpus_dir.is_dir():
         _fail(f"corpus folder {s.corpus_dir}/ does not exist")
     try:
-        a = _open(corpus, index, require_index=False)
+        a = _open(corpus, index, require_index=False, database=database)
         report = a.reindex(progress=sys.stderr.isatty())
     except AssistantError as e:
         _fail(str(e))
@@ -87,12 +93,13 @@ def ask(
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer JSON.")] = False,
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
+    database: DatabaseOpt = None,
 ) -> None:
     """Ask a question; prints the answering passages with the answering sentence marked."""
     if not 1 <= top_k <= 10:
         _fail("--top-k must be between 1 and 10")
     try:
-        a = _open(corpus, index)
+        a = _open(corpus, index, database=database)
         res = a.ask(question, history or [], top_k=top_k)
     except AssistantError as e:
         _fail(str(e))
@@ -140,8 +147,11 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
+    database: DatabaseOpt = None,
 ) -> None:
-    """Measure quality: hit@1, hit@3, MRR, abstention; or answer-in-top-k on a SQuAD-style folder."""
+    """Measure quality: hit@1, hit@3, MRR, abstention; or answer-in-top-k on a SQuAD-style folder.
+
+    With --database, --squad and --mtrag build their throw-away library in a schema of its own, dropped afterwards."""
     from . import evaluation as ev
 
     if sum(x is not None for x in (file, squad, mtrag)) != 1:
@@ -149,7 +159,7 @@ def eval_cmd(
     try:
         if squad is not None:
             mode = mode or "hybrid"
-            r = ev.evaluate_squad(squad, settings=_settings(corpus, index), index_dir=keep_index, mode=mode,
+            r = ev.evaluate_squad(squad, settings=_settings(corpus, index, database), index_dir=keep_index, mode=mode,
                                   abstain=not no_abstain, progress=sys.stderr.isatty())
             fig = {"mode": mode, "questions": r.questions, "top1": round(r.top1, 3), "top3": round(r.top3, 3),
                    "top5": round(r.top5, 3), "mrr": round(r.mrr, 3), "abstained": round(r.abstained, 3),
@@ -166,7 +176,7 @@ def eval_cmd(
             return
         if mtrag is not None:
             modes = ("alone", "concat", "conversation") if mode == "all" else (mode or "conversation",)
-            reports = ev.evaluate_mtrag(mtrag, settings=_settings(corpus, index), index_dir=keep_index, modes=modes,
+            reports = ev.evaluate_mtrag(mtrag, settings=_settings(corpus, index, database), index_dir=keep_index, modes=modes,
                                         abstain=not no_abstain, progress=sys.stderr.isatty())
             figs = [{"mode": r.mode, "conversations": r.conversations, "with_gold": r.with_gold,
                      "top1": round(r.top1, 3), "top5": round(r.top5, 3), "followups": r.followups,
@@ -187,7 +197,7 @@ def eval_cmd(
         if not file.is_file():
             _fail(f"{file} is not a file")
         cases = ev.load_cases(file)
-        a = _open(corpus, index)
+        a = _open(corpus, index, database=database)
         report = ev.evaluate_cases(a, cases, mode=mode or "conversation")
     except AssistantError as e:
         _fail(str(e))
@@ -219,11 +229,18 @@ def add(
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite a different file of the same name.")] = False,
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
+    database: DatabaseOpt = None,
 ) -> None:
-    """Add an article: copy a file into the corpus folder, or fetch a web page (saved as .html); then reindex."""
+    """Add an article: copy a file into the corpus folder, or fetch a web page (saved as .html); then reindex.
+
+    With a database, the article's original file is stored in the database's library instead (every
+    replica answers it); the corpus folder is not touched."""
     from . import sources
 
-    s = _settings(corpus, index)
+    s = _settings(corpus, index, database)
+    if s.database_url:
+        _add_to_database(s, source, name, replace)
+        return
     try:
         if s.corpus_dir.exists() and not s.corpus_dir.is_dir():
             _fail(f"{s.corpus_dir} is not a folder")
@@ -245,6 +262,34 @@ def add(
         _fail(f"{e} The file was saved; run `assistant reindex` to index it.")
     if added.doc_id not in {d.doc_id for d in a.documents()}:
         _fail(f"{rel} was saved but could not be indexed; see `assistant reindex --verbose`")
+    typer.echo(
+        f"reindexed: {report.articles} articles, {report.passages} passages "
+        f"(added {len(report.added)}, changed {len(report.changed)}, removed {len(report.removed)}; "
+        f"embedded {report.embedded_passages} passages in {report.seconds:.1f}s). {added.doc_id!r} is answerable now."
+    )
+
+
+def _add_to_database(s: Settings, source: str, name: str | None, replace: bool) -> None:
+    """`assistant add` in database mode: the same checks (in a throw-away folder), then an upload."""
+    import tempfile
+
+    from . import sources
+    from .assistant import Assistant
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="assistant-add-") as tmp:
+            checked = sources.add(Path(tmp), source, name=name, replace=False)
+            filename, data = checked.path.name, checked.path.read_bytes()
+        a = Assistant.open(settings=s, require_index=False)
+        added, report = a.upload(filename, data, replace=replace)
+    except sources.DocumentExistsError as e:
+        _fail(f"{e} (--replace overwrites it, --name saves it under another name)")
+    except AssistantError as e:
+        _fail(str(e))
+    said = {"added": "stored", "replaced": "replaced", "unchanged": "already in the library as"}[added.status]
+    from .pgstore import redact
+
+    typer.echo(f"{said} {filename} in {redact(s.database_url)} (doc_id {added.doc_id!r}, title {added.title!r})")
     typer.echo(
         f"reindexed: {report.articles} articles, {report.passages} passages "
         f"(added {len(report.added)}, changed {len(report.changed)}, removed {len(report.removed)}; "
@@ -292,6 +337,7 @@ def serve(
     watch: Annotated[bool, typer.Option("--watch", help="Reindex when files in the corpus folder change.")] = False,
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
+    database: DatabaseOpt = None,
 ) -> None:
     """Serve the chat page and the API (http://HOST:PORT)."""
     import os
@@ -304,9 +350,14 @@ def serve(
         if threads < 1:
             _fail("--threads must be at least 1")
         os.environ["ASSISTANT_THREADS"] = str(threads)  # read by every worker when it loads the model
-    s = _settings(corpus, index)
+    s = _settings(corpus, index, database)
+    if s.database_url and watch:  # refused before anything is set in the environment
+        _fail("--watch watches one machine's corpus folder; with --database, run `assistant reindex --database URL` "
+              "where the folder is (or upload through the admin API)")
     os.environ["ASSISTANT_CORPUS_DIR"] = str(s.corpus_dir)
     os.environ["ASSISTANT_INDEX_DIR"] = str(s.index_dir)
+    if s.database_url:
+        os.environ["ASSISTANT_DATABASE_URL"] = s.database_url
     if watch:
         from .watch import start_watcher
 
@@ -314,7 +365,12 @@ def serve(
             _fail(f"corpus folder {s.corpus_dir}/ does not exist")
         start_watcher(s)
         typer.echo(f"Watching {s.corpus_dir}/: added, changed and removed articles are reindexed within seconds")
-    typer.echo(f"Serving on http://{host}:{port}  (corpus {s.corpus_dir}/, index {s.index_dir}/)")
+    if s.database_url:
+        from .pgstore import redact
+
+        typer.echo(f"Serving on http://{host}:{port}  (index in {redact(s.database_url)}, schema {s.database_schema})")
+    else:
+        typer.echo(f"Serving on http://{host}:{port}  (corpus {s.corpus_dir}/, index {s.index_dir}/)")
     uvicorn.run("assistant.app:app_factory", factory=True, host=host, port=port, workers=workers, log_level="warning")
 
 

@@ -78,14 +78,25 @@ class Settings:
     max_history: int = 20
     max_top_k: int = 10
 
+    # PostgreSQL + pgvector instead of the index folder (None: the folder; see pgstore.py)
+    database_url: str | None = None
+    database_schema: str = "assistant"
+    database_statement_timeout_ms: int = 30_000
+    # a replica keeps answering from memory this long while the database does not answer, then 503
+    database_grace_seconds: float = 10.0
+
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
-        """Defaults, then ASSISTANT_CORPUS_DIR / ASSISTANT_INDEX_DIR, then explicit overrides."""
+        """Defaults, then ASSISTANT_CORPUS_DIR / ASSISTANT_INDEX_DIR / ASSISTANT_DATABASE_URL (and
+        ASSISTANT_DATABASE_SCHEMA, ASSISTANT_DATABASE_GRACE), then explicit overrides."""
         s = cls(
             corpus_dir=Path(os.environ.get("ASSISTANT_CORPUS_DIR", DEFAULT_CORPUS_DIR)),
             index_dir=Path(os.environ.get("ASSISTANT_INDEX_DIR", DEFAULT_INDEX_DIR)),
+            database_url=os.environ.get("ASSISTANT_DATABASE_URL") or None,
+            database_schema=os.environ.get("ASSISTANT_DATABASE_SCHEMA") or "assistant",
+            database_grace_seconds=float(os.environ.get("ASSISTANT_DATABASE_GRACE") or 10.0),
         )
         clean = {k: (Path(v) if k.endswith("_dir") else v) for k, v in overrides.items() if v is not None}
         return replace(s, **clean)

@@ -23,3 +23,7 @@ class UnsupportedFileError(AssistantError):
 
 class ReindexBusyError(AssistantError):
     """Another reindex holds the lock."""
+
+
+class StoreUnavailableError(AssistantError):
+    """The database holding the index is down, unreachable or not answering in time (HTTP 503)."""

@@ -1,15 +1,21 @@
 """Measure answer quality: conversation question sets (dev.jsonl format) and SQuAD-style corpora."""
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import statistics
 import tempfile
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .assistant import Assistant
 from .config import Settings
 from .errors import AssistantError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -252,9 +258,30 @@ def evaluate_squad(
         if not (src / name).is_file():
             raise AssistantError(f"{src}/ has no {name}; --squad expects a folder with corpus.jsonl and questions.jsonl")
     questions = squad_questions(src)
-    with tempfile.TemporaryDirectory(prefix="assistant-squad-") as tmp:
-        a = _built(src, tmp, settings or Settings(), index_dir, mode, abstain, progress)
+    with _throwaway_schema(settings or Settings()) as s, tempfile.TemporaryDirectory(prefix="assistant-squad-") as tmp:
+        a = _built(src, tmp, s, index_dir, mode, abstain, progress)
         return score_squad(a, questions)
+
+
+@contextlib.contextmanager
+def _throwaway_schema(settings: Settings):
+    """With a database: the settings of a throw-away library in a schema of its own, dropped
+    afterwards (an evaluation never touches the library being served). Else the settings as given."""
+    if not settings.database_url:
+        yield settings
+        return
+    settings = replace(settings, database_schema=f"eval_{os.getpid()}_{uuid.uuid4().hex[:8]}")
+    try:
+        yield settings
+    finally:
+        from . import pgstore
+
+        db = pgstore.database(settings)
+        try:
+            pgstore.drop_schema(db)
+        except AssistantError as e:
+            log.warning("could not drop the evaluation schema %s: %s", settings.database_schema, e)
+        pgstore.close_database(settings)
 
 
 # --- MTRAG-style conversations ---------------------------------------------------------------
@@ -340,6 +367,6 @@ def evaluate_mtrag(
         if not (src / name).is_file():
             raise AssistantError(f"{src}/ has no {name}; --mtrag expects a folder with corpus.jsonl and queries.jsonl")
     queries = mtrag_queries(src)
-    with tempfile.TemporaryDirectory(prefix="assistant-mtrag-") as tmp:
-        a = _built(src, tmp, settings or Settings(), index_dir, "hybrid", abstain, progress)
+    with _throwaway_schema(settings or Settings()) as s, tempfile.TemporaryDirectory(prefix="assistant-mtrag-") as tmp:
+        a = _built(src, tmp, s, index_dir, "hybrid", abstain, progress)
         return [score_mtrag(a, queries, m) for m in modes]

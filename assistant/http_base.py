@@ -32,6 +32,7 @@ from .errors import (
     InvalidQuestionError,
     NotIndexedError,
     ReindexBusyError,
+    StoreUnavailableError,
     UnsupportedFileError,
 )
 from .models import AskResponse
@@ -126,6 +127,7 @@ def _respond_error(request: Request, status: int, message: str, details: list[di
 
 _CORE_STATUS: list[tuple[type[AssistantError], int]] = [
     (NotIndexedError, 503),
+    (StoreUnavailableError, 503),
     (InvalidQuestionError, 422),
     (DocumentNotFoundError, 404),
     (ReindexBusyError, 409),

@@ -877,12 +877,14 @@ def saved_json(gen: Path | None) -> dict | None:
 
 def _saved(index: Index, gpath: Path | None) -> Subjects | None:
     """The subjects stored with the index's generation, if they were found with this glossary."""
-    if index.path is None:
-        return None
-    try:
-        data = json.loads((Path(index.path) / SAVED_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    data = getattr(index, "saved_subjects", None)  # an index not read from a folder (pgstore) carries them
+    if data is None:
+        if index.path is None:
+            return None
+        try:
+            data = json.loads((Path(index.path) / SAVED_NAME).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
     if data.get("glossary") != glossary_hash(gpath):
         return None  # the glossary changed since the build: discover again (answering goes on)
     try:

@@ -12,4 +12,4 @@ if not os.environ.get("ASSISTANT_ONNX_CACHE"):
     os.environ["ASSISTANT_ONNX_CACHE"] = tempfile.mkdtemp(prefix="assistant-onnx-")
     atexit.register(shutil.rmtree, os.environ["ASSISTANT_ONNX_CACHE"], True)
 
-pytest_plugins = ["tests.conftest_server", "tests.fixtures_core"]
+pytest_plugins = ["tests.conftest_server", "tests.fixtures_core", "tests.fixtures_pg"]
