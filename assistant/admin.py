@@ -418,6 +418,11 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
                                             original_url)
         except (sources.SourceError, sources.DocumentExistsError) as e:
             raise _source_errors(e, "upload") from None
+        return await _indexed(ast, request, response, added)
+
+    async def _indexed(ast, request: Request, response: Response, added) -> UploadResult:
+        """Reindex after a file was saved into the corpus folder, and say where it can be read
+        (200 instead of 201 when the same file was there already)."""
         report = await reindexed(ast, request, f"{added.path.name} was saved, but it is not answerable yet")
         if added.doc_id not in {d.doc_id for d in ast.documents()}:
             raise ApiError(422, f"{added.path.name} was saved but could not be indexed; see the server log.")
@@ -457,15 +462,7 @@ def install(app: FastAPI, holder: AssistantHolder, owner: OwnerLog) -> None:
             added = await run_in_threadpool(sources.add_url, ast.settings.corpus_dir, url, body.name, body.replace)
         except (sources.SourceError, sources.DocumentExistsError) as e:
             raise _source_errors(e, "request") from None
-        report = await reindexed(ast, request, f"{added.path.name} was saved, but it is not answerable yet")
-        if added.doc_id not in {d.doc_id for d in ast.documents()}:
-            raise ApiError(422, f"{added.path.name} was saved but could not be indexed; see the server log.")
-        if added.status == "unchanged":
-            response.status_code = 200
-        return UploadResult(
-            doc_id=added.doc_id, title=added.title, path=added.path.relative_to(ast.settings.corpus_dir).as_posix(),
-            status=added.status, url=article_url(root_of(request), added.doc_id), report=report,
-        )
+        return await _indexed(ast, request, response, added)
 
     @app.delete(
         "/documents/{doc_id:path}",
