@@ -244,6 +244,13 @@ def score_squad(a: Assistant, questions: list[dict]) -> SquadReport:
     )
 
 
+def _require(src: Path, flag: str, questions: str) -> None:
+    """An eval folder holds corpus.jsonl and its question file; say which one is missing."""
+    for name in ("corpus.jsonl", questions):
+        if not (src / name).is_file():
+            raise AssistantError(f"{src}/ has no {name}; {flag} expects a folder with corpus.jsonl and {questions}")
+
+
 def evaluate_squad(
     src: Path,
     settings: Settings | None = None,
@@ -254,9 +261,7 @@ def evaluate_squad(
 ) -> SquadReport:
     """Build a throw-away index of the folder's corpus.jsonl (or reuse `index_dir`) and score questions.jsonl."""
     src = Path(src)
-    for name in ("corpus.jsonl", "questions.jsonl"):
-        if not (src / name).is_file():
-            raise AssistantError(f"{src}/ has no {name}; --squad expects a folder with corpus.jsonl and questions.jsonl")
+    _require(src, "--squad", "questions.jsonl")
     questions = squad_questions(src)
     with _throwaway_schema(settings or Settings()) as s, tempfile.TemporaryDirectory(prefix="assistant-squad-") as tmp:
         a = _built(src, tmp, s, index_dir, mode, abstain, progress)
@@ -363,9 +368,7 @@ def evaluate_mtrag(
 ) -> list[MtragReport]:
     """Index the folder's corpus.jsonl (one article per passage) and score queries.jsonl in each mode."""
     src = Path(src)
-    for name in ("corpus.jsonl", "queries.jsonl"):
-        if not (src / name).is_file():
-            raise AssistantError(f"{src}/ has no {name}; --mtrag expects a folder with corpus.jsonl and queries.jsonl")
+    _require(src, "--mtrag", "queries.jsonl")
     queries = mtrag_queries(src)
     with _throwaway_schema(settings or Settings()) as s, tempfile.TemporaryDirectory(prefix="assistant-mtrag-") as tmp:
         a = _built(src, tmp, s, index_dir, "hybrid", abstain, progress)
