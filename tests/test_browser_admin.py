@@ -58,6 +58,8 @@ def sign_in(page, url: str) -> None:
     page.keyboard.type(TOKEN)
     page.keyboard.press("Enter")
     expect(page.locator("h1")).to_have_text("Library admin")
+    # admin.js is deferred: a key pressed before it runs would do nothing
+    expect(page.locator("#admin-app")).to_have_attribute("data-ready", "true")
 
 
 def chat_ask(page, question: str, n: int) -> None:

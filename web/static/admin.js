@@ -273,4 +273,7 @@
       say(msg, "ok");
     }
   } catch (e) { /* ignore */ }
+
+  // every control above is live from here on (tests wait for this before pressing keys)
+  app.setAttribute("data-ready", "true");
 })();
