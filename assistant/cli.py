@@ -333,7 +333,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes (each loads the model and the index).")] = SERVE_WORKERS,
-    threads: Annotated[Optional[int], typer.Option(help="Threads one encode may use in a worker [env ASSISTANT_THREADS; default 1 with onnx].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads one encode may use in a worker [env ASSISTANT_THREADS; default cores / workers].")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Reindex when files in the corpus folder change.")] = False,
     corpus: CorpusOpt = None,
     index: IndexOpt = None,
@@ -350,6 +350,9 @@ def serve(
         if threads < 1:
             _fail("--threads must be at least 1")
         os.environ["ASSISTANT_THREADS"] = str(threads)  # read by every worker when it loads the model
+    elif not os.environ.get("ASSISTANT_THREADS", "").strip():
+        # the cores shared out among the workers: each request encodes on its worker's share
+        os.environ["ASSISTANT_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
     s = _settings(corpus, index, database)
     if s.database_url and watch:  # refused before anything is set in the environment
         _fail("--watch watches one machine's corpus folder; with --database, run `assistant reindex --database URL` "
@@ -371,7 +374,35 @@ def serve(
         typer.echo(f"Serving on http://{host}:{port}  (index in {redact(s.database_url)}, schema {s.database_schema})")
     else:
         typer.echo(f"Serving on http://{host}:{port}  (corpus {s.corpus_dir}/, index {s.index_dir}/)")
+    if workers > 1 and not watch:
+        _fork_workers_from_here()
     uvicorn.run("assistant.app:app_factory", factory=True, host=host, port=port, workers=workers, log_level="warning")
+
+
+def _fork_workers_from_here() -> None:
+    """Start uvicorn's workers by fork, after importing the app here, instead of by spawn.
+
+    Spawned workers each import the app and its libraries again (about 1.5 s, all workers at
+    once on the same cores); forked ones inherit them and only load the model and the index.
+    Nothing that starts threads (a model, an index, the --watch thread) exists before the
+    fork. uvicorn has no option for this: it makes its workers with the start method in
+    `uvicorn._subprocess.spawn`, which is replaced here when it exists and fork is available."""
+    import multiprocessing
+
+    try:
+        import uvicorn._subprocess as sub
+    except ImportError:
+        return
+    if "fork" not in multiprocessing.get_all_start_methods() or not hasattr(sub, "spawn"):
+        return
+    import bm25s  # noqa: F401  (imports only: no threads, no files opened)
+    import faiss  # noqa: F401
+    import onnxruntime  # noqa: F401
+    import tokenizers  # noqa: F401
+
+    import assistant.app  # noqa: F401
+
+    sub.spawn = multiprocessing.get_context("fork")
 
 
 def main() -> None:

@@ -25,13 +25,15 @@ def encoder_name() -> str:
 
 
 def encoder_threads(encoder: str) -> int | None:
-    """ASSISTANT_THREADS: threads one encode may use in one process. Default: 1 for onnx (requests
-    encode concurrently, one core each, and workers add processes), torch's own default for torch."""
+    """ASSISTANT_THREADS: threads one encode may use in one process. Default for onnx: every core
+    (one process answering or building alone; `assistant serve` sets cores / workers for its
+    workers, so that concurrent requests in several workers do not fight for cores); torch's own
+    default for torch."""
     from .errors import AssistantError
 
     raw = os.environ.get("ASSISTANT_THREADS", "").strip()
     if not raw:
-        return 1 if encoder == "onnx" else None
+        return (os.cpu_count() or 1) if encoder == "onnx" else None
     if not raw.isdigit() or int(raw) < 1:
         raise AssistantError(f"ASSISTANT_THREADS={raw!r} must be a whole number of at least 1.")
     return int(raw)

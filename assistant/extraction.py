@@ -63,15 +63,29 @@ def near_duplicate(index: Index, a: int, b: int, threshold: float = 0.8) -> bool
     if not sa or not sb:
         return False
 
-    def covered(xs, ys) -> float:
+    def covered(xs, ys, words_of_ys: frozenset[str]) -> float:
         total = sum(len(x) for x in xs) or 1
+        # a sentence x matching some y shares >= threshold * |x| words with the whole of ys, so
+        # unless the words shared with ys reach threshold * 0.6 of the total, covered < 0.6:
+        # one set intersection per sentence settles most pairs (unrelated passages) at once
+        if sum(len(x & words_of_ys) for x in xs) < threshold * 0.6 * total:
+            return 0.0
         got = 0
         for x in xs:
             if any(len(x & y) / max(1, len(x | y)) >= threshold for y in ys):
                 got += len(x)
         return got / total
 
-    return max(covered(sa, sb), covered(sb, sa)) >= 0.6
+    return covered(sa, sb, _words(index, b)) >= 0.6 or covered(sb, sa, _words(index, a)) >= 0.6
+
+
+def _words(index: Index, row: int) -> frozenset[str]:
+    """Every word of a passage's sentences (the union of `_sentence_sets`), cached like them."""
+    cache = index.__dict__.setdefault("_passage_words", {})
+    words = cache.get(row)
+    if words is None:
+        words = cache[row] = frozenset().union(*_sentence_sets(index, row))
+    return words
 
 
 def dedupe(index: Index, hits: list[Hit], limit: int | None = None) -> list[tuple[Hit, list[Hit]]]:
