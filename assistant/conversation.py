@@ -478,7 +478,7 @@ def answer_turn(
                            compare=True)
             q = retriever.prepare(turn.query, embedder.encode_query(turn.query))
             hits = retriever.search(q, k=max(10, top_k * 3))
-    if should_abstain(index, q, hits, settings):
+    if should_abstain(index, q, hits, settings, embedder):
         return AskResponse(question=question, resolved_question=turn.query, abstained=True, message=ABSTAIN_MESSAGE)
     answers: list[Answer] = []
     if turn.compare:
