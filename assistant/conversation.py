@@ -493,9 +493,10 @@ def answer_turn(
 def _context(retriever: Retriever, embedder: Embedder, settings: Settings, turn: Resolved,
              history: list[str]) -> Query | None:
     """The recent earlier questions as one query, scored alongside a follow-up (settings.w_context).
-    None for a first question, and for one that names its own subject (a topic switch, or a
-    question that stands alone)."""
-    if not settings.w_context or not history or (turn.ids and (CONTEXT_STEPS_ASIDE or turn.how == "as asked")):
+    None for a first question, for one that names its own subject (a topic switch, or a question
+    that stands alone), and for one read as off-topic (the history must not carry it: abstention
+    judges a follow-up with its context too, see extraction.judged)."""
+    if not settings.w_context or not history or not turn.on_topic or (turn.ids and (CONTEXT_STEPS_ASIDE or turn.how == "as asked")):
         return None
     text = " ".join(h.strip() for h in history[-CONTEXT_TURNS:])[-settings.max_question_chars :]
     return retriever.prepare(text, embedder.encode_query(text))
