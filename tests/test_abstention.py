@@ -77,3 +77,79 @@ def test_confidence_reads_every_weighted_field():
     assert confidence(e, base) == pytest.approx(0.5)
     assert confidence(e, {**base, "sentence_coverage": 2.0}) > 0.85
     assert confidence(replace(e, unknown=1.0), {**base, "unknown": -2.0}) < 0.15
+
+
+# --- a follow-up judged with its conversation --------------------------------------------------
+
+BANK = {
+    "savings.md": (
+        "# Opening a savings account at Northbank\n\n"
+        "To open a savings account at Northbank, visit any branch or apply online. You will need a passport "
+        "or a driving licence, and a recent utility bill as proof of address. Applicants must be at least 16 "
+        "years old.\n\n"
+        "## Interest\n\n"
+        "The account pays 2.1% interest a year, credited monthly. There is no monthly fee and no minimum balance.\n"
+    ),
+    "garden.md": (
+        "# Growing tomatoes\n\n"
+        "Tomatoes need six to eight hours of sun a day. Water them deeply twice a week and stake the plants "
+        "once they reach a foot tall. Pick the fruit when it is fully coloured.\n"
+    ),
+}
+OPENING = "How do I open a savings account at Northbank?"
+
+
+@pytest.fixture(scope="module")
+def bank(tmp_path_factory, embedder):
+    root = tmp_path_factory.mktemp("bank")
+    a = open_assistant(write_corpus(root / "corpus", BANK), root / "index")
+    a.settings = replace(a.settings, w_context=0.5)
+    return a
+
+
+def _follow_up(a, question: str):
+    loaded = a._current()
+    r = loaded.retriever
+    q = r.prepare(question, a.embedder.encode_query(question))
+    q.context = r.prepare(OPENING, a.embedder.encode_query(OPENING))
+    return loaded.index, q, r.search(q, k=10)
+
+
+@pytest.mark.parametrize("question", ["What should I bring?", "Which documents?"])
+def test_a_follow_up_searched_with_its_conversation_is_judged_with_it(bank, monkeypatch, question):
+    """Alone, 'What should I bring?' shares nothing with the library; read with the question it
+    follows, its best passage (the one listing passport and utility bill) answers it."""
+    index, q, hits = _follow_up(bank, question)
+    assert "passport" in index.passages[hits[0].row].text
+    with_history = confidence(extraction.judged(index, q, hits, bank.embedder))
+    monkeypatch.setattr(extraction, "JUDGE_WITH_CONTEXT", False)
+    alone = confidence(extraction.judged(index, q, hits, bank.embedder))
+    assert alone < 0.5 <= with_history
+
+
+def test_the_follow_up_is_answered_through_ask(bank):
+    from assistant import conversation
+
+    turn = conversation.resolve("What should I bring?", [OPENING], bank._current().index)
+    assert not turn.ids  # no subject in play: the history context is what carries it
+    res = bank.ask("What should I bring?", [OPENING])
+    assert not res.abstained and "passport" in res.answers[0].text
+
+
+@pytest.mark.parametrize("question", ["How tall is Mount Everest?", "Who won the last world cup?"])
+def test_a_question_about_something_else_is_not_carried_by_the_history(bank, question):
+    """A self-contained question on another topic gets no history context, so it is judged on
+    its own words and abstains."""
+    from assistant import conversation
+
+    loaded = bank._current()
+    turn = conversation.resolve(question, [OPENING], loaded.index)
+    assert conversation._context(loaded.retriever, bank.embedder, bank.settings, turn, [OPENING]) is None
+    assert bank.ask(question, [OPENING]).abstained
+
+
+def test_a_short_follow_up_leans_on_the_conversation():
+    from assistant.conversation import _leans
+
+    assert _leans("Which documents?") and _leans("And the rate?") and _leans("Is it free?")
+    assert not _leans("How tall is Mount Everest?") and not _leans("Who won the last world cup?")
