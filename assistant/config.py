@@ -65,8 +65,9 @@ class Settings:
     # and for a passage whose relevant sentence does
     w_kind_sentence: float = 0.3
     w_kind_passage: float = 0.1
-    # a follow-up's earlier questions, scored alongside it at passage level, with this weight
-    w_context: float = 0.0
+    # a follow-up's earlier questions, scored alongside it at passage level, with this weight, when
+    # the reader finds no subject in play (conversation.py); abstention then judges it with them too
+    w_context: float = 0.5
 
     # extraction
     highlight_ratio: float = 0.85

@@ -478,7 +478,7 @@ def answer_turn(
                            compare=True)
             q = retriever.prepare(turn.query, embedder.encode_query(turn.query))
             hits = retriever.search(q, k=max(10, top_k * 3))
-    if should_abstain(index, q, hits, settings):
+    if should_abstain(index, q, hits, settings, embedder):
         return AskResponse(question=question, resolved_question=turn.query, abstained=True, message=ABSTAIN_MESSAGE)
     answers: list[Answer] = []
     if turn.compare:
@@ -493,12 +493,23 @@ def answer_turn(
 def _context(retriever: Retriever, embedder: Embedder, settings: Settings, turn: Resolved,
              history: list[str]) -> Query | None:
     """The recent earlier questions as one query, scored alongside a follow-up (settings.w_context).
-    None for a first question, and for one that names its own subject (a topic switch, or a
-    question that stands alone)."""
+    None for a first question, for one that names its own subject (a topic switch, or a question
+    that stands alone), and for one read as off-topic that does not lean on the conversation
+    (abstention judges a follow-up with its context too, see extraction.judged: the history must
+    not carry a question about something else; "Which documents?" leans, "How tall is Mount
+    Everest?" does not)."""
     if not settings.w_context or not history or (turn.ids and (CONTEXT_STEPS_ASIDE or turn.how == "as asked")):
         return None
+    if not turn.on_topic and not _leans(turn.query):
+        return None  # a question of its own on something else ("Who won the last world cup?")
     text = " ".join(h.strip() for h in history[-CONTEXT_TURNS:])[-settings.max_question_chars :]
     return retriever.prepare(text, embedder.encode_query(text))
+
+
+def _leans(question: str) -> bool:
+    """Does a question lean on the conversation: a pronoun, an ellipsis, or at most two content
+    words ("Which documents?", "And the rate?")."""
+    return bool(_ANAPHOR.search(question) or _ELLIPSIS.match(question)) or len(_content_words(question)) <= 2
 
 
 def _encode(embedder: Embedder, texts: list[str]) -> list:

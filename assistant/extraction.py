@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -130,30 +130,110 @@ class Evidence:
     dense: float  # cosine of the best passage
     dense_sentence: float  # cosine of the best sentence
     coverage: float  # share of the question's content words (IDF-weighted) found in the passage
-    unknown: float  # share of the question's content words that appear nowhere in the corpus
+    unknown: float  # share of the question's content words the library lacks (no word close in meaning either)
+    sentence_coverage: float = 0.0  # share of the question's content words (IDF-weighted) in the best sentence
 
 
-# Logistic model over Evidence, fitted on XQuAD (answerable), off-topic questions and XQuAD
-# questions asked of an index without their article (near-topic); the seed corpus is held out.
-# Refit with `python tests/calibrate_abstention.py` (README, "Abstention").
-ABSTAIN_WEIGHTS = {"bias": -3.045, "dense": 2.166, "dense_sentence": 2.211, "coverage": 2.885, "unknown": -1.453}
+# Logistic models over Evidence (weights per field, plus a bias). "own" is fitted on our own
+# hand-written question sets over the seed corpus, none of them an evaluation set; "xquad" is the
+# earlier model, fitted on XQuAD (an evaluation set), kept to compare. Refit with
+# `python tests/calibrate_abstention.py` (README, "Abstention"), which says what it is fitted on.
+ABSTAIN_MODELS = {
+    "own": {"bias": -2.353, "dense": 1.562, "dense_sentence": 1.787, "coverage": 2.086, "unknown": -1.886,
+            "sentence_coverage": 1.343},
+    "xquad": {"bias": -3.045, "dense": 2.166, "dense_sentence": 2.211, "coverage": 2.885, "unknown": -1.453},
+}
+ABSTAIN_MODEL = "own"
+ABSTAIN_WEIGHTS = ABSTAIN_MODELS[ABSTAIN_MODEL]  # the default model's weights
+JUDGE_WITH_CONTEXT = True  # a follow-up searched with its conversation is judged with it (judged())
+
+# Vocabulary bridging for the unknown-word signal: a question word no article uses still counts as
+# known when a word of the best passages means nearly the same to the embedding model ("hurt" and
+# "pain": cosine 0.82; "insurance" and the nearest word of a PRP article: 0.44). Word vectors are
+# the model's own, one short encode per word, remembered.
+BRIDGE_SIM = 0.6
+BRIDGE_PASSAGES = 3
+_WORD_VECTORS: dict[str, np.ndarray] = {}
+_ALPHA = re.compile(r"[a-z]{3,}")
 
 
 def confidence(e: Evidence, weights: dict | None = None) -> float:
-    w = weights or ABSTAIN_WEIGHTS
-    z = (
-        w["bias"] + w["dense"] * e.dense + w["dense_sentence"] * e.dense_sentence
-        + w["coverage"] * e.coverage + w["unknown"] * e.unknown
-    )
+    w = weights or ABSTAIN_MODELS[ABSTAIN_MODEL]
+    z = w["bias"] + sum(v * getattr(e, k) for k, v in w.items() if k != "bias")
     return 1.0 / (1.0 + math.exp(-z))
 
 
-def evidence(index: Index, q: Query, hit: Hit | None) -> Evidence:
+def _word_vectors(embedder, words: list[str]) -> np.ndarray:
+    miss = [w for w in dict.fromkeys(words) if w not in _WORD_VECTORS]
+    if miss:
+        if len(_WORD_VECTORS) > 200_000:
+            _WORD_VECTORS.clear()
+        batch = getattr(embedder, "encode_queries", None)
+        vecs = batch(miss) if batch is not None else [embedder.encode_query(w) for w in miss]
+        for w, v in zip(miss, vecs):
+            _WORD_VECTORS[w] = np.asarray(v, dtype=np.float32)
+    if not words:
+        return np.zeros((0, 1), dtype=np.float32)
+    return np.stack([_WORD_VECTORS[w] for w in words])
+
+
+def _passage_words(index: Index, row: int) -> list[str]:
+    """The distinct words of a passage (lower-case, letters only, not stop words), once per index."""
+    cache = index.__dict__.setdefault("_passage_words", {})
+    words = cache.get(row)
+    if words is None:
+        from .index import _stopword_set, passage_bm25_text
+
+        p = index.passages[row]
+        d = index.docs[p.doc_id]
+        stop = _stopword_set()
+        words = cache[row] = sorted({w for w in _ALPHA.findall(passage_bm25_text(p, d.title, d.text).lower())
+                                     if w not in stop})
+    return words
+
+
+def _question_words(text: str) -> dict[str, str]:
+    """A question's BM25 tokens -> the word the person typed (for the tokens that are one word)."""
+    from .index import tokenize
+
+    words = list(dict.fromkeys(_ALPHA.findall(text.lower())))
+    out: dict[str, str] = {}
+    for w, toks in zip(words, tokenize(words)):
+        if len(toks) == 1:
+            out.setdefault(toks[0], w)
+    return out
+
+
+def bridged(index: Index, q: Query, hits: list[Hit], embedder, terms: list[str]) -> set[str]:
+    """Of `terms` (tokens the library lacks), those with a word of the best passages close in
+    meaning (cosine >= BRIDGE_SIM between the two words' vectors)."""
+    if embedder is None or not terms or not hits or BRIDGE_SIM >= 1.0:
+        return set()
+    typed = _question_words(q.text)
+    asked = {t: typed[t] for t in terms if t in typed}
+    if not asked:
+        return set()
+    pool = sorted({w for h in hits[:BRIDGE_PASSAGES] for w in _passage_words(index, h.row)})
+    if not pool:
+        return set()
+    have = _word_vectors(embedder, pool)
+    mine = _word_vectors(embedder, list(asked.values()))
+    best = (mine @ have.T).max(axis=1)
+    return {t for t, s in zip(asked, best) if s >= BRIDGE_SIM}
+
+
+def evidence(index: Index, q: Query, hit: Hit | None, hits: list[Hit] | None = None, embedder=None) -> Evidence:
+    """The signals of the best passage `hit` (`hits`: the ranking it leads, for vocabulary bridging
+    with `embedder`; without it a word the library lacks is unknown whatever it means)."""
     terms = [t for t in q.tokens]
     if not terms or hit is None:
         return Evidence(hit.dense if hit else 0.0, hit.dense_sentence if hit else 0.0, 0.0, 1.0 if not hit else 0.0)
     vocab = index.vocab
-    unknown = sum(1 for t in terms if t not in vocab) / len(terms)
+    lacking = [t for t in terms if t not in vocab]
+    if lacking:
+        near = bridged(index, q, hits or [hit], embedder, list(dict.fromkeys(lacking)))
+        lacking = [t for t in lacking if t not in near]
+    unknown = len(lacking) / len(terms)
     p = index.passages[hit.row]
     d = index.docs[p.doc_id]
     from .index import passage_bm25_text, tokenize
@@ -162,8 +242,14 @@ def evidence(index: Index, q: Query, hit: Hit | None) -> Evidence:
     idf = index.idf
     weights = [idf.get(t, idf_max(index)) for t in terms]
     eq = q.equivalents or {}
-    covered = sum(w for t, w in zip(terms, weights) if t in have or have & eq.get(t, frozenset())) / (sum(weights) or 1.0)
-    return Evidence(hit.dense, hit.dense_sentence, covered, unknown)
+    total = sum(weights) or 1.0
+    covered = sum(w for t, w in zip(terms, weights) if t in have or have & eq.get(t, frozenset())) / total
+    sent = 0.0
+    if len(hit.sentence_cosines):
+        j = int(np.argmax(hit.sentence_cosines))
+        in_sent = set(tokenize([index.sentence_text(index.sent_rows[hit.row][0] + j)])[0])
+        sent = sum(w for t, w in zip(terms, weights) if t in in_sent or in_sent & eq.get(t, frozenset())) / total
+    return Evidence(hit.dense, hit.dense_sentence, covered, unknown, sent)
 
 
 def idf_max(index: Index) -> float:
@@ -173,11 +259,31 @@ def idf_max(index: Index) -> float:
 ABSTAIN_MESSAGE = "The articles do not answer this question."
 
 
-def should_abstain(index: Index, q: Query, hits: list[Hit], settings: Settings) -> bool:
+def judged(index: Index, q: Query, hits: list[Hit], embedder=None) -> Evidence:
+    """The evidence abstention weighs for a ranking (`hits`, best first; not empty).
+
+    A follow-up searched with its conversation (`q.context`, settings.w_context) is judged with it
+    too: each of the passage's cosines and its coverage counts the better of the follow-up's own
+    and the conversation's ("Does it cover dental?" is about the plan the history names)."""
+    e = evidence(index, q, hits[0], hits, embedder)
+    ctx = q.context
+    if ctx is None or not JUDGE_WITH_CONTEXT:
+        return e
+    row = hits[0].row
+    dense = float(np.asarray(index.passage_vectors[row], dtype=np.float32) @ ctx.vector)
+    a, b = (int(x) for x in index.sent_rows[row])
+    cos = np.asarray(index.sent_vectors[a:b], dtype=np.float32) @ ctx.vector
+    cos = np.where(index.sent_is_heading[a:b], np.minimum(cos, 0.0), cos)
+    c = evidence(index, ctx, hits[0])
+    return replace(e, dense=max(e.dense, dense), dense_sentence=max(e.dense_sentence, float(cos.max()) if cos.size else 0.0),
+                   coverage=max(e.coverage, c.coverage))
+
+
+def should_abstain(index: Index, q: Query, hits: list[Hit], settings: Settings, embedder=None) -> bool:
     """True when even the best passage is unlikely to answer (calibrated, see README)."""
     if not hits:
         return True
-    return confidence(evidence(index, q, hits[0])) < settings.abstain_threshold
+    return confidence(judged(index, q, hits, embedder)) < settings.abstain_threshold
 
 
 def answers_from_hits(index: Index, hits: list[Hit], settings: Settings, top_k: int, about: str | None = None) -> list[Answer]:
