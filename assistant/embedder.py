@@ -128,15 +128,22 @@ class OnnxEmbedder(Embedder):
         self.model = OnnxRuntimeModel(threads=threads or 1)
         self.dim = self.model.dim
 
-    def _encode(self, texts: list[str], batch_size: int, progress: bool = False) -> np.ndarray:
+    def encode_passages(self, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._encode(texts, batch_size, progress, batches=True)
+
+    def _encode(self, texts: list[str], batch_size: int, progress: bool = False, batches: bool = False) -> np.ndarray:
+        """Questions (and the few words abstention compares) run in the query session; building
+        runs in the batch session (see onnx_encoder.make_session)."""
         if len(texts) <= batch_size:
-            return self.model.encode(texts)
+            return self.model.encode(texts, batches=batches)
         # length-sorted batches: a batch is padded to its longest text
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for i in range(0, len(texts), batch_size):
             rows = order[i : i + batch_size]
-            out[rows] = self.model.encode([texts[j] for j in rows])
+            out[rows] = self.model.encode([texts[j] for j in rows], batches=batches)
         return out
 
 

@@ -81,7 +81,7 @@ def near_duplicate(index: Index, a: int, b: int, threshold: float = 0.8) -> bool
 
 def _words(index: Index, row: int) -> frozenset[str]:
     """Every word of a passage's sentences (the union of `_sentence_sets`), cached like them."""
-    cache = index.__dict__.setdefault("_passage_words", {})
+    cache = index.__dict__.setdefault("_passage_word_sets", {})
     words = cache.get(row)
     if words is None:
         words = cache[row] = frozenset().union(*_sentence_sets(index, row))
@@ -154,6 +154,7 @@ JUDGE_WITH_CONTEXT = True  # a follow-up searched with its conversation is judge
 BRIDGE_SIM = 0.6
 BRIDGE_PASSAGES = 3
 _WORD_VECTORS: dict[str, np.ndarray] = {}
+_WORD_CACHE = 20_000
 _ALPHA = re.compile(r"[a-z]{3,}")
 
 
@@ -164,17 +165,20 @@ def confidence(e: Evidence, weights: dict | None = None) -> float:
 
 
 def _word_vectors(embedder, words: list[str]) -> np.ndarray:
-    miss = [w for w in dict.fromkeys(words) if w not in _WORD_VECTORS]
+    """The model's vectors of single words, remembered process-wide (at most _WORD_CACHE of them,
+    about 1.5 kB each). Safe under concurrent requests: the result never reads back the cache."""
+    if not words:
+        return np.zeros((0, 1), dtype=np.float32)
+    known = {w: _WORD_VECTORS.get(w) for w in dict.fromkeys(words)}
+    miss = [w for w, v in known.items() if v is None]
     if miss:
-        if len(_WORD_VECTORS) > 200_000:
+        if len(_WORD_VECTORS) + len(miss) > _WORD_CACHE:
             _WORD_VECTORS.clear()
         batch = getattr(embedder, "encode_queries", None)
         vecs = batch(miss) if batch is not None else [embedder.encode_query(w) for w in miss]
         for w, v in zip(miss, vecs):
-            _WORD_VECTORS[w] = np.asarray(v, dtype=np.float32)
-    if not words:
-        return np.zeros((0, 1), dtype=np.float32)
-    return np.stack([_WORD_VECTORS[w] for w in words])
+            known[w] = _WORD_VECTORS[w] = np.asarray(v, dtype=np.float32)
+    return np.stack([known[w] for w in words])
 
 
 def _passage_words(index: Index, row: int) -> list[str]:

@@ -368,13 +368,9 @@ class OnnxRuntimeModel:
             return None, None
         return session, meta
 
-    # above this many texts in one call, the batch session (arena on) encodes them
-    BATCH_SESSION_FROM = 8
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        if len(texts) < self.BATCH_SESSION_FROM:
-            return encode_with(self.session, self.tokenizer, texts)
-        return encode_with(self._batch_session(), self.tokenizer, texts)
+    def encode(self, texts: list[str], batches: bool = False) -> np.ndarray:
+        """`batches=True` (building) runs in the batch session, made on first use."""
+        return encode_with(self._batch_session() if batches else self.session, self.tokenizer, texts)
 
     def _batch_session(self):
         """Made on the first large batch: a serving worker that never builds never pays for it."""
