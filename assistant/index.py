@@ -46,6 +46,9 @@ FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)  # a format-2 generation is read (and reused by reindex) as flat stores
 CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
+LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the FAISS id of each row
+# An HNSW level is rebuilt (tombstones dropped) once they reach this share of its vectors.
+MAX_TOMBSTONE_SHARE = 0.2
 
 
 # --- vector store ----------------------------------------------------------------------------
@@ -101,11 +104,15 @@ class FaissStore:
     storage. Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
     """
 
-    def __init__(self, index, kind: str, dtype: str) -> None:
+    def __init__(self, index, kind: str, dtype: str, live: np.ndarray | None = None) -> None:
         self.index = index
         self.kind = kind
         self.dtype = dtype
         self.dim = int(index.d)
+        # HNSW has no deletion: the vectors of removed rows stay in the graph as tombstones.
+        # `live[row]` is the FAISS id of each row (None: row i is id i); searches skip the rest.
+        self.live = None if live is None else np.asarray(live, dtype=np.int64)
+        self._selector = None
 
     @classmethod
     def create(cls, dim: int, kind: str = "flat", dtype: str = "float32") -> "FaissStore":
@@ -135,7 +142,20 @@ class FaissStore:
         return store
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.index.ntotal) if self.live is None else len(self.live)
+
+    @property
+    def dead(self) -> int:
+        """Vectors of removed rows still in the graph (tombstones)."""
+        return 0 if self.live is None else int(self.index.ntotal) - len(self.live)
+
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Only `rows` (ascending) stay, renumbered 0..len(rows)-1; the others become tombstones
+        (cost: the rows, not the graph). An HNSW store only: a flat one is rebuilt instead."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = rows if self.live is None else self.live[rows]
+        self.live = None if len(ids) == int(self.index.ntotal) else ids
+        self._selector = None
 
     def add(self, vectors: np.ndarray, progress: bool = False, desc: str = "Vectors") -> None:
         """Append rows, in batches (an HNSW insert of a million vectors takes a while: a bar)."""
@@ -160,6 +180,10 @@ class FaissStore:
         finally:
             if wide:
                 faiss.omp_set_num_threads(1)
+        if self.live is not None:
+            total = int(self.index.ntotal)
+            self.live = np.concatenate([self.live, np.arange(total - n, total, dtype=np.int64)])
+            self._selector = None
 
     def _codes(self):
         import faiss
@@ -177,21 +201,40 @@ class FaissStore:
         dt = DTYPES[self.dtype]
         if n == 0:
             return np.zeros((0, self.dim), dtype=dt)
-        nbytes = n * flat.code_size
+        total = int(self.index.ntotal)
+        nbytes = total * flat.code_size
         addr = np.asarray(faiss.rev_swig_ptr(flat.codes.data(), nbytes)).__array_interface__["data"][0]
         # the view must keep this store (and so its memory, often a mapping of the file) alive
         buf = (ctypes.c_uint8 * nbytes).from_address(addr)
         buf._owner = self  # type: ignore[attr-defined]
-        return np.frombuffer(buf, dtype=dt).reshape(n, self.dim)
+        codes = np.frombuffer(buf, dtype=dt).reshape(total, self.dim)
+        return codes if self.live is None else RowView(codes, self.live)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (rows, scores) for one query vector, best first."""
         k = min(k, len(self))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if self.live is not None:  # tombstones: search the live ids only, then map ids to rows
+            import faiss
+
+            if self._selector is None:
+                mask = np.zeros(int(self.index.ntotal), dtype=bool)
+                mask[self.live] = True
+                bits = np.packbits(mask, bitorder="little")
+                row_of = np.full(int(self.index.ntotal), -1, dtype=np.int64)
+                row_of[self.live] = np.arange(len(self.live))
+                sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
+                self._selector = (sel, bits, row_of)
+            sel, _, row_of = self._selector
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k))
+            scores, ids = self.index.search(q, k, params=params)
+            keep = ids[0] >= 0
+            return row_of[ids[0][keep]], scores[0][keep]
         if self.kind == "hnsw":
             self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
-        scores, ids = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
+        scores, ids = self.index.search(q, k)
         keep = ids[0] >= 0
         return ids[0][keep].astype(np.int64), scores[0][keep]
 
@@ -202,13 +245,15 @@ class FaissStore:
     def describe(self) -> dict:
         d = {"kind": self.kind, "dtype": self.dtype, "vectors": len(self)}
         if self.kind == "hnsw":
-            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH, tombstones=self.dead)
         return d
 
     def save(self, path: Path) -> None:
         import faiss
 
         faiss.write_index(self.index, str(path))
+        if self.live is not None:  # which FAISS ids are rows (the rest are tombstones)
+            np.save(Path(str(path) + LIVE_SUFFIX), self.live, allow_pickle=False)
 
     @classmethod
     def load(cls, path: Path, mmap: bool = True) -> "FaissStore":
@@ -225,7 +270,32 @@ class FaissStore:
         dtype = "float16" if isinstance(inner, faiss.IndexScalarQuantizer) else "float32"
         if kind == "hnsw":
             index.hnsw.efSearch = HNSW_EF_SEARCH
-        return cls(index, kind, dtype)
+        live_path = Path(str(path) + LIVE_SUFFIX)
+        live = np.load(live_path, allow_pickle=False) if live_path.exists() else None
+        return cls(index, kind, dtype, live)
+
+
+class RowView:
+    """The vectors of an HNSW store with tombstones, by row: indexing reads only the rows asked
+    for (row i is FAISS id live[i]); np.asarray() gathers them all."""
+
+    def __init__(self, codes: np.ndarray, live: np.ndarray) -> None:
+        self.codes, self.live = codes, live
+        self.dtype = codes.dtype
+        self.shape = (len(live), codes.shape[1])
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def __getitem__(self, rows):
+        if isinstance(rows, tuple):
+            return self[rows[0]][(slice(None),) + rows[1:]] if len(rows) > 1 else self[rows[0]]
+        return self.codes[self.live[rows]]
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.codes[self.live]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def exact_topk(matrix: np.ndarray, query: np.ndarray, k: int, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
@@ -373,6 +443,185 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
     if nonocc is not None:  # BM25L/BM25+ variants: a constant per query word
         acc += np.float32(nonocc[ids].sum())
     return acc[inv]
+
+
+# --- BM25 that a reindex updates instead of rebuilding ----------------------------------------
+
+BM25_TF, BM25_DOCLEN = "tf.npy", "doclen.npy"  # beside bm25s's own files in bm25-passages/ and bm25-sentences/
+
+
+@dataclass
+class Postings:
+    """The term frequencies one BM25 level is computed from, token-major like bm25s's score
+    matrix (token t's rows are indices[indptr[t]:indptr[t+1]], ascending; tf beside them).
+
+    A reindex drops the rows of removed articles (`keep`), appends the rows of new ones
+    (`extend`) and recomputes the scores (`retriever`) with numpy in one pass over the arrays:
+    no Python list per passage, no re-tokenising, the same float32 scores bm25s's own `index`
+    computes from the same tokens (a test holds them equal, bit for bit)."""
+
+    vocab: list[str]  # token id -> token
+    indptr: np.ndarray  # int64, len(vocab) + 1
+    indices: np.ndarray  # int32 rows
+    tf: np.ndarray  # float32 term frequency of each entry
+    doclen: np.ndarray  # int32 tokens per row
+
+    @property
+    def n_rows(self) -> int:
+        return int(len(self.doclen))
+
+    @classmethod
+    def empty(cls) -> "Postings":
+        return cls([], np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+    @classmethod
+    def from_tokens(cls, rows: list[list[str]]) -> "Postings":
+        return cls.empty().extend(rows)
+
+    def keep(self, rows: np.ndarray) -> "Postings":
+        """Only `rows` (ascending), renumbered 0..len(rows)-1. Cost: one pass over the entries."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == self.n_rows:  # rows ascending and unique: all of them, in order
+            return self
+        old_to_new = np.full(self.n_rows, -1, dtype=np.int64)
+        old_to_new[rows] = np.arange(len(rows))
+        indptr = np.asarray(self.indptr, dtype=np.int64)
+        new_rows = old_to_new[np.asarray(self.indices)]
+        m = new_rows >= 0
+        cm = np.zeros(len(m) + 1, dtype=np.int64)
+        np.cumsum(m, out=cm[1:])
+        counts = cm[indptr[1:]] - cm[indptr[:-1]]
+        out_ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=out_ptr[1:])
+        return Postings(list(self.vocab), out_ptr, new_rows[m].astype(np.int32), np.asarray(self.tf)[m],
+                        np.asarray(self.doclen)[rows])
+
+    def extend(self, rows: list[list[str]]) -> "Postings":
+        """These tokenised texts appended as rows n_rows, n_rows+1, ... (cost: their tokens,
+        plus one copy of the arrays to insert their entries)."""
+        if not rows:
+            return self
+        vocab = {t: i for i, t in enumerate(self.vocab)}
+        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for row in rows for t in row), dtype=np.int64)
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        n_new, v_old, v_new = len(rows), len(self.vocab), len(vocab)
+        row = np.repeat(np.arange(n_new, dtype=np.int64), lens)
+        keys, tf = np.unique(ids * n_new + row, return_counts=True)  # by token, then row
+        tok, row = keys // n_new, keys % n_new + self.n_rows
+        old_ptr = np.asarray(self.indptr, dtype=np.int64)
+        old_counts = np.zeros(v_new, dtype=np.int64)
+        old_counts[:v_old] = np.diff(old_ptr)
+        counts = old_counts + np.bincount(tok, minlength=v_new)
+        ptr = np.zeros(v_new + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        at = old_ptr[np.minimum(tok + 1, v_old)]  # after the token's old entries (new tokens: at the end)
+        indices = np.insert(np.asarray(self.indices, dtype=np.int32), at, row.astype(np.int32))
+        tfs = np.insert(np.asarray(self.tf, dtype=np.float32), at, tf.astype(np.float32))
+        return Postings(list(vocab), ptr, indices, tfs,
+                        np.concatenate([np.asarray(self.doclen, dtype=np.int32), lens.astype(np.int32)]))
+
+    def compact(self) -> "Postings":
+        """Without the tokens no row uses any more (a full build would not know them)."""
+        counts = np.diff(np.asarray(self.indptr, dtype=np.int64))
+        used = counts > 0
+        if used.all():
+            return self
+        ptr = np.zeros(int(used.sum()) + 1, dtype=np.int64)
+        np.cumsum(counts[used], out=ptr[1:])
+        return Postings([t for t, u in zip(self.vocab, used) if u], ptr, self.indices, self.tf, self.doclen)
+
+    def retriever(self):
+        """A bm25s retriever with the scores bm25s's `index` computes from the same tokens
+        (method lucene, k1 1.5, b 0.75, float32; the same operations in the same order)."""
+        import math
+
+        import bm25s
+
+        p = self.compact()
+        r = bm25s.BM25()
+        n, v = p.n_rows, len(p.vocab)
+        if n == 0 or v == 0:
+            r = _bm25s_from_tokens([[""]] if n == 0 else [[] for _ in range(n)])
+            r.postings = p
+            return r
+        df = np.diff(p.indptr)
+        uniq, inv = np.unique(df, return_inverse=True)
+        idf = np.array([math.log(1 + (n - int(d) + 0.5) / (int(d) + 0.5)) for d in uniq], dtype=np.float32)[inv]
+        doclen = np.asarray(p.doclen, dtype=np.int64)
+        avg = np.array(doclen).mean()
+        denom = r.k1 * ((1 - r.b) + r.b * doclen / avg)  # float64, per row
+        data = np.empty(len(p.indices), dtype=np.float32)
+        step = 1 << 22
+        tok = np.repeat(np.arange(v, dtype=np.int32), df)
+        indices = np.asarray(p.indices)
+        tf_all = np.asarray(p.tf, dtype=np.float32)
+        for i in range(0, len(data), step):
+            tf = tf_all[i : i + step]
+            tfc = tf / (denom[indices[i : i + step]] + tf)
+            data[i : i + step] = idf[tok[i : i + step]] * tfc
+        del tok
+        r.scores = {"data": data, "indices": np.ascontiguousarray(indices, dtype=np.int32),
+                    "indptr": np.ascontiguousarray(p.indptr, dtype=np.int64), "num_docs": n}
+        r.vocab_dict = {t: i for i, t in enumerate(p.vocab)}
+        r.vocab_dict[""] = v  # as bm25s adds it (no column)
+        r.unique_token_ids_set = set(r.vocab_dict.values())
+        r.nonoccurrence_array = None
+        r.postings = p
+        return r
+
+    def token_rows(self) -> list[list[str]]:
+        """Each row's tokens as a bag (token order is lost; BM25 does not use it)."""
+        indptr = np.asarray(self.indptr, dtype=np.int64)
+        tok = np.repeat(np.arange(len(self.vocab), dtype=np.int64), np.diff(indptr))
+        rows = np.asarray(self.indices, dtype=np.int64)
+        order = np.lexsort((tok, rows))
+        reps = np.asarray(self.tf)[order].astype(np.int64)
+        flat = np.repeat(tok[order], reps)
+        lens = np.bincount(rows, weights=np.asarray(self.tf, dtype=np.float64), minlength=self.n_rows).astype(np.int64)
+        words = np.array(self.vocab, dtype=object)[flat].tolist() if len(flat) else []
+        out, at = [], 0
+        for n in lens.tolist():
+            out.append(words[at : at + n])
+            at += n
+        return out
+
+    def save(self, folder: Path) -> None:
+        np.save(Path(folder) / BM25_TF, np.asarray(self.tf, dtype=np.float32), allow_pickle=False)
+        np.save(Path(folder) / BM25_DOCLEN, np.asarray(self.doclen, dtype=np.int32), allow_pickle=False)
+
+
+def _bm25s_from_tokens(tokens: list[list[str]]):
+    import bm25s
+
+    bm25_log = logging.getLogger("bm25s")
+    if bm25_log.level == logging.DEBUG:  # bm25s sets DEBUG on import
+        bm25_log.setLevel(logging.WARNING)
+    retriever = bm25s.BM25()
+    retriever.index(tokens or [[""]], show_progress=False)
+    return retriever
+
+
+def load_postings(retriever, folder: Path) -> Postings | None:
+    """The postings a generation's BM25 level was computed from (memory-mapped), or None
+    (written before they were kept, or damaged)."""
+    folder = Path(folder)
+    try:
+        tf = np.load(folder / BM25_TF, allow_pickle=False, mmap_mode="r")
+        doclen = np.load(folder / BM25_DOCLEN, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    vocab_dict = getattr(retriever, "vocab_dict", None) or {}
+    m = retriever.scores
+    indptr, indices = np.asarray(m["indptr"]), m["indices"]
+    v = len(indptr) - 1
+    vocab = [""] * v
+    for t, i in vocab_dict.items():
+        if 0 <= i < v:
+            vocab[i] = t
+    if len(tf) != len(indices) or len(doclen) != int(m.get("num_docs", len(doclen))) or (v and "" in vocab):
+        log.warning("BM25 postings in %s do not match their scores; re-tokenising", folder)
+        return None
+    return Postings(vocab, indptr, indices, tf, doclen)
 
 
 # --- the index -------------------------------------------------------------------------------
@@ -626,7 +875,13 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
     np.save(tmp / "sentence_passage.npy", np.asarray(index.sent_passage), allow_pickle=False)
     index.bm25_passages.save(tmp / "bm25-passages", show_progress=False)
     index.bm25_sentences.save(tmp / "bm25-sentences", show_progress=False)
-    if tokens is not None:
+    kept = 0
+    for level, retriever in (("bm25-passages", index.bm25_passages), ("bm25-sentences", index.bm25_sentences)):
+        postings = getattr(retriever, "postings", None)
+        if postings is not None:  # what the next reindex updates (tf per entry, tokens per row)
+            postings.save(tmp / level)
+            kept += 1
+    if tokens is not None and kept < 2:  # a retriever built elsewhere (pgstore): its tokens, as before
         save_tokens(tmp / TOKENS_FILE, tokens)
     if files is not None:
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
@@ -667,8 +922,15 @@ def save_tokens(path: Path, tokens: TokenCache) -> None:
 
 
 def load_tokens(gen: Path) -> TokenCache | None:
-    """The BM25 tokens stored with a generation, or None (older format, missing or damaged)."""
+    """The BM25 tokens stored with a generation (as bags of words when they are kept as
+    postings), or None (older format, missing or damaged). Python lists: for small libraries
+    and the Postgres store only; a reindex reads `load_level_postings` instead."""
     path = Path(gen) / TOKENS_FILE
+    if not path.exists():
+        levels = load_level_postings(gen)
+        if levels is None:
+            return None
+        return TokenCache(levels[0].token_rows(), levels[1].token_rows())
     try:
         with np.load(path, allow_pickle=False) as z:
             words = str(z["vocab"]).split("\n") if str(z["vocab"]) else []
@@ -684,6 +946,24 @@ def load_tokens(gen: Path) -> TokenCache | None:
         return [toks[off[i] : off[i + 1]] for i in range(len(off) - 1)]
 
     return TokenCache(rows(arrays["p_ids"], arrays["p_off"]), rows(arrays["s_ids"], arrays["s_off"]))
+
+
+def load_level_postings(gen: Path) -> tuple[Postings, Postings] | None:
+    """The BM25 postings of a generation's passages and sentences (memory-mapped), else None."""
+    out = []
+    for level in ("bm25-passages", "bm25-sentences"):
+        folder = Path(gen) / level
+        if not (folder / BM25_TF).exists():
+            return None
+        try:
+            p = load_postings(_load_bm25(folder), folder)
+        except Exception as e:  # damaged: the caller re-tokenises
+            log.warning("BM25 of %s unreadable (%s)", folder, e)
+            return None
+        if p is None:
+            return None
+        out.append(p)
+    return out[0], out[1]
 
 
 def load_file_stats(gen: Path) -> dict:

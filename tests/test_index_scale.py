@@ -1,0 +1,98 @@
+"""A large library's index under change: HNSW levels keep removed rows as tombstones (no graph
+rebuild), BM25 and subjects are updated, not recomputed over the library, and the answers after
+any such reindex equal those of a build from nothing. Real model; small corpora written here,
+with the size thresholds lowered so that they take the large-library paths."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assistant import index as ix
+from tests.fixtures_core import SMALL_CORPUS, open_assistant, write_corpus
+
+SUNMOSS = "Sunmoss Oil\nSunmoss oil is pressed from the seeds of the sunmoss fern.\nA sunmoss massage lasts forty-five minutes.\n"
+GLOWBERRY_V2 = """Glowberry Peel Guide
+The glowberry peel is a gentle fruit-acid peel used to brighten dull skin. It is made from fermented glowberry juice.
+A glowberry peel session takes about thirty-five minutes and is repeated every six weeks.
+"""
+QUESTIONS = ("How long does a glowberry peel session take?", "How long does a sunmoss massage last?",
+             "What is the frostleaf mask made from?", "How long should the frostleaf mask stay on the skin?",
+             "How often is the glowberry peel repeated?")
+
+
+def answers(res) -> list[tuple]:
+    return [(a.source.doc_id, a.source.start, a.source.end, a.text) for a in res.answers]
+
+
+def _rows_find_themselves(index) -> None:
+    for store, n in ((index.passage_store, len(index.passages)), (index.sentence_store, len(index.sent_passage))):
+        assert len(store) == n
+        m = store.matrix()
+        assert m.shape == (n, store.dim)
+        for row in range(0, n, max(1, n // 15)):
+            rows, scores = store.search(np.asarray(m[row], dtype=np.float32), 3)
+            assert int(rows[0]) == row and scores[0] > 0.99, (row, rows)
+            assert rows.max() < n
+        # exact search over the same rows agrees
+        assert store.exact_search(np.asarray(m[0], dtype=np.float32), 1)[0][0] == 0
+
+
+@pytest.fixture
+def hnsw(monkeypatch):
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    created = []
+    real_create = ix.FaissStore.create.__func__
+    monkeypatch.setattr(ix.FaissStore, "create",
+                        classmethod(lambda cls, *a, **k: created.append(a) or real_create(cls, *a, **k)))
+    return created
+
+
+def test_removed_and_changed_articles_leave_hnsw_as_tombstones(tmp_path, embedder, hnsw, monkeypatch):
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.9)
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    hnsw.clear()
+    (corpus / "sunmoss.txt").unlink()
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)
+    r = a.reindex()
+    assert r.removed == ["sunmoss"] and r.changed == ["glowberry-peel"]
+    assert hnsw == []  # neither graph was rebuilt
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.dead > 0 and index.sentence_store.dead > 0
+    assert index.manifest["vector_search"]["sentences"]["tombstones"] == index.sentence_store.dead
+    _rows_find_themselves(index)
+    assert not any("sunmoss" in p.text.lower() for p in index.passages)
+    # the same answers as a build from nothing (exact search)
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 10**9)
+    fresh_corpus = write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "glowberry-peel.txt": GLOWBERRY_V2})
+    fresh = open_assistant(fresh_corpus, tmp_path / "i2")
+    assert fresh._current().index.passage_store.kind == "flat"
+    a2 = open_assistant(corpus, tmp_path / "i", build=False)  # a server starting on the tombstoned index
+    for q in QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+        assert answers(a2.ask(q)) == answers(fresh.ask(q)), q
+    assert "thirty-five minutes" in a.ask(QUESTIONS[0]).answers[0].text
+    # adding after removing: new rows appended to the graph, tombstones kept
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    hnsw.clear()
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    a.reindex()
+    assert hnsw == []
+    index = ix.load(tmp_path / "i")
+    assert index.sentence_store.dead > 0
+    _rows_find_themselves(index)
+    assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
+
+
+def test_too_many_tombstones_rebuild_the_graph(tmp_path, embedder, hnsw, monkeypatch):
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.05)
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    hnsw.clear()
+    (corpus / "glowberry-peel.txt").unlink()
+    a.reindex()
+    assert len(hnsw) == 2  # both levels rebuilt from their rows
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.dead == index.sentence_store.dead == 0 and index.passage_store.live is None
+    assert not (index.path / (ix.SENTENCE_STORE + ix.LIVE_SUFFIX)).exists()
+    _rows_find_themselves(index)
