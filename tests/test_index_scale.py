@@ -96,3 +96,71 @@ def test_too_many_tombstones_rebuild_the_graph(tmp_path, embedder, hnsw, monkeyp
     assert index.passage_store.dead == index.sentence_store.dead == 0 and index.passage_store.live is None
     assert not (index.path / (ix.SENTENCE_STORE + ix.LIVE_SUFFIX)).exists()
     _rows_find_themselves(index)
+
+
+# --- subjects: carried over, extended by what the new articles introduce ----------------------
+
+CRYO = """Cryo Facial vs. Oxygen Facial
+A cryo facial blows very cold air over the face for about ten minutes. An oxygen facial sprays
+pressurised oxygen mixed with serums onto the skin and takes about forty minutes.
+Cryo Facial
+The cryo facial tightens pores for a day or two. A cryo facial costs about sixty euros.
+Oxygen Facial
+The oxygen facial leaves the skin plumper for a few days. An oxygen facial costs about ninety euros.
+Which one to choose
+The choice between a cryo facial and an oxygen facial depends on budget and time.
+"""
+SUBJECT_QUESTIONS = ("Compare cryo facial and oxygen facial", "How much does an oxygen facial cost?",
+                     "How long does a cryo facial take?", "Compare PRP and microneedling downtime",
+                     "What is exosome therapy?", "Mesotherapy vs microneedling: which hurts more?")
+
+
+def _subject_table(subjects) -> dict:
+    return {s.name: (sorted(s.aliases), s.rows.tolist()) for s in subjects.subjects}
+
+
+def test_a_small_change_updates_the_subjects_and_answers_as_a_full_build(tmp_path, embedder, monkeypatch):
+    from assistant import subjects as sj
+    from tests.fixtures_core import copy_seed_corpus
+
+    monkeypatch.setattr(sj, "INCREMENTAL_MIN_PASSAGES", 1)  # the seed corpus plays a large library
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 1.0)
+    corpus = copy_seed_corpus(tmp_path / "corpus")
+    a = open_assistant(corpus, tmp_path / "index")
+    calls = []
+    real_build = sj.build
+    monkeypatch.setattr(sj, "build", lambda *x, **k: calls.append(1) or real_build(*x, **k))
+    (corpus / "cryo-vs-oxygen-facial.txt").write_text(CRYO)
+    assert a.reindex().added == ["cryo-vs-oxygen-facial"]
+    assert calls == []  # no full discovery
+    inc = ix.load(tmp_path / "index")
+    carried = sj.for_index(inc, corpus)
+    names = {s.name.lower() for s in carried.subjects}
+    assert {"cryo facial", "oxygen facial"} <= names, names  # introduced by the new article
+
+    fresh = open_assistant(corpus, tmp_path / "fresh")  # a build from nothing: a full discovery
+    assert calls == [1]
+    calls.clear()
+    full = sj.for_index(fresh._current().index, corpus)
+    # the subjects the new article introduced are those a full discovery finds, on the same passages
+    # (row numbers differ: an incremental build appends; compare by passage id)
+    def by_pid(index, subjects):
+        return {s.name: sorted(index.passages[r].id for r in s.rows) for s in subjects.subjects}
+
+    inc_rows, full_rows = by_pid(inc, carried), by_pid(fresh._current().index, full)
+    for name in ("cryo facial", "oxygen facial"):
+        got = next(v for k, v in inc_rows.items() if k.lower() == name)
+        want = next(v for k, v in full_rows.items() if k.lower() == name)
+        assert got == want, name
+    for q in SUBJECT_QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+
+    # removing it: its subjects leave with it, the rest is as a full build has it
+    (corpus / "cryo-vs-oxygen-facial.txt").unlink()
+    a.reindex()
+    fresh.reindex()
+    assert calls == []  # both carried their discovery over
+    carried = sj.for_index(ix.load(tmp_path / "index"), corpus)
+    assert not {"cryo facial", "oxygen facial"} & {s.name.lower() for s in carried.subjects}
+    for q in SUBJECT_QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
