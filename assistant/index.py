@@ -46,9 +46,13 @@ FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)  # a format-2 generation is read (and reused by reindex) as flat stores
 CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
-LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the FAISS id of each row
-# An HNSW level is rebuilt (tombstones dropped) once they reach this share of its vectors.
+LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the id of each row
+DELTA_SUFFIX = ".delta.faiss"  # beside an HNSW store: the rows added since its graph was written
+# A reindex rebuilds an HNSW level (graph of every row, no tombstones, no delta) once its
+# tombstones reach this share of its vectors, or its delta this many vectors (the delta is
+# searched exactly: 50,000 float16 vectors cost ~5 ms per question).
 MAX_TOMBSTONE_SHARE = 0.2
+DELTA_MAX_VECTORS = int(os.environ.get("ASSISTANT_DELTA_MAX_VECTORS", "50000"))
 
 
 # --- vector store ----------------------------------------------------------------------------
@@ -102,16 +106,23 @@ class FaissStore:
     kind 'flat': IndexFlatIP (float32) or IndexScalarQuantizer fp16 — exact search.
     kind 'hnsw': IndexHNSWFlat / IndexHNSWSQ fp16 — approximate search, exact vectors in its
     storage. Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
+
+    An HNSW level changes without touching its graph: rows of removed articles become
+    tombstones (`live[row]` is the id of each row; searches skip the others) and rows added to a
+    store read from a file go to a small exact `delta` beside it (ids after the graph's). The
+    graph's file is never rewritten: the next generation links to it. A reindex rebuilds the level
+    once tombstones reach MAX_TOMBSTONE_SHARE or the delta DELTA_MAX_VECTORS.
     """
 
-    def __init__(self, index, kind: str, dtype: str, live: np.ndarray | None = None) -> None:
+    def __init__(self, index, kind: str, dtype: str, live: np.ndarray | None = None, delta=None,
+                 source: Path | None = None) -> None:
         self.index = index
         self.kind = kind
         self.dtype = dtype
         self.dim = int(index.d)
-        # HNSW has no deletion: the vectors of removed rows stay in the graph as tombstones.
-        # `live[row]` is the FAISS id of each row (None: row i is id i); searches skip the rest.
         self.live = None if live is None else np.asarray(live, dtype=np.int64)
+        self.delta = delta  # a flat FAISS index of rows added since the graph was written, or None
+        self.source = source  # the file the graph was read from (unchanged: linked, not rewritten)
         self._selector = None
 
     @classmethod
@@ -121,16 +132,16 @@ class FaissStore:
         ip = faiss.METRIC_INNER_PRODUCT
         fp16 = dtype == "float16"
         if kind == "flat":
-            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip) if fp16 else faiss.IndexFlatIP(dim)
+            index = _flat_index(dim, dtype)
         elif kind == "hnsw":
             index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_M, ip) if fp16
                      else faiss.IndexHNSWFlat(dim, HNSW_M, ip))
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             index.hnsw.efSearch = HNSW_EF_SEARCH
+            if not index.is_trained:  # fp16 needs no statistics; train on nothing
+                index.train(np.zeros((1, dim), dtype=np.float32))
         else:
             raise ValueError(f"unknown vector store kind {kind!r}")
-        if not index.is_trained:  # fp16 needs no statistics; train on nothing
-            index.train(np.zeros((1, dim), dtype=np.float32))
         return cls(index, kind, dtype)
 
     @classmethod
@@ -141,33 +152,49 @@ class FaissStore:
         store.add(vectors, progress=progress, desc=desc)
         return store
 
+    @property
+    def _total(self) -> int:
+        """Vectors held, tombstones included (graph, then delta)."""
+        return int(self.index.ntotal) + (int(self.delta.ntotal) if self.delta is not None else 0)
+
     def __len__(self) -> int:
-        return int(self.index.ntotal) if self.live is None else len(self.live)
+        return self._total if self.live is None else len(self.live)
 
     @property
     def dead(self) -> int:
-        """Vectors of removed rows still in the graph (tombstones)."""
-        return 0 if self.live is None else int(self.index.ntotal) - len(self.live)
+        """Vectors of removed rows still held (tombstones)."""
+        return 0 if self.live is None else self._total - len(self.live)
+
+    @property
+    def pending(self) -> int:
+        """Rows in the delta (added since the graph was written)."""
+        return int(self.delta.ntotal) if self.delta is not None else 0
 
     def keep_rows(self, rows: np.ndarray) -> None:
         """Only `rows` (ascending) stay, renumbered 0..len(rows)-1; the others become tombstones
-        (cost: the rows, not the graph). An HNSW store only: a flat one is rebuilt instead."""
+        (cost: the rows, not the graph)."""
         rows = np.asarray(rows, dtype=np.int64)
         ids = rows if self.live is None else self.live[rows]
-        self.live = None if len(ids) == int(self.index.ntotal) else ids
+        self.live = None if len(ids) == self._total else ids
         self._selector = None
 
     def add(self, vectors: np.ndarray, progress: bool = False, desc: str = "Vectors") -> None:
-        """Append rows, in batches (an HNSW insert of a million vectors takes a while: a bar)."""
+        """Append rows, in batches (an HNSW insert of a million vectors takes a while: a bar).
+        A graph read from a file is not changed: its new rows go to the delta."""
         n = len(vectors)
         if not n:
             return
         import faiss
 
+        before = self._total
+        to_delta = self.kind == "hnsw" and (self.source is not None or self.delta is not None)
+        if to_delta and self.delta is None:
+            self.delta = _flat_index(self.dim, self.dtype)
+        target = self.delta if to_delta else self.index
         step = 20_000
         # inserting into a graph is the one long FAISS job: it may use every core (no model runs
         # meanwhile); searching goes back to the one thread beside torch (embedder._limit_threads)
-        wide = self.kind == "hnsw" and n >= step
+        wide = self.kind == "hnsw" and not to_delta and n >= step
         if wide:
             faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
         try:
@@ -175,15 +202,16 @@ class FaissStore:
                       leave=False) as bar:
                 for i in range(0, n, step):
                     chunk = np.ascontiguousarray(vectors[i : i + step], dtype=np.float32)
-                    self.index.add(chunk)
+                    target.add(chunk)
                     bar.update(len(chunk))
         finally:
             if wide:
                 faiss.omp_set_num_threads(1)
+        if not to_delta:
+            self.source = None  # the graph changed: it is written anew
         if self.live is not None:
-            total = int(self.index.ntotal)
-            self.live = np.concatenate([self.live, np.arange(total - n, total, dtype=np.int64)])
-            self._selector = None
+            self.live = np.concatenate([self.live, np.arange(before, before + n, dtype=np.int64)])
+        self._selector = None
 
     def _codes(self):
         import faiss
@@ -191,24 +219,30 @@ class FaissStore:
         inner = self.index.storage if self.kind == "hnsw" else self.index
         return faiss.downcast_index(inner)
 
-    def matrix(self) -> np.ndarray:
-        """Every vector, row-aligned: a zero-copy view of the index's own codes (float32 or
-        float16). The view keeps the store alive; it is invalid once the store is added to."""
+    def _view(self, flat) -> np.ndarray:
+        """A zero-copy array over a flat FAISS index's codes (kept alive by the view)."""
         import faiss
 
-        flat = self._codes()
-        n = len(self)
         dt = DTYPES[self.dtype]
-        if n == 0:
+        total = int(flat.ntotal)
+        if total == 0:
             return np.zeros((0, self.dim), dtype=dt)
-        total = int(self.index.ntotal)
         nbytes = total * flat.code_size
         addr = np.asarray(faiss.rev_swig_ptr(flat.codes.data(), nbytes)).__array_interface__["data"][0]
         # the view must keep this store (and so its memory, often a mapping of the file) alive
         buf = (ctypes.c_uint8 * nbytes).from_address(addr)
         buf._owner = self  # type: ignore[attr-defined]
-        codes = np.frombuffer(buf, dtype=dt).reshape(total, self.dim)
-        return codes if self.live is None else RowView(codes, self.live)
+        return np.frombuffer(buf, dtype=dt).reshape(total, self.dim)
+
+    def matrix(self) -> np.ndarray:
+        """Every vector, row-aligned: a zero-copy view of the index's own codes (float32 or
+        float16), or with tombstones or a delta a RowView that reads the rows asked for. The
+        view keeps the store alive; it is invalid once the store is added to."""
+        main = self._view(self._codes())
+        if self.live is None and self.delta is None:
+            return main
+        parts = [main] + ([self._view(self.delta)] if self.delta is not None else [])
+        return RowView(parts, self.live if self.live is not None else np.arange(self._total, dtype=np.int64))
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (rows, scores) for one query vector, best first."""
@@ -216,27 +250,45 @@ class FaissStore:
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         q = np.asarray(query, dtype=np.float32).reshape(1, -1)
-        if self.live is not None:  # tombstones: search the live ids only, then map ids to rows
-            import faiss
+        if self.live is None and self.delta is None:
+            if self.kind == "hnsw":
+                self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+            scores, ids = self.index.search(q, k)
+            keep = ids[0] >= 0
+            return ids[0][keep].astype(np.int64), scores[0][keep]
+        import faiss
 
-            if self._selector is None:
-                mask = np.zeros(int(self.index.ntotal), dtype=bool)
-                mask[self.live] = True
-                bits = np.packbits(mask, bitorder="little")
-                row_of = np.full(int(self.index.ntotal), -1, dtype=np.int64)
-                row_of[self.live] = np.arange(len(self.live))
-                sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
-                self._selector = (sel, bits, row_of)
-            sel, _, row_of = self._selector
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k))
+        n_main = int(self.index.ntotal)
+        if self._selector is None:
+            live = self.live if self.live is not None else np.arange(self._total, dtype=np.int64)
+            row_of = np.full(self._total, -1, dtype=np.int64)
+            row_of[live] = np.arange(len(live))
+            mask = row_of[:n_main] >= 0
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)) if not mask.all() else None
+            delta_live = np.flatnonzero(row_of[n_main:] >= 0)
+            self._selector = (sel, bits, row_of, delta_live)
+        sel, _, row_of, delta_live = self._selector
+        ids_all, scores_all = [], []
+        if n_main:
+            if self.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k)) if sel is not None \
+                    else faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+            else:
+                params = faiss.SearchParameters(sel=sel) if sel is not None else None
             scores, ids = self.index.search(q, k, params=params)
             keep = ids[0] >= 0
-            return row_of[ids[0][keep]], scores[0][keep]
-        if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
-        scores, ids = self.index.search(q, k)
-        keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+            ids_all.append(ids[0][keep].astype(np.int64))
+            scores_all.append(scores[0][keep])
+        if len(delta_live):  # the delta is small: exact
+            d_rows, d_scores = exact_topk(self._view(self.delta)[delta_live], q[0], k)
+            ids_all.append(delta_live[d_rows] + n_main)
+            scores_all.append(d_scores)
+        ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
+        scores = np.concatenate(scores_all) if scores_all else np.zeros(0, np.float32)
+        rows = row_of[ids]
+        best = topk(scores, k)
+        return rows[best], scores[best]
 
     def exact_search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by reading every vector (what 'flat' does; the reference for an HNSW store)."""
@@ -245,19 +297,31 @@ class FaissStore:
     def describe(self) -> dict:
         d = {"kind": self.kind, "dtype": self.dtype, "vectors": len(self)}
         if self.kind == "hnsw":
-            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH, tombstones=self.dead)
+            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH,
+                     tombstones=self.dead, delta=self.pending)
         return d
 
     def save(self, path: Path) -> None:
+        """One file for the graph (a link to the file it was read from when unchanged), and
+        beside it the delta and the row ids when there are any."""
         import faiss
 
-        faiss.write_index(self.index, str(path))
-        if self.live is not None:  # which FAISS ids are rows (the rest are tombstones)
+        path = Path(path)
+        if self.source is not None and Path(self.source).exists():
+            try:
+                os.link(self.source, path)
+            except OSError:
+                shutil.copyfile(self.source, path)
+        else:
+            faiss.write_index(self.index, str(path))
+        if self.delta is not None:
+            faiss.write_index(self.delta, str(path) + DELTA_SUFFIX)
+        if self.live is not None:  # which ids are rows (the rest are tombstones)
             np.save(Path(str(path) + LIVE_SUFFIX), self.live, allow_pickle=False)
 
     @classmethod
     def load(cls, path: Path, mmap: bool = True) -> "FaissStore":
-        """mmap: vector codes mapped from the file (read-only; not for a store to be added to)."""
+        """mmap: vector codes mapped from the file (read-only: rows added later go to a delta)."""
         import faiss
 
         raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
@@ -270,31 +334,69 @@ class FaissStore:
         dtype = "float16" if isinstance(inner, faiss.IndexScalarQuantizer) else "float32"
         if kind == "hnsw":
             index.hnsw.efSearch = HNSW_EF_SEARCH
-        live_path = Path(str(path) + LIVE_SUFFIX)
+        live_path, delta_path = Path(str(path) + LIVE_SUFFIX), Path(str(path) + DELTA_SUFFIX)
         live = np.load(live_path, allow_pickle=False) if live_path.exists() else None
-        return cls(index, kind, dtype, live)
+        delta = faiss_downcast(faiss.read_index(str(delta_path))) if delta_path.exists() else None
+        return cls(index, kind, dtype, live, delta, source=Path(path) if kind == "hnsw" else None)
+
+
+def _flat_index(dim: int, dtype: str):
+    import faiss
+
+    ip = faiss.METRIC_INNER_PRODUCT
+    if dtype == "float16":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip)
+        index.train(np.zeros((1, dim), dtype=np.float32))
+        return index
+    return faiss.IndexFlatIP(dim)
+
+
+def faiss_downcast(index):
+    import faiss
+
+    out = faiss.downcast_index(index)
+    if out is not index:
+        index.this.disown()
+        out.this.own(True)
+    return out
 
 
 class RowView:
-    """The vectors of an HNSW store with tombstones, by row: indexing reads only the rows asked
-    for (row i is FAISS id live[i]); np.asarray() gathers them all."""
+    """The vectors of a store with tombstones or a delta, by row: indexing reads only the rows
+    asked for (row i is id live[i]: ids of the graph, then of the delta); np.asarray() gathers
+    them all."""
 
-    def __init__(self, codes: np.ndarray, live: np.ndarray) -> None:
-        self.codes, self.live = codes, live
-        self.dtype = codes.dtype
-        self.shape = (len(live), codes.shape[1])
+    def __init__(self, parts: list[np.ndarray], live: np.ndarray) -> None:
+        self.parts, self.live = parts, live
+        self.n0 = len(parts[0])
+        self.dtype = parts[0].dtype
+        self.shape = (len(live), parts[0].shape[1])
         self.ndim = 2
 
     def __len__(self) -> int:
         return len(self.live)
 
+    def _gather(self, ids) -> np.ndarray:
+        if len(self.parts) == 1:
+            return self.parts[0][ids]
+        ids = np.asarray(ids)
+        if ids.ndim == 0:
+            i = int(ids)
+            return self.parts[0][i] if i < self.n0 else self.parts[1][i - self.n0]
+        out = np.empty(ids.shape + (self.shape[1],), dtype=self.dtype)
+        m = ids < self.n0
+        out[m] = self.parts[0][ids[m]]
+        out[~m] = self.parts[1][ids[~m] - self.n0]
+        return out
+
     def __getitem__(self, rows):
         if isinstance(rows, tuple):
-            return self[rows[0]][(slice(None),) + rows[1:]] if len(rows) > 1 else self[rows[0]]
-        return self.codes[self.live[rows]]
+            head = self[rows[0]]
+            return head[(slice(None),) + rows[1:]] if np.ndim(head) > 1 else head[rows[1:]]
+        return self._gather(self.live[rows])
 
     def __array__(self, dtype=None, copy=None):
-        out = self.codes[self.live]
+        out = self._gather(self.live)
         return out if dtype is None else out.astype(dtype, copy=False)
 
 

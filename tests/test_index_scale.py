@@ -76,10 +76,13 @@ def test_removed_and_changed_articles_leave_hnsw_as_tombstones(tmp_path, embedde
     monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
     hnsw.clear()
     (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    before = ix.current_generation(tmp_path / "i")
     a.reindex()
     assert hnsw == []
     index = ix.load(tmp_path / "i")
-    assert index.sentence_store.dead > 0
+    assert index.sentence_store.dead > 0 and index.sentence_store.pending > 0  # new rows in the delta
+    # the graph's file was not rewritten: the new generation links to it
+    assert (index.path / ix.SENTENCE_STORE).stat().st_ino == (before / ix.SENTENCE_STORE).stat().st_ino
     _rows_find_themselves(index)
     assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
 
@@ -164,3 +167,17 @@ def test_a_small_change_updates_the_subjects_and_answers_as_a_full_build(tmp_pat
     assert not {"cryo facial", "oxygen facial"} & {s.name.lower() for s in carried.subjects}
     for q in SUBJECT_QUESTIONS:
         assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+
+
+def test_a_full_delta_rebuilds_the_graph_with_every_row(tmp_path, embedder, hnsw, monkeypatch):
+    monkeypatch.setattr(ix, "DELTA_MAX_VECTORS", 2)
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    hnsw.clear()
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)  # one passage, three sentences
+    a.reindex()
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.pending == 1 and index.sentence_store.pending == 0  # 3 > 2: rebuilt
+    assert [x[1] for x in hnsw] == ["hnsw"]
+    _rows_find_themselves(index)
+    assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
