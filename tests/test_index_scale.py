@@ -181,3 +181,27 @@ def test_a_full_delta_rebuilds_the_graph_with_every_row(tmp_path, embedder, hnsw
     assert [x[1] for x in hnsw] == ["hnsw"]
     _rows_find_themselves(index)
     assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
+
+
+def test_a_generation_with_token_lists_is_updated_as_postings(tmp_path, embedder):
+    """Generations written before the postings kept BM25 tokens as lists (bm25-tokens.npz): the
+    next reindex converts them once, without re-embedding or re-tokenising kept articles."""
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    gen = ix.current_generation(tmp_path / "i")
+    tokens = ix.load_tokens(gen)
+    ix.save_tokens(gen / ix.TOKENS_FILE, tokens)
+    for level in ("bm25-passages", "bm25-sentences"):
+        (gen / level / ix.BM25_TF).unlink()
+        (gen / level / ix.BM25_DOCLEN).unlink()
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    r = a.reindex()
+    assert r.added == ["sunmoss"] and r.embedded_passages == 1
+    inc = ix.load(tmp_path / "i")
+    assert ix.load_level_postings(inc.path) is not None and not (inc.path / ix.TOKENS_FILE).exists()
+    fresh = ix.load(open_assistant(corpus, tmp_path / "i2").settings.index_dir)
+    assert inc.vocab == fresh.vocab
+    perm = np.array([{p.id: i for i, p in enumerate(inc.passages)}[p.id] for p in fresh.passages])
+    for q in (["sunmoss", "massag"], ["frostleaf", "mask"], ["glowberri"]):
+        np.testing.assert_array_equal(ix.bm25_scores(inc.bm25_passages, q, len(inc.passages))[perm],
+                                      ix.bm25_scores(fresh.bm25_passages, q, len(fresh.passages)))
