@@ -128,6 +128,7 @@ class StandInEmbedder:
         from assistant.chunking import split_sentences
 
         self.real, self.base, self.dim, self.name = real, base, real.dim, real.name
+        self.encoder, self.vector_space = real.encoder, real.vector_space  # what the manifest records
         self._split = split_sentences
         self.real_texts = 0
         self.standin_texts = 0
@@ -251,7 +252,11 @@ def build_rate_ratio(real, texts: list[str], non_model_s_per_text: float) -> dic
     from assistant import reindex as rx
 
     t = time.perf_counter()
-    real.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
+    if getattr(real, "encoder", "torch") == "onnx":  # the ONNX session's own batches of 64
+        for i in range(0, len(texts), 64):
+            real.model.encode(texts[i : i + 64])
+    else:
+        real.model.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
     model_s = time.perf_counter() - t
     t = time.perf_counter()
     rx._embed(real, texts, progress=False)
