@@ -643,7 +643,7 @@ class Postings:
         r = bm25s.BM25()
         n, v = p.n_rows, len(p.vocab)
         if n == 0 or v == 0:
-            r = _bm25s_from_tokens([[""]] if n == 0 else [[] for _ in range(n)])
+            r = _bm25s_from_tokens([[""] for _ in range(max(1, n))])  # no word anywhere: "" only
             r.postings = p
             return r
         df = np.diff(p.indptr)
