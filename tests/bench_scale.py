@@ -279,8 +279,6 @@ def _rss_mb() -> tuple[float, float]:
 
 def reindex_child(args) -> dict:
     """`assistant reindex` in a process of its own: model load, reindex time, peak memory."""
-    import resource
-
     from assistant import Settings
     from assistant.embedder import get_embedder
     from assistant.reindex import reindex
@@ -294,7 +292,8 @@ def reindex_child(args) -> dict:
     t = time.perf_counter()
     report = reindex(Settings(corpus_dir=args.workdir / "corpus", index_dir=args.workdir / "index"), emb, timings=tm)
     return {"model_load_s": load_s, "reindex_s": time.perf_counter() - t, "phases": tm,
-            "rss_before_reindex_mb": rss_before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the forking parent across exec
+            "rss_before_reindex_mb": rss_before, "peak_rss_mb": _rss_mb()[1],
             "changed": report.changed}
 
 
