@@ -107,11 +107,12 @@ class FaissStore:
     kind 'hnsw': IndexHNSWFlat / IndexHNSWSQ fp16 — approximate search, exact vectors in its
     storage. Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
 
-    An HNSW level changes without touching its graph: rows of removed articles become
-    tombstones (`live[row]` is the id of each row; searches skip the others) and rows added to a
-    store read from a file go to a small exact `delta` beside it (ids after the graph's). The
-    graph's file is never rewritten: the next generation links to it. A reindex rebuilds the level
-    once tombstones reach MAX_TOMBSTONE_SHARE or the delta DELTA_MAX_VECTORS.
+    A store read from a file changes without touching it: rows of removed articles become
+    tombstones (`live[row]` is the id of each row; searches skip the others) and added rows go to
+    a small exact `delta` beside it (ids after the file's). The file (an HNSW graph, or a flat
+    level's codes) is never rewritten: the next generation links to it, and a reindex reads it
+    memory-mapped like a server. A reindex rebuilds the level once tombstones reach
+    MAX_TOMBSTONE_SHARE or the delta DELTA_MAX_VECTORS.
     """
 
     def __init__(self, index, kind: str, dtype: str, live: np.ndarray | None = None, delta=None,
@@ -187,7 +188,7 @@ class FaissStore:
         import faiss
 
         before = self._total
-        to_delta = self.kind == "hnsw" and (self.source is not None or self.delta is not None)
+        to_delta = self.source is not None or self.delta is not None
         if to_delta and self.delta is None:
             self.delta = _flat_index(self.dim, self.dtype)
         target = self.delta if to_delta else self.index
@@ -297,8 +298,9 @@ class FaissStore:
     def describe(self) -> dict:
         d = {"kind": self.kind, "dtype": self.dtype, "vectors": len(self)}
         if self.kind == "hnsw":
-            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH,
-                     tombstones=self.dead, delta=self.pending)
+            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+        if self.dead or self.pending:
+            d.update(tombstones=self.dead, delta=self.pending)
         return d
 
     def save(self, path: Path) -> None:
@@ -337,7 +339,7 @@ class FaissStore:
         live_path, delta_path = Path(str(path) + LIVE_SUFFIX), Path(str(path) + DELTA_SUFFIX)
         live = np.load(live_path, allow_pickle=False) if live_path.exists() else None
         delta = faiss_downcast(faiss.read_index(str(delta_path))) if delta_path.exists() else None
-        return cls(index, kind, dtype, live, delta, source=Path(path) if kind == "hnsw" else None)
+        return cls(index, kind, dtype, live, delta, source=Path(path))
 
 
 def _flat_index(dim: int, dtype: str):

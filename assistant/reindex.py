@@ -613,14 +613,15 @@ def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray,
            dtype: str, progress: bool, desc: str) -> ix.FaissStore:
     """The new generation's store for one level: the previous store's `kept` rows, then `new`.
 
-    An HNSW store is read from its file (memory-mapped) and kept: the rows of removed articles
-    become tombstones and new rows go to its small exact delta (cost: the change, not the graph;
-    the graph's file is linked into the new generation, not rewritten), until the tombstones
-    reach MAX_TOMBSTONE_SHARE of its vectors or the delta DELTA_MAX_VECTORS; then, and for a
-    flat store (a copy), it is rebuilt from the rows."""
+    The previous store is read from its file (memory-mapped) and kept: the rows of removed
+    articles become tombstones and new rows go to its small exact delta (cost: the change, not
+    the library; the file is linked into the new generation, not rewritten), until the
+    tombstones reach MAX_TOMBSTONE_SHARE of its vectors or the delta DELTA_MAX_VECTORS, or the
+    level crosses ANN_MIN_VECTORS; then it is rebuilt from the rows (flat: a copy; HNSW: a new
+    graph)."""
     n = len(kept) + len(new)
     kind = ix.choose_kind(n)
-    if prev is not None and prev_path is not None and prev.kind == kind == "hnsw" and prev.dtype == dtype:
+    if prev is not None and prev_path is not None and prev.kind == kind and prev.dtype == dtype:
         total = prev.dead + len(prev) + len(new)
         dead = prev.dead + len(prev) - len(kept)
         if dead <= ix.MAX_TOMBSTONE_SHARE * total and prev.pending + len(new) <= ix.DELTA_MAX_VECTORS:

@@ -205,3 +205,28 @@ def test_a_generation_with_token_lists_is_updated_as_postings(tmp_path, embedder
     for q in (["sunmoss", "massag"], ["frostleaf", "mask"], ["glowberri"]):
         np.testing.assert_array_equal(ix.bm25_scores(inc.bm25_passages, q, len(inc.passages))[perm],
                                       ix.bm25_scores(fresh.bm25_passages, q, len(fresh.passages)))
+
+
+def test_flat_levels_also_link_their_file_and_keep_changes_beside_it(tmp_path, embedder, monkeypatch):
+    created = []
+    real_create = ix.FaissStore.create.__func__
+    monkeypatch.setattr(ix.FaissStore, "create",
+                        classmethod(lambda cls, *a, **k: created.append(a) or real_create(cls, *a, **k)))
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    before = ix.current_generation(tmp_path / "i")
+    created.clear()
+    (corpus / "sunmoss.txt").unlink()
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)
+    a.reindex()
+    assert created == []  # no level copied
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.kind == index.sentence_store.kind == "flat"
+    assert index.passage_store.dead > 0 and index.passage_store.pending > 0
+    for name in (ix.PASSAGE_STORE, ix.SENTENCE_STORE):
+        assert (index.path / name).stat().st_ino == (before / name).stat().st_ino
+    _rows_find_themselves(index)
+    fresh = open_assistant(write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "glowberry-peel.txt": GLOWBERRY_V2}),
+                           tmp_path / "i2")
+    for q in QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
