@@ -208,6 +208,7 @@ def test_a_generation_with_token_lists_is_updated_as_postings(tmp_path, embedder
 
 
 def test_flat_levels_also_link_their_file_and_keep_changes_beside_it(tmp_path, embedder, monkeypatch):
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.9)  # a small library: most of it changes
     created = []
     real_create = ix.FaissStore.create.__func__
     monkeypatch.setattr(ix.FaissStore, "create",
