@@ -46,6 +46,13 @@ FORMAT_VERSION = 3
 READABLE_FORMATS = (2, 3)  # a format-2 generation is read (and reused by reindex) as flat stores
 CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
+LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the id of each row
+DELTA_SUFFIX = ".delta.faiss"  # beside an HNSW store: the rows added since its graph was written
+# A reindex rebuilds an HNSW level (graph of every row, no tombstones, no delta) once its
+# tombstones reach this share of its vectors, or its delta this many vectors (the delta is
+# searched exactly: 50,000 float16 vectors cost ~5 ms per question).
+MAX_TOMBSTONE_SHARE = 0.2
+DELTA_MAX_VECTORS = int(os.environ.get("ASSISTANT_DELTA_MAX_VECTORS", "50000"))
 
 
 # --- vector store ----------------------------------------------------------------------------
@@ -99,13 +106,25 @@ class FaissStore:
     kind 'flat': IndexFlatIP (float32) or IndexScalarQuantizer fp16 — exact search.
     kind 'hnsw': IndexHNSWFlat / IndexHNSWSQ fp16 — approximate search, exact vectors in its
     storage. Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
+
+    A store read from a file changes without touching it: rows of removed articles become
+    tombstones (`live[row]` is the id of each row; searches skip the others) and added rows go to
+    a small exact `delta` beside it (ids after the file's). The file (an HNSW graph, or a flat
+    level's codes) is never rewritten: the next generation links to it, and a reindex reads it
+    memory-mapped like a server. A reindex rebuilds the level once tombstones reach
+    MAX_TOMBSTONE_SHARE or the delta DELTA_MAX_VECTORS.
     """
 
-    def __init__(self, index, kind: str, dtype: str) -> None:
+    def __init__(self, index, kind: str, dtype: str, live: np.ndarray | None = None, delta=None,
+                 source: Path | None = None) -> None:
         self.index = index
         self.kind = kind
         self.dtype = dtype
         self.dim = int(index.d)
+        self.live = None if live is None else np.asarray(live, dtype=np.int64)
+        self.delta = delta  # a flat FAISS index of rows added since the graph was written, or None
+        self.source = source  # the file the graph was read from (unchanged: linked, not rewritten)
+        self._selector = None
 
     @classmethod
     def create(cls, dim: int, kind: str = "flat", dtype: str = "float32") -> "FaissStore":
@@ -114,16 +133,16 @@ class FaissStore:
         ip = faiss.METRIC_INNER_PRODUCT
         fp16 = dtype == "float16"
         if kind == "flat":
-            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip) if fp16 else faiss.IndexFlatIP(dim)
+            index = _flat_index(dim, dtype)
         elif kind == "hnsw":
             index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_M, ip) if fp16
                      else faiss.IndexHNSWFlat(dim, HNSW_M, ip))
             index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
             index.hnsw.efSearch = HNSW_EF_SEARCH
+            if not index.is_trained:  # fp16 needs no statistics; train on nothing
+                index.train(np.zeros((1, dim), dtype=np.float32))
         else:
             raise ValueError(f"unknown vector store kind {kind!r}")
-        if not index.is_trained:  # fp16 needs no statistics; train on nothing
-            index.train(np.zeros((1, dim), dtype=np.float32))
         return cls(index, kind, dtype)
 
     @classmethod
@@ -134,20 +153,49 @@ class FaissStore:
         store.add(vectors, progress=progress, desc=desc)
         return store
 
+    @property
+    def _total(self) -> int:
+        """Vectors held, tombstones included (graph, then delta)."""
+        return int(self.index.ntotal) + (int(self.delta.ntotal) if self.delta is not None else 0)
+
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return self._total if self.live is None else len(self.live)
+
+    @property
+    def dead(self) -> int:
+        """Vectors of removed rows still held (tombstones)."""
+        return 0 if self.live is None else self._total - len(self.live)
+
+    @property
+    def pending(self) -> int:
+        """Rows in the delta (added since the graph was written)."""
+        return int(self.delta.ntotal) if self.delta is not None else 0
+
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Only `rows` (ascending) stay, renumbered 0..len(rows)-1; the others become tombstones
+        (cost: the rows, not the graph)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        ids = rows if self.live is None else self.live[rows]
+        self.live = None if len(ids) == self._total else ids
+        self._selector = None
 
     def add(self, vectors: np.ndarray, progress: bool = False, desc: str = "Vectors") -> None:
-        """Append rows, in batches (an HNSW insert of a million vectors takes a while: a bar)."""
+        """Append rows, in batches (an HNSW insert of a million vectors takes a while: a bar).
+        A graph read from a file is not changed: its new rows go to the delta."""
         n = len(vectors)
         if not n:
             return
         import faiss
 
+        before = self._total
+        to_delta = self.source is not None or self.delta is not None
+        if to_delta and self.delta is None:
+            self.delta = _flat_index(self.dim, self.dtype)
+        target = self.delta if to_delta else self.index
         step = 20_000
         # inserting into a graph is the one long FAISS job: it may use every core (no model runs
         # meanwhile); searching goes back to the one thread beside torch (embedder._limit_threads)
-        wide = self.kind == "hnsw" and n >= step
+        wide = self.kind == "hnsw" and not to_delta and n >= step
         if wide:
             faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
         try:
@@ -155,11 +203,16 @@ class FaissStore:
                       leave=False) as bar:
                 for i in range(0, n, step):
                     chunk = np.ascontiguousarray(vectors[i : i + step], dtype=np.float32)
-                    self.index.add(chunk)
+                    target.add(chunk)
                     bar.update(len(chunk))
         finally:
             if wide:
                 faiss.omp_set_num_threads(1)
+        if not to_delta:
+            self.source = None  # the graph changed: it is written anew
+        if self.live is not None:
+            self.live = np.concatenate([self.live, np.arange(before, before + n, dtype=np.int64)])
+        self._selector = None
 
     def _codes(self):
         import faiss
@@ -167,33 +220,76 @@ class FaissStore:
         inner = self.index.storage if self.kind == "hnsw" else self.index
         return faiss.downcast_index(inner)
 
-    def matrix(self) -> np.ndarray:
-        """Every vector, row-aligned: a zero-copy view of the index's own codes (float32 or
-        float16). The view keeps the store alive; it is invalid once the store is added to."""
+    def _view(self, flat) -> np.ndarray:
+        """A zero-copy array over a flat FAISS index's codes (kept alive by the view)."""
         import faiss
 
-        flat = self._codes()
-        n = len(self)
         dt = DTYPES[self.dtype]
-        if n == 0:
+        total = int(flat.ntotal)
+        if total == 0:
             return np.zeros((0, self.dim), dtype=dt)
-        nbytes = n * flat.code_size
+        nbytes = total * flat.code_size
         addr = np.asarray(faiss.rev_swig_ptr(flat.codes.data(), nbytes)).__array_interface__["data"][0]
         # the view must keep this store (and so its memory, often a mapping of the file) alive
         buf = (ctypes.c_uint8 * nbytes).from_address(addr)
         buf._owner = self  # type: ignore[attr-defined]
-        return np.frombuffer(buf, dtype=dt).reshape(n, self.dim)
+        return np.frombuffer(buf, dtype=dt).reshape(total, self.dim)
+
+    def matrix(self) -> np.ndarray:
+        """Every vector, row-aligned: a zero-copy view of the index's own codes (float32 or
+        float16), or with tombstones or a delta a RowView that reads the rows asked for. The
+        view keeps the store alive; it is invalid once the store is added to."""
+        main = self._view(self._codes())
+        if self.live is None and self.delta is None:
+            return main
+        parts = [main] + ([self._view(self.delta)] if self.delta is not None else [])
+        return RowView(parts, self.live if self.live is not None else np.arange(self._total, dtype=np.int64))
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (rows, scores) for one query vector, best first."""
         k = min(k, len(self))
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        if self.kind == "hnsw":
-            self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
-        scores, ids = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), k)
-        keep = ids[0] >= 0
-        return ids[0][keep].astype(np.int64), scores[0][keep]
+        q = np.asarray(query, dtype=np.float32).reshape(1, -1)
+        if self.live is None and self.delta is None:
+            if self.kind == "hnsw":
+                self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+            scores, ids = self.index.search(q, k)
+            keep = ids[0] >= 0
+            return ids[0][keep].astype(np.int64), scores[0][keep]
+        import faiss
+
+        n_main = int(self.index.ntotal)
+        if self._selector is None:
+            live = self.live if self.live is not None else np.arange(self._total, dtype=np.int64)
+            row_of = np.full(self._total, -1, dtype=np.int64)
+            row_of[live] = np.arange(len(live))
+            mask = row_of[:n_main] >= 0
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits)) if not mask.all() else None
+            delta_live = np.flatnonzero(row_of[n_main:] >= 0)
+            self._selector = (sel, bits, row_of, delta_live)
+        sel, _, row_of, delta_live = self._selector
+        ids_all, scores_all = [], []
+        if n_main:
+            if self.kind == "hnsw":
+                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k)) if sel is not None \
+                    else faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+            else:
+                params = faiss.SearchParameters(sel=sel) if sel is not None else None
+            scores, ids = self.index.search(q, k, params=params)
+            keep = ids[0] >= 0
+            ids_all.append(ids[0][keep].astype(np.int64))
+            scores_all.append(scores[0][keep])
+        if len(delta_live):  # the delta is small: exact
+            d_rows, d_scores = exact_topk(self._view(self.delta)[delta_live], q[0], k)
+            ids_all.append(delta_live[d_rows] + n_main)
+            scores_all.append(d_scores)
+        ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
+        scores = np.concatenate(scores_all) if scores_all else np.zeros(0, np.float32)
+        rows = row_of[ids]
+        best = topk(scores, k)
+        return rows[best], scores[best]
 
     def exact_search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by reading every vector (what 'flat' does; the reference for an HNSW store)."""
@@ -203,16 +299,31 @@ class FaissStore:
         d = {"kind": self.kind, "dtype": self.dtype, "vectors": len(self)}
         if self.kind == "hnsw":
             d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+        if self.dead or self.pending:
+            d.update(tombstones=self.dead, delta=self.pending)
         return d
 
     def save(self, path: Path) -> None:
+        """One file for the graph (a link to the file it was read from when unchanged), and
+        beside it the delta and the row ids when there are any."""
         import faiss
 
-        faiss.write_index(self.index, str(path))
+        path = Path(path)
+        if self.source is not None and Path(self.source).exists():
+            try:
+                os.link(self.source, path)
+            except OSError:
+                shutil.copyfile(self.source, path)
+        else:
+            faiss.write_index(self.index, str(path))
+        if self.delta is not None:
+            faiss.write_index(self.delta, str(path) + DELTA_SUFFIX)
+        if self.live is not None:  # which ids are rows (the rest are tombstones)
+            np.save(Path(str(path) + LIVE_SUFFIX), self.live, allow_pickle=False)
 
     @classmethod
     def load(cls, path: Path, mmap: bool = True) -> "FaissStore":
-        """mmap: vector codes mapped from the file (read-only; not for a store to be added to)."""
+        """mmap: vector codes mapped from the file (read-only: rows added later go to a delta)."""
         import faiss
 
         raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
@@ -225,7 +336,70 @@ class FaissStore:
         dtype = "float16" if isinstance(inner, faiss.IndexScalarQuantizer) else "float32"
         if kind == "hnsw":
             index.hnsw.efSearch = HNSW_EF_SEARCH
-        return cls(index, kind, dtype)
+        live_path, delta_path = Path(str(path) + LIVE_SUFFIX), Path(str(path) + DELTA_SUFFIX)
+        live = np.load(live_path, allow_pickle=False) if live_path.exists() else None
+        delta = faiss_downcast(faiss.read_index(str(delta_path))) if delta_path.exists() else None
+        return cls(index, kind, dtype, live, delta, source=Path(path))
+
+
+def _flat_index(dim: int, dtype: str):
+    import faiss
+
+    ip = faiss.METRIC_INNER_PRODUCT
+    if dtype == "float16":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip)
+        index.train(np.zeros((1, dim), dtype=np.float32))
+        return index
+    return faiss.IndexFlatIP(dim)
+
+
+def faiss_downcast(index):
+    import faiss
+
+    out = faiss.downcast_index(index)
+    if out is not index:
+        index.this.disown()
+        out.this.own(True)
+    return out
+
+
+class RowView:
+    """The vectors of a store with tombstones or a delta, by row: indexing reads only the rows
+    asked for (row i is id live[i]: ids of the graph, then of the delta); np.asarray() gathers
+    them all."""
+
+    def __init__(self, parts: list[np.ndarray], live: np.ndarray) -> None:
+        self.parts, self.live = parts, live
+        self.n0 = len(parts[0])
+        self.dtype = parts[0].dtype
+        self.shape = (len(live), parts[0].shape[1])
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return len(self.live)
+
+    def _gather(self, ids) -> np.ndarray:
+        if len(self.parts) == 1:
+            return self.parts[0][ids]
+        ids = np.asarray(ids)
+        if ids.ndim == 0:
+            i = int(ids)
+            return self.parts[0][i] if i < self.n0 else self.parts[1][i - self.n0]
+        out = np.empty(ids.shape + (self.shape[1],), dtype=self.dtype)
+        m = ids < self.n0
+        out[m] = self.parts[0][ids[m]]
+        out[~m] = self.parts[1][ids[~m] - self.n0]
+        return out
+
+    def __getitem__(self, rows):
+        if isinstance(rows, tuple):
+            head = self[rows[0]]
+            return head[(slice(None),) + rows[1:]] if np.ndim(head) > 1 else head[rows[1:]]
+        return self._gather(self.live[rows])
+
+    def __array__(self, dtype=None, copy=None):
+        out = self._gather(self.live)
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def exact_topk(matrix: np.ndarray, query: np.ndarray, k: int, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
@@ -373,6 +547,185 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
     if nonocc is not None:  # BM25L/BM25+ variants: a constant per query word
         acc += np.float32(nonocc[ids].sum())
     return acc[inv]
+
+
+# --- BM25 that a reindex updates instead of rebuilding ----------------------------------------
+
+BM25_TF, BM25_DOCLEN = "tf.npy", "doclen.npy"  # beside bm25s's own files in bm25-passages/ and bm25-sentences/
+
+
+@dataclass
+class Postings:
+    """The term frequencies one BM25 level is computed from, token-major like bm25s's score
+    matrix (token t's rows are indices[indptr[t]:indptr[t+1]], ascending; tf beside them).
+
+    A reindex drops the rows of removed articles (`keep`), appends the rows of new ones
+    (`extend`) and recomputes the scores (`retriever`) with numpy in one pass over the arrays:
+    no Python list per passage, no re-tokenising, the same float32 scores bm25s's own `index`
+    computes from the same tokens (a test holds them equal, bit for bit)."""
+
+    vocab: list[str]  # token id -> token
+    indptr: np.ndarray  # int64, len(vocab) + 1
+    indices: np.ndarray  # int32 rows
+    tf: np.ndarray  # float32 term frequency of each entry
+    doclen: np.ndarray  # int32 tokens per row
+
+    @property
+    def n_rows(self) -> int:
+        return int(len(self.doclen))
+
+    @classmethod
+    def empty(cls) -> "Postings":
+        return cls([], np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+    @classmethod
+    def from_tokens(cls, rows: list[list[str]]) -> "Postings":
+        return cls.empty().extend(rows)
+
+    def keep(self, rows: np.ndarray) -> "Postings":
+        """Only `rows` (ascending), renumbered 0..len(rows)-1. Cost: one pass over the entries."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == self.n_rows:  # rows ascending and unique: all of them, in order
+            return self
+        old_to_new = np.full(self.n_rows, -1, dtype=np.int64)
+        old_to_new[rows] = np.arange(len(rows))
+        indptr = np.asarray(self.indptr, dtype=np.int64)
+        new_rows = old_to_new[np.asarray(self.indices)]
+        m = new_rows >= 0
+        cm = np.zeros(len(m) + 1, dtype=np.int64)
+        np.cumsum(m, out=cm[1:])
+        counts = cm[indptr[1:]] - cm[indptr[:-1]]
+        out_ptr = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(counts, out=out_ptr[1:])
+        return Postings(list(self.vocab), out_ptr, new_rows[m].astype(np.int32), np.asarray(self.tf)[m],
+                        np.asarray(self.doclen)[rows])
+
+    def extend(self, rows: list[list[str]]) -> "Postings":
+        """These tokenised texts appended as rows n_rows, n_rows+1, ... (cost: their tokens,
+        plus one copy of the arrays to insert their entries)."""
+        if not rows:
+            return self
+        vocab = {t: i for i, t in enumerate(self.vocab)}
+        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for row in rows for t in row), dtype=np.int64)
+        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+        n_new, v_old, v_new = len(rows), len(self.vocab), len(vocab)
+        row = np.repeat(np.arange(n_new, dtype=np.int64), lens)
+        keys, tf = np.unique(ids * n_new + row, return_counts=True)  # by token, then row
+        tok, row = keys // n_new, keys % n_new + self.n_rows
+        old_ptr = np.asarray(self.indptr, dtype=np.int64)
+        old_counts = np.zeros(v_new, dtype=np.int64)
+        old_counts[:v_old] = np.diff(old_ptr)
+        counts = old_counts + np.bincount(tok, minlength=v_new)
+        ptr = np.zeros(v_new + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        at = old_ptr[np.minimum(tok + 1, v_old)]  # after the token's old entries (new tokens: at the end)
+        indices = np.insert(np.asarray(self.indices, dtype=np.int32), at, row.astype(np.int32))
+        tfs = np.insert(np.asarray(self.tf, dtype=np.float32), at, tf.astype(np.float32))
+        return Postings(list(vocab), ptr, indices, tfs,
+                        np.concatenate([np.asarray(self.doclen, dtype=np.int32), lens.astype(np.int32)]))
+
+    def compact(self) -> "Postings":
+        """Without the tokens no row uses any more (a full build would not know them)."""
+        counts = np.diff(np.asarray(self.indptr, dtype=np.int64))
+        used = counts > 0
+        if used.all():
+            return self
+        ptr = np.zeros(int(used.sum()) + 1, dtype=np.int64)
+        np.cumsum(counts[used], out=ptr[1:])
+        return Postings([t for t, u in zip(self.vocab, used) if u], ptr, self.indices, self.tf, self.doclen)
+
+    def retriever(self):
+        """A bm25s retriever with the scores bm25s's `index` computes from the same tokens
+        (method lucene, k1 1.5, b 0.75, float32; the same operations in the same order)."""
+        import math
+
+        import bm25s
+
+        p = self.compact()
+        r = bm25s.BM25()
+        n, v = p.n_rows, len(p.vocab)
+        if n == 0 or v == 0:
+            r = _bm25s_from_tokens([[""] for _ in range(max(1, n))])  # no word anywhere: "" only
+            r.postings = p
+            return r
+        df = np.diff(p.indptr)
+        uniq, inv = np.unique(df, return_inverse=True)
+        idf = np.array([math.log(1 + (n - int(d) + 0.5) / (int(d) + 0.5)) for d in uniq], dtype=np.float32)[inv]
+        doclen = np.asarray(p.doclen, dtype=np.int64)
+        avg = np.array(doclen).mean()
+        denom = r.k1 * ((1 - r.b) + r.b * doclen / avg)  # float64, per row
+        data = np.empty(len(p.indices), dtype=np.float32)
+        step = 1 << 22
+        tok = np.repeat(np.arange(v, dtype=np.int32), df)
+        indices = np.asarray(p.indices)
+        tf_all = np.asarray(p.tf, dtype=np.float32)
+        for i in range(0, len(data), step):
+            tf = tf_all[i : i + step]
+            tfc = tf / (denom[indices[i : i + step]] + tf)
+            data[i : i + step] = idf[tok[i : i + step]] * tfc
+        del tok
+        r.scores = {"data": data, "indices": np.ascontiguousarray(indices, dtype=np.int32),
+                    "indptr": np.ascontiguousarray(p.indptr, dtype=np.int64), "num_docs": n}
+        r.vocab_dict = {t: i for i, t in enumerate(p.vocab)}
+        r.vocab_dict[""] = v  # as bm25s adds it (no column)
+        r.unique_token_ids_set = set(r.vocab_dict.values())
+        r.nonoccurrence_array = None
+        r.postings = p
+        return r
+
+    def token_rows(self) -> list[list[str]]:
+        """Each row's tokens as a bag (token order is lost; BM25 does not use it)."""
+        indptr = np.asarray(self.indptr, dtype=np.int64)
+        tok = np.repeat(np.arange(len(self.vocab), dtype=np.int64), np.diff(indptr))
+        rows = np.asarray(self.indices, dtype=np.int64)
+        order = np.lexsort((tok, rows))
+        reps = np.asarray(self.tf)[order].astype(np.int64)
+        flat = np.repeat(tok[order], reps)
+        lens = np.bincount(rows, weights=np.asarray(self.tf, dtype=np.float64), minlength=self.n_rows).astype(np.int64)
+        words = np.array(self.vocab, dtype=object)[flat].tolist() if len(flat) else []
+        out, at = [], 0
+        for n in lens.tolist():
+            out.append(words[at : at + n])
+            at += n
+        return out
+
+    def save(self, folder: Path) -> None:
+        np.save(Path(folder) / BM25_TF, np.asarray(self.tf, dtype=np.float32), allow_pickle=False)
+        np.save(Path(folder) / BM25_DOCLEN, np.asarray(self.doclen, dtype=np.int32), allow_pickle=False)
+
+
+def _bm25s_from_tokens(tokens: list[list[str]]):
+    import bm25s
+
+    bm25_log = logging.getLogger("bm25s")
+    if bm25_log.level == logging.DEBUG:  # bm25s sets DEBUG on import
+        bm25_log.setLevel(logging.WARNING)
+    retriever = bm25s.BM25()
+    retriever.index(tokens or [[""]], show_progress=False)
+    return retriever
+
+
+def load_postings(retriever, folder: Path) -> Postings | None:
+    """The postings a generation's BM25 level was computed from (memory-mapped), or None
+    (written before they were kept, or damaged)."""
+    folder = Path(folder)
+    try:
+        tf = np.load(folder / BM25_TF, allow_pickle=False, mmap_mode="r")
+        doclen = np.load(folder / BM25_DOCLEN, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    vocab_dict = getattr(retriever, "vocab_dict", None) or {}
+    m = retriever.scores
+    indptr, indices = np.asarray(m["indptr"]), m["indices"]
+    v = len(indptr) - 1
+    vocab = [""] * v
+    for t, i in vocab_dict.items():
+        if 0 <= i < v:
+            vocab[i] = t
+    if len(tf) != len(indices) or len(doclen) != int(m.get("num_docs", len(doclen))) or (v and "" in vocab):
+        log.warning("BM25 postings in %s do not match their scores; re-tokenising", folder)
+        return None
+    return Postings(vocab, indptr, indices, tf, doclen)
 
 
 # --- the index -------------------------------------------------------------------------------
@@ -626,7 +979,13 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
     np.save(tmp / "sentence_passage.npy", np.asarray(index.sent_passage), allow_pickle=False)
     index.bm25_passages.save(tmp / "bm25-passages", show_progress=False)
     index.bm25_sentences.save(tmp / "bm25-sentences", show_progress=False)
-    if tokens is not None:
+    kept = 0
+    for level, retriever in (("bm25-passages", index.bm25_passages), ("bm25-sentences", index.bm25_sentences)):
+        postings = getattr(retriever, "postings", None)
+        if postings is not None:  # what the next reindex updates (tf per entry, tokens per row)
+            postings.save(tmp / level)
+            kept += 1
+    if tokens is not None and kept < 2:  # a retriever built elsewhere (pgstore): its tokens, as before
         save_tokens(tmp / TOKENS_FILE, tokens)
     if files is not None:
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
@@ -667,8 +1026,15 @@ def save_tokens(path: Path, tokens: TokenCache) -> None:
 
 
 def load_tokens(gen: Path) -> TokenCache | None:
-    """The BM25 tokens stored with a generation, or None (older format, missing or damaged)."""
+    """The BM25 tokens stored with a generation (as bags of words when they are kept as
+    postings), or None (older format, missing or damaged). Python lists: for small libraries
+    and the Postgres store only; a reindex reads `load_level_postings` instead."""
     path = Path(gen) / TOKENS_FILE
+    if not path.exists():
+        levels = load_level_postings(gen)
+        if levels is None:
+            return None
+        return TokenCache(levels[0].token_rows(), levels[1].token_rows())
     try:
         with np.load(path, allow_pickle=False) as z:
             words = str(z["vocab"]).split("\n") if str(z["vocab"]) else []
@@ -684,6 +1050,24 @@ def load_tokens(gen: Path) -> TokenCache | None:
         return [toks[off[i] : off[i + 1]] for i in range(len(off) - 1)]
 
     return TokenCache(rows(arrays["p_ids"], arrays["p_off"]), rows(arrays["s_ids"], arrays["s_off"]))
+
+
+def load_level_postings(gen: Path) -> tuple[Postings, Postings] | None:
+    """The BM25 postings of a generation's passages and sentences (memory-mapped), else None."""
+    out = []
+    for level in ("bm25-passages", "bm25-sentences"):
+        folder = Path(gen) / level
+        if not (folder / BM25_TF).exists():
+            return None
+        try:
+            p = load_postings(_load_bm25(folder), folder)
+        except Exception as e:  # damaged: the caller re-tokenises
+            log.warning("BM25 of %s unreadable (%s)", folder, e)
+            return None
+        if p is None:
+            return None
+        out.append(p)
+    return out[0], out[1]
 
 
 def load_file_stats(gen: Path) -> dict:

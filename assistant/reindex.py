@@ -44,6 +44,7 @@ EMBED_BATCH = 8  # small, length-sorted batches: fastest on CPU, and questions g
 EMBED_WINDOW = 4096  # texts sorted by length within a window of this many (bounded memory, little padding)
 OUT_ON_DISK = 200_000  # from this many new texts, their vectors are gathered in a file, not in RAM
 CACHE_DIR = ".embed-cache"  # vectors of an unfinished build, reused by the next one (EmbedCache)
+TOKENIZE_BLOCK = 50_000  # passages tokenised (and their postings appended) at a time
 RACY_SECONDS = 2.0  # a file modified this recently is hashed again next time (coarse timestamps)
 
 
@@ -150,7 +151,7 @@ class _Previous:
         self.gen, self.manifest, self.docs, self.files = gen, manifest, docs, files
         self.tokens_usable = tokens_usable
         self._index: ix.Index | None = None
-        self._tokens: ix.TokenCache | None = None
+        self._tokens: tuple[ix.Postings, ix.Postings] | None = None
         self._tokens_read = False
 
     @property
@@ -160,17 +161,21 @@ class _Previous:
         return self._index
 
     @property
-    def tokens(self) -> ix.TokenCache | None:
+    def postings(self) -> tuple[ix.Postings, ix.Postings] | None:
+        """The BM25 postings of passages and sentences (memory-mapped arrays; a generation of an
+        earlier format has its tokens as lists instead: converted once). None: re-tokenise."""
         if not self._tokens_read:
             self._tokens_read = True
-            tokens = ix.load_tokens(self.gen) if self.tokens_usable else None
             prev = self.index
-            if tokens is not None and (
-                len(tokens.passages) != len(prev.passages) or len(tokens.sentences) != len(prev.sent_passage)
-            ):
-                log.warning("token cache of %s does not match its index; re-tokenising", self.gen.name)
-                tokens = None
-            self._tokens = tokens
+            levels = ix.load_level_postings(self.gen) if self.tokens_usable else None
+            if levels is None and self.tokens_usable:
+                tokens = ix.load_tokens(self.gen)
+                if tokens is not None:
+                    levels = (ix.Postings.from_tokens(tokens.passages), ix.Postings.from_tokens(tokens.sentences))
+            if levels is not None and (levels[0].n_rows != len(prev.passages) or levels[1].n_rows != len(prev.sent_passage)):
+                log.warning("BM25 postings of %s do not match its index; re-tokenising", self.gen.name)
+                levels = None
+            self._tokens = levels
         return self._tokens
 
 
@@ -194,7 +199,8 @@ def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None
     if (m.get("fingerprints") or {}).get("content") != prints["content"]:
         log.info("the reading or chunking code changed; rebuilding from scratch")
         return None
-    usable = (m.get("fingerprints") or {}).get("bm25") == prints["bm25"] and (gen / ix.TOKENS_FILE).is_file()
+    usable = (m.get("fingerprints") or {}).get("bm25") == prints["bm25"] and (
+        (gen / ix.TOKENS_FILE).is_file() or (gen / "bm25-sentences" / ix.BM25_TF).is_file())
     if not usable:
         log.info("BM25 tokenisation changed; re-tokenising every passage")
     return _Previous(gen, m, docs, ix.load_file_stats(gen), usable)
@@ -343,24 +349,17 @@ def reindex(
         kept_rows = np.zeros(0, dtype=np.int64)
         kept_sent_rows = np.zeros(0, dtype=np.int64)
         passages: list[Passage] = []
-        tok_p: list[list[str] | None] = []
-        tok_s: list[list[str] | None] = []
+        post: tuple[ix.Postings, ix.Postings] | None = None
         if prev_index is not None:
-            tok = prev.tokens
             keep = np.fromiter((p.doc_id in kept_docs for p in prev_index.passages), dtype=bool,
                                count=len(prev_index.passages))
             kept_rows = np.flatnonzero(keep)
             kept_sent_rows = _ranges(prev_index.sent_rows[kept_rows])
             passages = [prev_index.passages[r] for r in kept_rows]
-            if tok is not None:
-                tok_p = [tok.passages[r] for r in kept_rows]
-                tok_s = [tok.sentences[r] for r in kept_sent_rows]
-            else:
-                tok_p, tok_s = [None] * len(kept_rows), [None] * len(kept_sent_rows)
+            if prev.postings is not None:
+                post = (prev.postings[0].keep(kept_rows), prev.postings[1].keep(kept_sent_rows))
         n_kept = len(passages)
         passages += new_passages
-        tok_p += [None] * len(new_passages)
-        tok_s += [None] * len(s_vecs)
         sent_passage = np.repeat(np.arange(len(passages), dtype=np.int32), [len(p.sentences) for p in passages])
         dim = embedder.dim
         passage_store = _store(prev_index.passage_store if prev_index else None, prev_index.path / ix.PASSAGE_STORE
@@ -372,30 +371,21 @@ def reindex(
         del vecs, p_vecs, s_vecs
         lap("assemble")
 
-        # 4. BM25 over passages and sentences: tokens of kept passages come from the cache
-        missing = [i for i, t in enumerate(tok_p) if t is None]
-        if missing:
-            for i, t in zip(missing, ix.tokenize([
-                ix.passage_bm25_text(passages[i], docs[passages[i].doc_id].title, docs[passages[i].doc_id].text)
-                for i in missing
-            ])):
-                tok_p[i] = list(t)
-        s_missing = [j for j, t in enumerate(tok_s) if t is None]
-        if s_missing:
-            counts = np.array([len(p.sentences) for p in passages], dtype=np.int64)
-            first = np.cumsum(counts) - counts
-            s_texts = []
-            for j in s_missing:
-                p = passages[int(sent_passage[j])]
-                s = p.sentences[j - int(first[int(sent_passage[j])])]
-                s_texts.append(ix.sentence_bm25_text(p, s, docs[p.doc_id].text, docs[p.doc_id].title))
-            for j, t in zip(s_missing, ix.tokenize(s_texts)):
-                tok_s[j] = list(t)
-            del s_texts
-        tokens = ix.TokenCache(passages=tok_p, sentences=tok_s)
+        # 4. BM25: the postings of kept rows are reused (those of removed rows dropped), the new
+        # rows tokenised and appended, the scores recomputed in one numpy pass (no re-tokenising)
+        first_new = n_kept if post is not None else 0
+        post_p, post_s = post if post is not None else (ix.Postings.empty(), ix.Postings.empty())
+        del post
+        for i in range(first_new, len(passages), TOKENIZE_BLOCK):  # a block at a time: bounded memory
+            block = passages[i : i + TOKENIZE_BLOCK]
+            post_p = post_p.extend(ix.tokenize([
+                ix.passage_bm25_text(p, docs[p.doc_id].title, docs[p.doc_id].text) for p in block]))
+            post_s = post_s.extend(ix.tokenize([
+                ix.sentence_bm25_text(p, x, docs[p.doc_id].text, docs[p.doc_id].title) for p in block for x in p.sentences]))
         lap("tokenize")
-        bm25_p = _bm25(tokens.passages)
-        bm25_s = _bm25(tokens.sentences)
+        bm25_p = post_p.retriever()
+        bm25_s = post_s.retriever()
+        del post_p, post_s
         lap("bm25")
 
         manifest = {
@@ -436,7 +426,7 @@ def reindex(
         if found is None:
             found = sj.discover_for_build(new_index, corpus_dir)
         lap("subjects")
-        ix.write(index_dir, new_index, tokens=tokens, files=stats, subjects=found)
+        ix.write(index_dir, new_index, files=stats, subjects=found)
         cache.clear()  # the generation holds the vectors now
         lap("write")
         ix.prune(index_dir)
@@ -479,15 +469,9 @@ def _refresh_subjects(prev: _Previous, corpus_dir: Path) -> None:
 
 
 def _bm25(tokens: list[list[str]]):
-    """The same retriever index.build_bm25 makes, from tokens already computed."""
-    import bm25s
-
-    bm25_log = logging.getLogger("bm25s")
-    if bm25_log.level == logging.DEBUG:  # bm25s sets DEBUG on import: "Building index from tokens" each time
-        bm25_log.setLevel(logging.WARNING)
-    retriever = bm25s.BM25()
-    retriever.index(tokens or [[""]], show_progress=False)
-    return retriever
+    """The same retriever index.build_bm25 makes, from tokens already computed (bm25s's own
+    `index`; a reindex computes the same scores from its postings: index.Postings)."""
+    return ix._bm25s_from_tokens(tokens)
 
 
 def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EMBED_BATCH,
@@ -629,15 +613,22 @@ def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray,
            dtype: str, progress: bool, desc: str) -> ix.FaissStore:
     """The new generation's store for one level: the previous store's `kept` rows, then `new`.
 
-    An HNSW store that only gains rows is read from its file and extended (cost: the new rows);
-    anything else is rebuilt from the rows (a flat store is a copy; an HNSW graph is re-inserted)."""
+    The previous store is read from its file (memory-mapped) and kept: the rows of removed
+    articles become tombstones and new rows go to its small exact delta (cost: the change, not
+    the library; the file is linked into the new generation, not rewritten), until the
+    tombstones reach MAX_TOMBSTONE_SHARE of its vectors or the delta DELTA_MAX_VECTORS, or the
+    level crosses ANN_MIN_VECTORS; then it is rebuilt from the rows (flat: a copy; HNSW: a new
+    graph)."""
     n = len(kept) + len(new)
     kind = ix.choose_kind(n)
-    if (prev is not None and prev_path is not None and prev.kind == kind == "hnsw" and prev.dtype == dtype
-            and len(kept) == len(prev) and np.array_equal(kept, np.arange(len(prev)))):
-        store = ix.FaissStore.load(prev_path, mmap=False)
-        store.add(new, progress=progress, desc=desc)
-        return store
+    if prev is not None and prev_path is not None and prev.kind == kind and prev.dtype == dtype:
+        total = prev.dead + len(prev) + len(new)
+        dead = prev.dead + len(prev) - len(kept)
+        if dead <= ix.MAX_TOMBSTONE_SHARE * total and prev.pending + len(new) <= ix.DELTA_MAX_VECTORS:
+            store = ix.FaissStore.load(prev_path)
+            store.keep_rows(kept)
+            store.add(new, progress=progress, desc=desc)
+            return store
     store = ix.FaissStore.create(dim, kind, dtype)
     if prev is not None and len(kept):
         m = prev.matrix()

@@ -815,24 +815,29 @@ def discover_for_build(index: Index, corpus_dir: Path | None) -> dict | None:
     return to_json(found, glossary_hash(gpath))
 
 
-# A large library whose reindex changed little keeps its discovery and only places the new
-# passages (discovery reads every passage: minutes at 100k); a full discovery runs again once
-# the passages changed since the last one reach REDISCOVER_SHARE of the library.
-INCREMENTAL_MIN_PASSAGES = 20_000
-REDISCOVER_SHARE = 0.05
+# A reindex that changed little keeps the previous discovery: the passages of new and changed
+# articles are placed by the same matcher, the subjects those articles introduce (their own
+# comparisons, namings and titles) are added and placed over the passages that hold their words
+# (found through the BM25 postings, not by reading the library), subjects no passage names any
+# more are dropped. Cost: the change. A full discovery (it reads every passage: about 10 ms per
+# passage on this machine) runs below INCREMENTAL_MIN_PASSAGES, where it costs under a few
+# seconds, and again once the passages changed since the last one reach REDISCOVER_SHARE of the
+# library (so its cost, spread over the changes that led to it, stays proportional to them).
+INCREMENTAL_MIN_PASSAGES = 1_000
+REDISCOVER_SHARE = 0.2
 
 
 def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int, removed: int) -> dict | None:
     """The saved discovery of the previous generation, moved to the rows of `index` (kept rows
-    renumbered by `old_to_new`, -1 for gone), with the passages from `first_new` on placed by
-    the same matcher; None when a full discovery is due (small library, or too much changed)."""
+    renumbered by `old_to_new`, -1 for gone), with the passages from `first_new` on placed and
+    the subjects their articles introduce added; None when a full discovery is due (small
+    library, or too much changed since the last one)."""
     n = len(index.passages)
     changed = int(data.get("changed_since_discovery", 0)) + (n - first_new) + removed
     if n < INCREMENTAL_MIN_PASSAGES or changed > REDISCOVER_SHARE * n:
         return None
     subs = [Subject(i, d["name"], list(d["aliases"]), np.zeros(0, np.int64), set(d["sources"]), int(d.get("mentions", 0)))
             for i, d in enumerate(data["subjects"])]
-    probe = Subjects(subs, [], [])
     body: dict[int, list[int]] = {}
     heading: dict[int, list[int]] = {}
     for key_, dst in (("body", body), ("heading", heading)):
@@ -840,28 +845,141 @@ def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int,
             new = int(old_to_new[int(r)]) if int(r) < len(old_to_new) else -1
             if new >= 0:
                 dst[new] = list(ids)
+    # subjects the new articles introduce, placed wherever the library names them
+    added = _introduced(index, first_new, subs)
+    n_old = len(subs)
+    for srcs, forms in added:
+        subs.append(Subject(len(subs), "", _aliases(forms), np.zeros(0, np.int64), set(srcs)))
+    probe = Subjects(subs, [], [])
+    redo = set(range(first_new, n))
+    for s in subs[n_old:]:
+        redo.update(_rows_naming(index, s.aliases))
     about_doc: dict[str, set[int]] = {}
-    for r in range(first_new, n):
+    surface: dict[int, Counter] = defaultdict(Counter)
+    for r in sorted(redo):
         p = index.passages[r]
         if p.doc_id not in about_doc:
             named = {m.subject for m in probe.find(index.docs[p.doc_id].title)}
             about_doc[p.doc_id] = named if len(named) == 1 else set()
-        b = {m.subject for m in probe.find(index.docs[p.doc_id].text[p.start : p.end])}
+        found = probe.find(index.docs[p.doc_id].text[p.start : p.end])
+        for m in found:
+            if m.subject >= n_old:
+                surface[m.subject][m.text] += 1
+        b = {m.subject for m in found}
         h = {m.subject for m in probe.find(p.heading or "")} | about_doc[p.doc_id]
-        if b:
-            body[r] = sorted(b)
-        if h:
-            heading[r] = sorted(h)
+        for dst, ids in ((body, b), (heading, h)):
+            if ids:
+                dst[r] = sorted(ids)
+            else:
+                dst.pop(r, None)
     rows_of: dict[int, set[int]] = defaultdict(set)
     for dst in (body, heading):
         for r, ids in dst.items():
             for i in ids:
                 rows_of[i].add(r)
+    # a subject named nowhere any more (its articles were removed) or, if new, too widely, goes
+    cap = max_subject_rows(n)
+    keep = [s.id for s in subs if "glossary" in s.sources or (rows_of[s.id] and (s.id < n_old or len(rows_of[s.id]) <= cap))]
+    remap = {old: i for i, old in enumerate(keep)}
     out = dict(data)
-    out["subjects"] = [{**d, "rows": sorted(rows_of[i])} for i, d in enumerate(data["subjects"])]
-    out["body"] = {str(r): ids for r, ids in sorted(body.items())}
-    out["heading"] = {str(r): ids for r, ids in sorted(heading.items())}
+    out["subjects"] = []
+    for i in keep:
+        s = subs[i]
+        if i < n_old:
+            d = dict(data["subjects"][i])
+        else:
+            s.rows = np.asarray(sorted(rows_of[i]), dtype=np.int64)
+            s.mentions = sum(surface[i].values())
+            d = {"name": _display_name(s, surface[i]) if surface[i] else s.aliases[0], "aliases": s.aliases,
+                 "sources": sorted(s.sources), "mentions": s.mentions}
+        out["subjects"].append({**d, "rows": sorted(rows_of[i])})
+    for key_, dst in (("body", body), ("heading", heading)):
+        out[key_] = {str(r): ids2 for r, ids in sorted(dst.items())
+                     if (ids2 := [remap[x] for x in ids if x in remap])}
     out["changed_since_discovery"] = changed
+    if added:
+        log.info("subjects added by the new articles: %s", ", ".join(d["name"] for d in out["subjects"][n_old:]))
+    return out
+
+
+def _introduced(index: Index, first_new: int, known: list[Subject]) -> list[tuple[set, Counter]]:
+    """Subjects the articles of passages[first_new:] name, compare or are titled after that no
+    known subject holds: discovery run on those articles alone (their own word counts)."""
+    doc_ids = list(dict.fromkeys(p.doc_id for p in index.passages[first_new:]))
+    if not doc_ids:
+        return []
+    docs = [index.docs[d] for d in doc_ids]
+    texts = [d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}" for d in docs]
+    stats = _Stats(texts)
+    g = _discover(texts, stats)
+    known_keys = {key(a) for s in known for a in s.aliases}
+    probe = Subjects(known, [], [])
+
+    def groups() -> list[tuple[set, Counter]]:
+        out = []
+        for keys in g.groups().values():
+            srcs = set().union(*(g.sources[k] for k in keys))
+            if not srcs & {"compared", "named", "title"} or any(k in known_keys for k in keys):
+                continue  # an abbreviation alone is no subject; a known one stays as it is
+            forms: Counter = Counter()
+            for k in keys:
+                forms.update(g.forms[k])
+            out.append((srcs, forms))
+        return out
+
+    found = groups()
+    if found:
+        probe = Subjects(known + [Subject(len(known) + i, "", _aliases(f), np.zeros(0, np.int64)) for i, (_, f) in
+                                  enumerate(found)], [], [])
+    by_title: dict[str, list[str]] = defaultdict(list)
+    for d in docs:
+        if not probe.find(d.title):
+            by_title[d.title].append(d.text)
+    for title, bodies in by_title.items():
+        phrase = _title_subject(title, "\n".join(bodies), stats)
+        if phrase and key(phrase) not in known_keys:
+            g.add(phrase.lower(), "title")
+    return groups()
+
+
+def _rows_naming(index: Index, aliases: list[str]) -> set[int]:
+    """Passage rows that may name one of `aliases` (in text, heading or title): those whose BM25
+    tokens hold every word of it, written apart or run together. Cost: the postings of those
+    words. An alias made of stop words only is looked for nowhere (logged)."""
+    from .index import tokenize
+
+    retriever = index.bm25_passages
+    vocab = getattr(retriever, "vocab_dict", None) or {}
+    m = retriever.scores
+    indptr, indices = m["indptr"], m["indices"]
+    out: set[int] = set()
+    for alias in aliases:
+        words = [w for w in re.split(r"[\s\-–]+", alias) if w][:6]
+        for mask in range(1 << max(0, len(words) - 1)):  # bit i: words i and i+1 written as one
+            groups, cur = [], words[0]
+            for i, w in enumerate(words[1:]):
+                if mask >> i & 1:
+                    cur += w
+                else:
+                    groups.append(cur)
+                    cur = w
+            groups.append(cur)
+            toks = [t for grp in groups for t in tokenize([grp])[0]]
+            if not toks:
+                log.info("alias %r: only stop words; its passages are not looked for", alias)
+                continue
+            rows: np.ndarray | None = None
+            for t in dict.fromkeys(toks):
+                tid = vocab.get(t)
+                if tid is None or tid + 1 >= len(indptr):
+                    rows = np.zeros(0, dtype=np.int64)
+                    break
+                here = np.asarray(indices[int(indptr[tid]) : int(indptr[tid + 1])], dtype=np.int64)
+                rows = here if rows is None else np.intersect1d(rows, here, assume_unique=True)
+                if not len(rows):
+                    break
+            if rows is not None:
+                out.update(rows.tolist())
     return out
 
 

@@ -1,0 +1,233 @@
+"""A large library's index under change: HNSW levels keep removed rows as tombstones (no graph
+rebuild), BM25 and subjects are updated, not recomputed over the library, and the answers after
+any such reindex equal those of a build from nothing. Real model; small corpora written here,
+with the size thresholds lowered so that they take the large-library paths."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from assistant import index as ix
+from tests.fixtures_core import SMALL_CORPUS, open_assistant, write_corpus
+
+SUNMOSS = "Sunmoss Oil\nSunmoss oil is pressed from the seeds of the sunmoss fern.\nA sunmoss massage lasts forty-five minutes.\n"
+GLOWBERRY_V2 = """Glowberry Peel Guide
+The glowberry peel is a gentle fruit-acid peel used to brighten dull skin. It is made from fermented glowberry juice.
+A glowberry peel session takes about thirty-five minutes and is repeated every six weeks.
+"""
+QUESTIONS = ("How long does a glowberry peel session take?", "How long does a sunmoss massage last?",
+             "What is the frostleaf mask made from?", "How long should the frostleaf mask stay on the skin?",
+             "How often is the glowberry peel repeated?")
+
+
+def answers(res) -> list[tuple]:
+    return [(a.source.doc_id, a.source.start, a.source.end, a.text) for a in res.answers]
+
+
+def _rows_find_themselves(index) -> None:
+    for store, n in ((index.passage_store, len(index.passages)), (index.sentence_store, len(index.sent_passage))):
+        assert len(store) == n
+        m = store.matrix()
+        assert m.shape == (n, store.dim)
+        for row in range(0, n, max(1, n // 15)):
+            rows, scores = store.search(np.asarray(m[row], dtype=np.float32), 3)
+            assert int(rows[0]) == row and scores[0] > 0.99, (row, rows)
+            assert rows.max() < n
+        # exact search over the same rows agrees
+        assert store.exact_search(np.asarray(m[0], dtype=np.float32), 1)[0][0] == 0
+
+
+@pytest.fixture
+def hnsw(monkeypatch):
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    created = []
+    real_create = ix.FaissStore.create.__func__
+    monkeypatch.setattr(ix.FaissStore, "create",
+                        classmethod(lambda cls, *a, **k: created.append(a) or real_create(cls, *a, **k)))
+    return created
+
+
+def test_removed_and_changed_articles_leave_hnsw_as_tombstones(tmp_path, embedder, hnsw, monkeypatch):
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.9)
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    hnsw.clear()
+    (corpus / "sunmoss.txt").unlink()
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)
+    r = a.reindex()
+    assert r.removed == ["sunmoss"] and r.changed == ["glowberry-peel"]
+    assert hnsw == []  # neither graph was rebuilt
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.dead > 0 and index.sentence_store.dead > 0
+    assert index.manifest["vector_search"]["sentences"]["tombstones"] == index.sentence_store.dead
+    _rows_find_themselves(index)
+    assert not any("sunmoss" in p.text.lower() for p in index.passages)
+    # the same answers as a build from nothing (exact search)
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 10**9)
+    fresh_corpus = write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "glowberry-peel.txt": GLOWBERRY_V2})
+    fresh = open_assistant(fresh_corpus, tmp_path / "i2")
+    assert fresh._current().index.passage_store.kind == "flat"
+    a2 = open_assistant(corpus, tmp_path / "i", build=False)  # a server starting on the tombstoned index
+    for q in QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+        assert answers(a2.ask(q)) == answers(fresh.ask(q)), q
+    assert "thirty-five minutes" in a.ask(QUESTIONS[0]).answers[0].text
+    # adding after removing: new rows appended to the graph, tombstones kept
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    hnsw.clear()
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    before = ix.current_generation(tmp_path / "i")
+    a.reindex()
+    assert hnsw == []
+    index = ix.load(tmp_path / "i")
+    assert index.sentence_store.dead > 0 and index.sentence_store.pending > 0  # new rows in the delta
+    # the graph's file was not rewritten: the new generation links to it
+    assert (index.path / ix.SENTENCE_STORE).stat().st_ino == (before / ix.SENTENCE_STORE).stat().st_ino
+    _rows_find_themselves(index)
+    assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
+
+
+def test_too_many_tombstones_rebuild_the_graph(tmp_path, embedder, hnsw, monkeypatch):
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.05)
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    hnsw.clear()
+    (corpus / "glowberry-peel.txt").unlink()
+    a.reindex()
+    assert len(hnsw) == 2  # both levels rebuilt from their rows
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.dead == index.sentence_store.dead == 0 and index.passage_store.live is None
+    assert not (index.path / (ix.SENTENCE_STORE + ix.LIVE_SUFFIX)).exists()
+    _rows_find_themselves(index)
+
+
+# --- subjects: carried over, extended by what the new articles introduce ----------------------
+
+CRYO = """Cryo Facial vs. Oxygen Facial
+A cryo facial blows very cold air over the face for about ten minutes. An oxygen facial sprays
+pressurised oxygen mixed with serums onto the skin and takes about forty minutes.
+Cryo Facial
+The cryo facial tightens pores for a day or two. A cryo facial costs about sixty euros.
+Oxygen Facial
+The oxygen facial leaves the skin plumper for a few days. An oxygen facial costs about ninety euros.
+Which one to choose
+The choice between a cryo facial and an oxygen facial depends on budget and time.
+"""
+SUBJECT_QUESTIONS = ("Compare cryo facial and oxygen facial", "How much does an oxygen facial cost?",
+                     "How long does a cryo facial take?", "Compare PRP and microneedling downtime",
+                     "What is exosome therapy?", "Mesotherapy vs microneedling: which hurts more?")
+
+
+def _subject_table(subjects) -> dict:
+    return {s.name: (sorted(s.aliases), s.rows.tolist()) for s in subjects.subjects}
+
+
+def test_a_small_change_updates_the_subjects_and_answers_as_a_full_build(tmp_path, embedder, monkeypatch):
+    from assistant import subjects as sj
+    from tests.fixtures_core import copy_seed_corpus
+
+    monkeypatch.setattr(sj, "INCREMENTAL_MIN_PASSAGES", 1)  # the seed corpus plays a large library
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 1.0)
+    corpus = copy_seed_corpus(tmp_path / "corpus")
+    a = open_assistant(corpus, tmp_path / "index")
+    calls = []
+    real_build = sj.build
+    monkeypatch.setattr(sj, "build", lambda *x, **k: calls.append(1) or real_build(*x, **k))
+    (corpus / "cryo-vs-oxygen-facial.txt").write_text(CRYO)
+    assert a.reindex().added == ["cryo-vs-oxygen-facial"]
+    assert calls == []  # no full discovery
+    inc = ix.load(tmp_path / "index")
+    carried = sj.for_index(inc, corpus)
+    names = {s.name.lower() for s in carried.subjects}
+    assert {"cryo facial", "oxygen facial"} <= names, names  # introduced by the new article
+
+    fresh = open_assistant(corpus, tmp_path / "fresh")  # a build from nothing: a full discovery
+    assert calls == [1]
+    calls.clear()
+    full = sj.for_index(fresh._current().index, corpus)
+    # the subjects the new article introduced are those a full discovery finds, on the same passages
+    # (row numbers differ: an incremental build appends; compare by passage id)
+    def by_pid(index, subjects):
+        return {s.name: sorted(index.passages[r].id for r in s.rows) for s in subjects.subjects}
+
+    inc_rows, full_rows = by_pid(inc, carried), by_pid(fresh._current().index, full)
+    for name in ("cryo facial", "oxygen facial"):
+        got = next(v for k, v in inc_rows.items() if k.lower() == name)
+        want = next(v for k, v in full_rows.items() if k.lower() == name)
+        assert got == want, name
+    for q in SUBJECT_QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+
+    # removing it: its subjects leave with it, the rest is as a full build has it
+    (corpus / "cryo-vs-oxygen-facial.txt").unlink()
+    a.reindex()
+    fresh.reindex()
+    assert calls == []  # both carried their discovery over
+    carried = sj.for_index(ix.load(tmp_path / "index"), corpus)
+    assert not {"cryo facial", "oxygen facial"} & {s.name.lower() for s in carried.subjects}
+    for q in SUBJECT_QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+
+
+def test_a_full_delta_rebuilds_the_graph_with_every_row(tmp_path, embedder, hnsw, monkeypatch):
+    monkeypatch.setattr(ix, "DELTA_MAX_VECTORS", 2)
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    hnsw.clear()
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)  # one passage, three sentences
+    a.reindex()
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.pending == 1 and index.sentence_store.pending == 0  # 3 > 2: rebuilt
+    assert [x[1] for x in hnsw] == ["hnsw"]
+    _rows_find_themselves(index)
+    assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
+
+
+def test_a_generation_with_token_lists_is_updated_as_postings(tmp_path, embedder):
+    """Generations written before the postings kept BM25 tokens as lists (bm25-tokens.npz): the
+    next reindex converts them once, without re-embedding or re-tokenising kept articles."""
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    gen = ix.current_generation(tmp_path / "i")
+    tokens = ix.load_tokens(gen)
+    ix.save_tokens(gen / ix.TOKENS_FILE, tokens)
+    for level in ("bm25-passages", "bm25-sentences"):
+        (gen / level / ix.BM25_TF).unlink()
+        (gen / level / ix.BM25_DOCLEN).unlink()
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    r = a.reindex()
+    assert r.added == ["sunmoss"] and r.embedded_passages == 1
+    inc = ix.load(tmp_path / "i")
+    assert ix.load_level_postings(inc.path) is not None and not (inc.path / ix.TOKENS_FILE).exists()
+    fresh = ix.load(open_assistant(corpus, tmp_path / "i2").settings.index_dir)
+    assert inc.vocab == fresh.vocab
+    perm = np.array([{p.id: i for i, p in enumerate(inc.passages)}[p.id] for p in fresh.passages])
+    for q in (["sunmoss", "massag"], ["frostleaf", "mask"], ["glowberri"]):
+        np.testing.assert_array_equal(ix.bm25_scores(inc.bm25_passages, q, len(inc.passages))[perm],
+                                      ix.bm25_scores(fresh.bm25_passages, q, len(fresh.passages)))
+
+
+def test_flat_levels_also_link_their_file_and_keep_changes_beside_it(tmp_path, embedder, monkeypatch):
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.9)  # a small library: most of it changes
+    created = []
+    real_create = ix.FaissStore.create.__func__
+    monkeypatch.setattr(ix.FaissStore, "create",
+                        classmethod(lambda cls, *a, **k: created.append(a) or real_create(cls, *a, **k)))
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    before = ix.current_generation(tmp_path / "i")
+    created.clear()
+    (corpus / "sunmoss.txt").unlink()
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)
+    a.reindex()
+    assert created == []  # no level copied
+    index = ix.load(tmp_path / "i")
+    assert index.passage_store.kind == index.sentence_store.kind == "flat"
+    assert index.passage_store.dead > 0 and index.passage_store.pending > 0
+    for name in (ix.PASSAGE_STORE, ix.SENTENCE_STORE):
+        assert (index.path / name).stat().st_ino == (before / name).stat().st_ino
+    _rows_find_themselves(index)
+    fresh = open_assistant(write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "glowberry-peel.txt": GLOWBERRY_V2}),
+                           tmp_path / "i2")
+    for q in QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
