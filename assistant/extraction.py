@@ -22,15 +22,6 @@ def _norm_tokens(text: str) -> frozenset[str]:
     return frozenset(w for w in _WORD.findall(text.lower()) if len(w) > 2)
 
 
-# A sentence that opens by pointing back ("These results ...", "It is ...", "In this study, ...")
-# leans on the one before it: the highlight takes both.
-_POINTS_BACK = re.compile(r"^\W*(?:this|these|those|that|it|its|they|their|such|here|there|both|"
-                          r"(?:in|of|for|from|by|with|to|on|at|among|under|in\s+addition\s+to)\s+(?:this|these|those|them|it|such|which))\b",
-                          re.I)
-LEAN_BACK = False  # experiment switch (issue 10)
-MAX_LEAN_WORDS = 0  # a best sentence this short takes its predecessor too (0: off)
-
-
 def highlight(index: Index, hit: Hit, ratio: float, max_sentences: int = 2) -> list[Span]:
     """The sentence(s) that answer: the best non-heading sentence, and a neighbour nearly as good."""
     p = index.passages[hit.row]
@@ -46,10 +37,6 @@ def highlight(index: Index, hit: Hit, ratio: float, max_sentences: int = 2) -> l
     for j in np.argsort(-scores)[1:max_sentences]:
         if scores[j] >= ratio * top and top > 0 and abs(int(j) - best) == 1:
             chosen.append(int(j))
-    if len(chosen) == 1 and best > 0 and not p.sentences[best - 1].heading:
-        text = index.docs[p.doc_id].text[p.sentences[best].start : p.sentences[best].end]
-        if (LEAN_BACK and _POINTS_BACK.match(text)) or len(text.split()) < MAX_LEAN_WORDS:
-            chosen.append(best - 1)
     spans = sorted((p.sentences[j].start - p.start, p.sentences[j].end - p.start) for j in chosen)
     return [Span(start=a, end=b) for a, b in spans]
 

@@ -31,7 +31,6 @@ _DEFINITION_Q = re.compile(
 _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
-COVER_WINDOW = False
 RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
 # ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
@@ -208,9 +207,6 @@ class Retriever:
         eq = q.equivalents or {}
         for t in terms:
             held = bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
-            if COVER_WINDOW and len(held) > 1:  # experiment: a sentence and the next one together
-                nxt = np.concatenate([held[1:], [False]]) & (np.diff(sent_idx, append=-1) == 1)
-                held = held | nxt
             out += np.float32(self.index.idf[t] / total) * held
         return out
 
