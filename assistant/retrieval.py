@@ -195,20 +195,19 @@ class Retriever:
         return prior
 
     def _coverage(self, q: Query, sent_idx: np.ndarray) -> np.ndarray:
-        """Per sentence: the IDF-weighted share of the question's distinct words it holds (a stem
-        extension counts for its word), read from the sentence BM25 postings. A sentence that holds
-        most of the question's words together is likelier to answer than a passage that scatters
-        them (or repeats one of them) across several sentences."""
+        """Per sentence: the share of the question's distinct words its BM25 text holds (the sentence
+        with its section heading and article title; a stem extension counts for its word). A
+        sentence that holds the question's words together is likelier to answer than a passage that
+        scatters them, or repeats one of them, across several sentences. Every word counts the
+        same: weighted by IDF, one rare word ("cost") outweighs the subject the question is about."""
         out = np.zeros(len(sent_idx), dtype=np.float32)
-        terms = [t for t in dict.fromkeys(q.tokens) if t in self.index.idf]
-        total = sum(self.index.idf[t] for t in terms)
-        if not terms or total <= 0:
+        terms = [t for t in dict.fromkeys(q.tokens) if t in self.index.vocab]
+        if not terms:
             return out
         eq = q.equivalents or {}
         for t in terms:
-            held = bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
-            out += np.float32(self.index.idf[t] / total) * held
-        return out
+            out += bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
+        return out / len(terms)
 
     def _passage_tokens(self, row: int) -> list[str]:
         if row not in self._tokens:
@@ -326,12 +325,14 @@ class Retriever:
             fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
             order = order[np.argsort(-fused[order], kind="stable")]
         order = order[:k]
+        # the coverage weight adds to the four signals' 1.0: scale back, so a score stays in [0, 1]
+        scale = 1.0 / (1.0 + s.w_cover_passage)
         hits = []
         for o in order:
             a = offsets[o]
             b = a + lengths[o]
             hits.append(Hit(
-                row=int(cand[o]), score=float(fused[o]), dense=float(dense_q[o]), dense_sentence=float(dense_s[o]),
+                row=int(cand[o]), score=float(fused[o]) * scale, dense=float(dense_q[o]), dense_sentence=float(dense_s[o]),
                 bm25=float(bm25_p[o]), bm25_sentence=float(bm25_s[o]),
                 sentence_scores=s_fused[a:b], sentence_cosines=s_cos[a:b],
             ))
