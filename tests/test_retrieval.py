@@ -198,7 +198,35 @@ def test_coverage_lifts_the_passage_whose_sentence_holds_the_question_words(cove
     off_r = Retriever(index, replace(s, w_cover_passage=0.0))
     on_r = Retriever(index, replace(s, w_cover_passage=0.4))
     off = {index.passages[h.row].doc_id: h.score for h in off_r.search(off_r.prepare(question, vec), k=5)}
-    on = {index.passages[h.row].doc_id: h.score for h in on_r.search(on_r.prepare(question, vec), k=5)}
+    # scores are scaled back into [0, 1] by 1 + the coverage weight
+    on = {index.passages[h.row].doc_id: h.score * 1.4 for h in on_r.search(on_r.prepare(question, vec), k=5)}
     assert on["lamps"] - off["lamps"] == pytest.approx(0.4, abs=1e-5)  # every distinct word in one sentence
     assert 0 < on["foundry"] - off["foundry"] < 0.4 * 0.75
     assert max(on, key=on.get) == "lamps"
+
+
+def test_coverage_adds_to_each_sentence_score_for_the_highlight(cover_assistant):
+    """The highlight scores of a passage's sentences gain the coverage weight x their coverage, so
+    the sentence that holds the question's words outscores its neighbours by that much more."""
+    import numpy as np
+
+    from assistant.extraction import highlight
+
+    loaded = cover_assistant._current()
+    index = loaded.index
+    question = "What was the Tarrow kestrel lamp cast in?"
+    vec = cover_assistant.embedder.encode_query(question)
+    s = cover_assistant.settings
+    off_r = Retriever(index, replace(s, w_cover_sentence=0.0, w_cover_passage=0.0))
+    on_r = Retriever(index, replace(s, w_cover_sentence=0.6, w_cover_passage=0.0))
+    q = on_r.prepare(question, vec)
+    off = {h.row: h for h in off_r.search(q, k=5)}
+    on = {h.row: h for h in on_r.search(q, k=5)}
+    row = next(r for r in on if "Tarrow" in index.passages[r].text)
+    rows = np.arange(*index.sent_rows[row])
+    cover = np.where(index.sent_is_heading[rows], 0.0, on_r._coverage(q, rows))  # a heading is no answer
+    assert index.sent_is_heading[rows].sum() == 1 and cover.max() == 1.0
+    assert np.allclose(on[row].sentence_scores - off[row].sentence_scores, 0.6 * cover, atol=1e-5)
+    p = index.passages[row]
+    span = highlight(index, on[row], s.highlight_ratio)[0]
+    assert p.text[span.start : span.end].startswith("The Tarrow kestrel lamp was cast in green bronze")
