@@ -65,18 +65,11 @@ class Settings:
     w_kind_passage: float = 0.1
     # a follow-up's earlier questions, scored alongside it at passage level, with this weight
     w_context: float = 0.0
-    # the answering sentence (issue 10): the share of the question's words that one sentence holds
-    # (its words near each other), for the passage (its best sentence's) and for the highlight;
-    # and a sentence's neighbours, for both (measured, off)
+    # the answering sentence (issue 10): the share of the question's distinct words that one
+    # sentence holds (its words near each other), for the passage (its best sentence's) and for
+    # the highlight (README, "Numbers": 0.15 and up cost mtrag-dev abstention or a seed question)
     w_cover_passage: float = 0.1
     w_cover_sentence: float = 0.6
-    w_neighbour_passage: float = 0.0
-    w_neighbour_sentence: float = 0.0
-    # RM3-style pseudo-relevance feedback for BM25: the best `prf_passages` passages' most
-    # telling `prf_terms` words, searched with this weight (measured, off: it lowers every set)
-    w_prf: float = 0.0
-    prf_passages: int = 3
-    prf_terms: int = 10
 
     # extraction
     highlight_ratio: float = 0.85

@@ -1,6 +1,7 @@
 """Hybrid search: dense (FAISS) and BM25, at passage and sentence level, fused on min-max scores.
 
-A passage is scored by its own text and by its best sentence; published BEIR results and our
+A passage is scored by its own text and by its best sentence (and by how many of the question's
+words one of its sentences holds); published BEIR results and our
 own runs (README, "Numbers") favour min-max fusion over reciprocal-rank fusion.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import answertype
 from .config import Settings
-from .index import Index, bm25_scores_for, candidate_rows, passage_bm25_text, tokenize
+from .index import Index, bm25_scores_for, candidate_rows, tokenize
 
 
 # A question asking for another name of something, and how articles phrase the answer.
@@ -78,22 +79,6 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return ((x - lo) / (hi - lo)).astype(np.float32)
 
 
-def _neighbours(x: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Per sentence: the better of its two neighbours' scores in the same passage (0 for a
-    one-sentence passage)."""
-    n = len(x)
-    if n == 0:
-        return x
-    first = np.zeros(n, dtype=bool)
-    last = np.zeros(n, dtype=bool)
-    first[offsets] = True
-    last[offsets + lengths - 1] = True
-    prev = np.where(first, -np.inf, np.roll(x, 1))
-    nxt = np.where(last, -np.inf, np.roll(x, -1))
-    out = np.maximum(prev, nxt)
-    return np.where(np.isfinite(out), out, 0.0).astype(np.float32)
-
-
 def _doc_centroids(index: Index) -> tuple[np.ndarray, np.ndarray]:
     """(passage row -> article number, article number -> unit mean vector of its passages).
     Computed once per loaded index (one pass over the passage vectors)."""
@@ -119,7 +104,6 @@ class Retriever:
         self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
         self._docs: tuple[np.ndarray, np.ndarray] | None = None  # _doc_centroids, made when first needed
-        self._tokens: dict[int, list[str]] = {}  # passage row -> its BM25 tokens (pseudo-relevance feedback)
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -209,34 +193,6 @@ class Retriever:
             out += bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
         return out / len(terms)
 
-    def _passage_tokens(self, row: int) -> list[str]:
-        if row not in self._tokens:
-            p = self.index.passages[row]
-            d = self.index.docs[p.doc_id]
-            self._tokens[row] = tokenize([passage_bm25_text(p, d.title, d.text)])[0]
-        return self._tokens[row]
-
-    def _feedback(self, q: Query, cand: np.ndarray, fused: np.ndarray) -> np.ndarray:
-        """RM3-style pseudo-relevance feedback: the words that weigh most in the best passages
-        (term frequency x passage score x IDF), not already searched, scored over the candidates."""
-        s, idf = self.s, self.index.idf
-        top = np.argsort(-fused)[: s.prf_passages]
-        w = np.clip(fused[top], 1e-6, None)
-        w = w / w.sum()
-        rel: dict[str, float] = {}
-        for o, wo in zip(top, w):
-            toks = self._passage_tokens(int(cand[o]))
-            for t in toks:
-                rel[t] = rel.get(t, 0.0) + float(wo) / max(1, len(toks))
-        searched = set(q.search_tokens or ())
-        scored = sorted(((v * idf.get(t, 0.0), t) for t, v in rel.items() if t not in searched), reverse=True)
-        scored = scored[: s.prf_terms]
-        out = np.zeros(len(cand), dtype=np.float32)
-        norm = sum(v for v, _ in scored) or 1.0
-        for v, t in scored:
-            out += np.float32(v / norm) * bm25_scores_for(self.index.bm25_passages, [t], cand)
-        return out
-
     def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray,
                       bm25_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Passage scores of a follow-up plus a share of its conversation's (CAsT-style query
@@ -310,12 +266,6 @@ class Retriever:
             cover = np.where(heading, 0.0, self._coverage(q, sent_idx)).astype(np.float32)
             fused = fused + s.w_cover_passage * np.maximum.reduceat(cover, offsets)
             s_fused = s_fused + s.w_cover_sentence * cover
-        if s.w_neighbour_passage or s.w_neighbour_sentence:
-            near = _neighbours(np.where(heading, 0.0, s_fused).astype(np.float32), offsets, lengths)
-            fused = fused + s.w_neighbour_passage * _minmax(np.maximum.reduceat(s_fused + near, offsets))
-            s_fused = s_fused + s.w_neighbour_sentence * near
-        if s.w_prf:
-            fused = fused + s.w_prf * _minmax(self._feedback(q, cand, fused))
         if q.defines and s.definition_bonus:
             d = self._defines(q, sent_idx)
             fused = fused + s.definition_bonus * np.maximum.reduceat(d, offsets)
