@@ -68,6 +68,11 @@ class Settings:
     # a follow-up's earlier questions, scored alongside it at passage level, with this weight, when
     # the reader finds no subject in play (conversation.py); abstention then judges it with them too
     w_context: float = 0.5
+    # the answering sentence (issue 10): the share of the question's distinct words that one
+    # sentence holds (its words near each other), for the passage (its best sentence's) and for
+    # the highlight (README, "Numbers": 0.15 and up cost mtrag-dev abstention or a seed question)
+    w_cover_passage: float = 0.1
+    w_cover_sentence: float = 0.6
 
     # extraction
     highlight_ratio: float = 0.85

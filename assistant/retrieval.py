@@ -1,6 +1,7 @@
 """Hybrid search: dense (FAISS) and BM25, at passage and sentence level, fused on min-max scores.
 
-A passage is scored by its own text and by its best sentence; published BEIR results and our
+A passage is scored by its own text and by its best sentence (and by how many of the question's
+words one of its sentences holds); published BEIR results and our
 own runs (README, "Numbers") favour min-max fusion over reciprocal-rank fusion.
 """
 from __future__ import annotations
@@ -177,6 +178,21 @@ class Retriever:
             prior += s.w_doc_best * _minmax(best)[inv]
         return prior
 
+    def _coverage(self, q: Query, sent_idx: np.ndarray) -> np.ndarray:
+        """Per sentence: the share of the question's distinct words its BM25 text holds (the sentence
+        with its section heading and article title; a stem extension counts for its word). A
+        sentence that holds the question's words together is likelier to answer than a passage that
+        scatters them, or repeats one of them, across several sentences. Every word counts the
+        same: weighted by IDF, one rare word ("cost") outweighs the subject the question is about."""
+        out = np.zeros(len(sent_idx), dtype=np.float32)
+        terms = [t for t in dict.fromkeys(q.tokens) if t in self.index.vocab]
+        if not terms:
+            return out
+        eq = q.equivalents or {}
+        for t in terms:
+            out += bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
+        return out / len(terms)
+
     def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray,
                       bm25_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Passage scores of a follow-up plus a share of its conversation's (CAsT-style query
@@ -246,6 +262,10 @@ class Retriever:
             fused = fused + self._article_prior(q, cand, fused)
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
+        if s.w_cover_passage or s.w_cover_sentence:
+            cover = np.where(heading, 0.0, self._coverage(q, sent_idx)).astype(np.float32)
+            fused = fused + s.w_cover_passage * np.maximum.reduceat(cover, offsets)
+            s_fused = s_fused + s.w_cover_sentence * cover
         if q.defines and s.definition_bonus:
             d = self._defines(q, sent_idx)
             fused = fused + s.definition_bonus * np.maximum.reduceat(d, offsets)
@@ -255,12 +275,14 @@ class Retriever:
             fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
             order = order[np.argsort(-fused[order], kind="stable")]
         order = order[:k]
+        # the coverage weight adds to the four signals' 1.0: scale back, so a score stays in [0, 1]
+        scale = 1.0 / (1.0 + s.w_cover_passage)
         hits = []
         for o in order:
             a = offsets[o]
             b = a + lengths[o]
             hits.append(Hit(
-                row=int(cand[o]), score=float(fused[o]), dense=float(dense_q[o]), dense_sentence=float(dense_s[o]),
+                row=int(cand[o]), score=float(fused[o]) * scale, dense=float(dense_q[o]), dense_sentence=float(dense_s[o]),
                 bm25=float(bm25_p[o]), bm25_sentence=float(bm25_s[o]),
                 sentence_scores=s_fused[a:b], sentence_cosines=s_cos[a:b],
             ))

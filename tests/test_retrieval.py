@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from assistant.index import tokenize
+from assistant.retrieval import Retriever
 from tests.fixtures_core import open_assistant, write_corpus
 
 DEFINE_CORPUS = {
@@ -143,3 +144,89 @@ def test_article_prior_adds_the_article_evidence_to_each_of_its_passages(define_
         gain.setdefault(int(of_row[row]), set()).add(round(on[row] - off[row], 4))
     assert all(len(g) == 1 for g in gain.values())  # one gain per article
     assert len({next(iter(g)) for g in gain.values()}) > 1  # and articles differ
+
+
+# --- the answering sentence (issue 10) ------------------------------------------------------
+
+COVER_CORPUS = {
+    "lamps.md": """# Harbour lamps
+
+Harbour lamps burn whale oil. Keepers trimmed the wicks every night. The Tarrow kestrel lamp was cast in green bronze by the foundry at Wenlow.
+""",
+    "foundry.md": """# The Wenlow foundry
+
+The Wenlow foundry cast bells, anchors and railings for the harbour. Its kestrel emblem was painted over the gate. Bronze came by barge from the north, and the lamp trade kept the kestrel foundry busy.
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def cover_assistant(tmp_path_factory, embedder):
+    root = tmp_path_factory.mktemp("cover")
+    return open_assistant(write_corpus(root / "corpus", COVER_CORPUS), root / "index")
+
+
+def test_sentence_coverage_is_the_share_of_the_question_words_one_sentence_holds(cover_assistant):
+    """Each sentence gets the share of the question's distinct words it holds (with its article
+    title and heading, as its BM25 text has them): the sentence with them all gets 1.0, and every
+    word counts the same (an IDF weighting let one rare word outweigh the question's subject)."""
+    import numpy as np
+
+    loaded = cover_assistant._current()
+    index, r = loaded.index, loaded.retriever
+    question = "What was the Tarrow kestrel lamp cast in?"
+    q = r.prepare(question, cover_assistant.embedder.encode_query(question))
+    assert set(q.tokens) == {"tarrow", "kestrel", "lamp", "cast"}
+    row = next(i for i, p in enumerate(index.passages) if p.doc_id == "lamps" and "Tarrow" in p.text)
+    rows = np.arange(*index.sent_rows[row])
+    cover = dict(zip((index.sentence_text(int(j)) for j in rows), r._coverage(q, rows)))
+    assert cover["The Tarrow kestrel lamp was cast in green bronze by the foundry at Wenlow."] == pytest.approx(1.0)
+    # "Harbour lamps", the title, is in every sentence's text: 'lamp' is one of four words
+    assert cover["Keepers trimmed the wicks every night."] == pytest.approx(0.25)
+    assert cover["Harbour lamps burn whale oil."] == pytest.approx(0.25)
+
+
+def test_coverage_lifts_the_passage_whose_sentence_holds_the_question_words(cover_assistant):
+    """The foundry article names 'kestrel', 'lamp' and 'cast' across three sentences (and 'kestrel'
+    twice); the lamp sentence holds every word of the question. With the coverage signal the lamp
+    passage gains more than the foundry passage does."""
+    loaded = cover_assistant._current()
+    index = loaded.index
+    question = "What was the Tarrow kestrel lamp cast in?"
+    vec = cover_assistant.embedder.encode_query(question)
+    s = cover_assistant.settings
+    off_r = Retriever(index, replace(s, w_cover_passage=0.0))
+    on_r = Retriever(index, replace(s, w_cover_passage=0.4))
+    off = {index.passages[h.row].doc_id: h.score for h in off_r.search(off_r.prepare(question, vec), k=5)}
+    # scores are scaled back into [0, 1] by 1 + the coverage weight
+    on = {index.passages[h.row].doc_id: h.score * 1.4 for h in on_r.search(on_r.prepare(question, vec), k=5)}
+    assert on["lamps"] - off["lamps"] == pytest.approx(0.4, abs=1e-5)  # every distinct word in one sentence
+    assert 0 < on["foundry"] - off["foundry"] < 0.4 * 0.75
+    assert max(on, key=on.get) == "lamps"
+
+
+def test_coverage_adds_to_each_sentence_score_for_the_highlight(cover_assistant):
+    """The highlight scores of a passage's sentences gain the coverage weight x their coverage, so
+    the sentence that holds the question's words outscores its neighbours by that much more."""
+    import numpy as np
+
+    from assistant.extraction import highlight
+
+    loaded = cover_assistant._current()
+    index = loaded.index
+    question = "What was the Tarrow kestrel lamp cast in?"
+    vec = cover_assistant.embedder.encode_query(question)
+    s = cover_assistant.settings
+    off_r = Retriever(index, replace(s, w_cover_sentence=0.0, w_cover_passage=0.0))
+    on_r = Retriever(index, replace(s, w_cover_sentence=0.6, w_cover_passage=0.0))
+    q = on_r.prepare(question, vec)
+    off = {h.row: h for h in off_r.search(q, k=5)}
+    on = {h.row: h for h in on_r.search(q, k=5)}
+    row = next(r for r in on if "Tarrow" in index.passages[r].text)
+    rows = np.arange(*index.sent_rows[row])
+    cover = np.where(index.sent_is_heading[rows], 0.0, on_r._coverage(q, rows))  # a heading is no answer
+    assert index.sent_is_heading[rows].sum() == 1 and cover.max() == 1.0
+    assert np.allclose(on[row].sentence_scores - off[row].sentence_scores, 0.6 * cover, atol=1e-5)
+    p = index.passages[row]
+    span = highlight(index, on[row], s.highlight_ratio)[0]
+    assert p.text[span.start : span.end].startswith("The Tarrow kestrel lamp was cast in green bronze")
