@@ -287,6 +287,18 @@ def should_abstain(index: Index, q: Query, hits: list[Hit], settings: Settings, 
     """True when even the best passage is unlikely to answer (calibrated, see README)."""
     if not hits:
         return True
+    e = judged(index, q, hits)  # words the library lacks all count as unknown here
+    if embedder is None or not e.unknown:
+        return confidence(e) < settings.abstain_threshold
+    # Bridging can only lower `unknown`, and the model weighs `unknown` against answering, so it
+    # decides nothing when the passage is answered anyway or abstained on even with every word
+    # known: only the questions in between pay for encoding the best passages' words.
+    w = ABSTAIN_MODELS[ABSTAIN_MODEL]
+    if w.get("unknown", 0.0) <= 0.0:
+        if confidence(e) >= settings.abstain_threshold:
+            return False
+        if confidence(replace(e, unknown=0.0)) < settings.abstain_threshold:
+            return True
     return confidence(judged(index, q, hits, embedder)) < settings.abstain_threshold
 
 
