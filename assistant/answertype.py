@@ -54,14 +54,15 @@ def kind(question: str) -> str | None:
 
 def holds(sentence: str, want: str | None, question_words: frozenset[str]) -> bool:
     """Does the sentence hold an answer of the wanted kind that the question does not already say?"""
-    if want is None:
-        return False
-    if want == "number":
-        return any(m.group(0).lower() not in question_words for m in _NUMBER.finditer(sentence))
-    if want == "when":
-        return any(m.group(0).lower() not in question_words for m in _DATE.finditer(sentence))
-    # who / where: a capitalised word the question does not contain (not the sentence's first word)
-    return any(m.group(0).lower() not in question_words for m in _CAPITALISED.finditer(sentence))
+    return want is not None and any(m not in question_words for m in candidates(sentence, want))
+
+
+def candidates(sentence: str, want: str) -> tuple[str, ...]:
+    """The sentence's possible answers of kind `want`, lower-cased: numbers, dates, or (who /
+    where) capitalised words other than the sentence's first. They depend on the sentence alone,
+    so a caller may remember them per sentence."""
+    pattern = _NUMBER if want == "number" else _DATE if want == "when" else _CAPITALISED
+    return tuple(m.group(0).lower() for m in pattern.finditer(sentence))
 
 
 def question_words(question: str) -> frozenset[str]:

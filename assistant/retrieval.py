@@ -93,6 +93,22 @@ def _doc_centroids(index: Index) -> tuple[np.ndarray, np.ndarray]:
     return of_row, cent
 
 
+_KIND_CACHE_MAX = 200_000
+
+
+def _kind_candidates(ix: Index, row: int, want: str) -> tuple[str, ...]:
+    """answertype.candidates of one sentence, remembered per loaded index (at most
+    _KIND_CACHE_MAX sentences): the best passages of related questions are read again and again."""
+    cache = ix.__dict__.setdefault("_kind_candidates", {})
+    key = (want, row)
+    got = cache.get(key)
+    if got is None:
+        if len(cache) >= _KIND_CACHE_MAX:
+            cache.clear()
+        got = cache[key] = answertype.candidates(ix.sentence_text(row), want)
+    return got
+
+
 class Retriever:
     """Scores passages of one loaded index for a query."""
 
@@ -212,9 +228,10 @@ class Retriever:
         fused, s_fused = fused.copy(), s_fused.copy()
         for o in order:
             a, n = int(offsets[o]), int(lengths[o])
-            rows = range(ix.sent_rows[int(cand[o])][0], ix.sent_rows[int(cand[o])][0] + n)
-            match = np.array([not ix.sent_is_heading[r] and answertype.holds(ix.sentence_text(r), q.kind, q.words)
-                              for r in rows], dtype=np.float32)
+            first = int(ix.sent_rows[int(cand[o])][0])
+            heading = np.asarray(ix.sent_is_heading[first : first + n])
+            match = np.array([not heading[i] and any(m not in q.words for m in _kind_candidates(ix, first + i, q.kind))
+                              for i in range(n)], dtype=np.float32)
             if match.any():
                 fused[o] += s.w_kind_passage * float(np.max(match * np.clip(s_fused[a : a + n], 0.0, 1.0)))
                 s_fused[a : a + n] += s.w_kind_sentence * match
