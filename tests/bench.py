@@ -4,7 +4,8 @@ the floor, and the build throughput of each.
 The floor is one query encode by the torch model in the same run (what any dense search paid
 before the ONNX encoder); everything else ask() does (BM25, FAISS, sentence scoring,
 de-duplication, abstention, conversation) should add little. Both encoders are timed on the
-same questions, interleaved, so machine load hits both alike. Timings are printed, never asserted.
+same questions, taking turns by blocks of 30, so machine load hits both alike and neither runs
+beside the other's spinning thread pool. Timings are printed, never asserted.
 """
 from __future__ import annotations
 
