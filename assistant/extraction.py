@@ -76,11 +76,12 @@ def near_duplicate(index: Index, a: int, b: int, threshold: float = 0.8) -> bool
                 got += len(x)
         return got / total
 
-    return covered(sa, sb, _words(index, b)) >= 0.6 or covered(sb, sa, _words(index, a)) >= 0.6
+    return covered(sa, sb, _sentence_words(index, b)) >= 0.6 or covered(sb, sa, _sentence_words(index, a)) >= 0.6
 
 
-def _words(index: Index, row: int) -> frozenset[str]:
-    """Every word of a passage's sentences (the union of `_sentence_sets`), cached like them."""
+def _sentence_words(index: Index, row: int) -> frozenset[str]:
+    """Every word of a passage's sentences (the union of `_sentence_sets`), cached like them
+    (near-duplicate checks; `_passage_words` below is the bridging vocabulary, stop words out)."""
     cache = index.__dict__.setdefault("_passage_word_sets", {})
     words = cache.get(row)
     if words is None:
