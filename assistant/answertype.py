@@ -54,7 +54,12 @@ def kind(question: str) -> str | None:
 
 def holds(sentence: str, want: str | None, question_words: frozenset[str]) -> bool:
     """Does the sentence hold an answer of the wanted kind that the question does not already say?"""
-    return want is not None and any(m not in question_words for m in candidates(sentence, want))
+    return want is not None and any_new(candidates(sentence, want), question_words)
+
+
+def any_new(found: tuple[str, ...], question_words: frozenset[str]) -> bool:
+    """Is one of a sentence's `candidates` something the question does not already say?"""
+    return any(m not in question_words for m in found)
 
 
 def candidates(sentence: str, want: str) -> tuple[str, ...]:

@@ -230,7 +230,7 @@ class Retriever:
             a, n = int(offsets[o]), int(lengths[o])
             first = int(ix.sent_rows[int(cand[o])][0])
             heading = np.asarray(ix.sent_is_heading[first : first + n])
-            match = np.array([not heading[i] and any(m not in q.words for m in _kind_candidates(ix, first + i, q.kind))
+            match = np.array([not heading[i] and answertype.any_new(_kind_candidates(ix, first + i, q.kind), q.words)
                               for i in range(n)], dtype=np.float32)
             if match.any():
                 fused[o] += s.w_kind_passage * float(np.max(match * np.clip(s_fused[a : a + n], 0.0, 1.0)))
