@@ -925,7 +925,7 @@ def load(index_dir: Path, path: Path | None = None, mmap: bool = True) -> Index:
                 sentences=[Sentence(s, e, bool(h)) for s, e, h in d["sentences"]], heading=d.get("heading", ""),
             )
         )
-    sent_passage = np.load(gen / "sentence_passage.npy", allow_pickle=False, mmap_mode="r")
+    sent_passage = _plain(np.load(gen / "sentence_passage.npy", allow_pickle=False, mmap_mode="r"))
     if manifest.get("format", 0) < 3:  # vectors in .npy beside id-keyed FAISS indexes: rows from the .npy
         p_store = FaissStore.build(np.load(gen / "passage_vectors.npy", allow_pickle=False), "flat")
         s_store = FaissStore.build(np.load(gen / "sentence_vectors.npy", allow_pickle=False), "flat")
@@ -948,7 +948,16 @@ def _load_bm25(path: Path):
     """bm25s's arrays memory-mapped: only the postings of a question's words are read."""
     import bm25s
 
-    return bm25s.BM25.load(path, show_progress=False, verbosity=0, mmap=True)
+    retriever = bm25s.BM25.load(path, show_progress=False, verbosity=0, mmap=True)
+    retriever.scores = {k: _plain(v) for k, v in retriever.scores.items()}
+    return retriever
+
+
+def _plain(a):
+    """A memory-mapped array as a plain ndarray over the same mapping (no copy): slicing an
+    np.memmap costs ~4 us in Python-level bookkeeping, a plain view ~0.6 us, and a question
+    slices the postings of each of its words many times."""
+    return a.view(np.ndarray) if isinstance(a, np.memmap) else a
 
 
 def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files: dict | None = None,

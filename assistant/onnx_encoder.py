@@ -3,8 +3,8 @@
 Why: a query encode on ONNX Runtime takes about half the time of the same model on torch, and a
 process that encodes with it never imports torch (seconds of start-up, hundreds of MB).
 
-The export needs torch (and `onnx`/`onnxscript`: torch 2.13's default exporter is the
-torch.export-based one) and happens once per model: the graph (BERT, mean pooling over the
+The export needs torch and `onnx` (torch's TorchScript exporter, then onnxruntime's own BERT
+fusion; `onnxscript` only for the torch.export-based fallback) and happens once per model: the graph (BERT, mean pooling over the
 attention mask, L2 normalisation) goes to `<cache>/<model hash>-v<EXPORT_VERSION>/`, with the
 torch model's vectors of a fixed set of texts (`reference.npy`). An export whose vectors do
 not match torch's (cosine < MIN_COSINE on any text) is refused at export time; every process
@@ -36,7 +36,7 @@ from .errors import AssistantError
 
 log = logging.getLogger(__name__)
 
-EXPORT_VERSION = 1  # bump when the exported graph changes: a new cache folder is made
+EXPORT_VERSION = 2  # bump when the exported graph changes: a new cache folder is made
 MIN_COSINE = 0.999
 ONNX_FILE, REFERENCE_FILE, META_FILE = "model.onnx", "reference.npy", "meta.json"
 
@@ -260,14 +260,89 @@ class _Graph:
 
 
 def _export_graph(st, path: Path) -> str:
-    """torch.onnx.export with torch 2.13's default (torch.export-based, needs onnx + onnxscript)
-    exporter, dynamic batch and sequence axes, weights inside the one file. Its chatter (a
-    line per step on stdout, warnings) goes to the debug log."""
+    """The graph, written to `path`; returns how it was made (recorded in meta.json).
+
+    First choice: torch's TorchScript exporter (`dynamo=False`, eager attention), whose BERT graph
+    onnxruntime's own transformer optimizer recognises and fuses (one Attention, SkipLayerNorm
+    and BiasGelu op per layer: 64 ops instead of ~260), measured here 20% faster per query and
+    per build batch than the unfused graph. If that exporter or the fusion is unavailable (a
+    future torch), torch 2.13's default torch.export-based exporter (needs onnx + onnxscript)
+    writes the plain graph. Either way `export` checks the result against torch. Exporter
+    chatter (a line per step on stdout, deprecation warnings) goes to the debug log."""
+    if not log.isEnabledFor(logging.DEBUG):  # "torchvision is not installed", a line per optimiser pass
+        for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir", "onnxruntime.transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        how = _export_torchscript(st, path)
+    except Exception as e:  # noqa: BLE001 - any exporter failure: the other exporter
+        log.info("TorchScript export failed (%s); using the torch.export-based exporter", e)
+        return _export_dynamo(st, path)
+    try:
+        return how + " + " + _fuse(path, st[0].auto_model.config)
+    except Exception as e:  # noqa: BLE001 - the unfused graph is correct, only slower
+        log.info("transformer fusion failed (%s); keeping the unfused graph", e)
+        return how
+
+
+def _export_torchscript(st, path: Path) -> str:
     import torch
 
-    if not log.isEnabledFor(logging.DEBUG):  # "torchvision is not installed", a line per optimiser pass
-        for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    config = st[0].auto_model.config
+    before = getattr(config, "_attn_implementation", None)
+    graph = _Graph.module(st)
+    ids = torch.ones((2, 8), dtype=torch.long)
+    axes = {0: "batch", 1: "seq"}
+    chatter = io.StringIO()
+    try:
+        config._attn_implementation = "eager"  # the attention pattern the fusion recognises
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter), \
+                contextlib.redirect_stderr(chatter):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                graph, (ids, torch.ones_like(ids)), str(path), dynamo=False, opset_version=17,
+                input_names=["input_ids", "attention_mask"], output_names=["sentence_embedding"],
+                dynamic_axes={"input_ids": axes, "attention_mask": axes},
+            )
+    finally:
+        if before is not None:
+            config._attn_implementation = before
+    log.debug("torch.onnx.export: %s", chatter.getvalue().strip())
+    return f"torch.onnx.export(dynamo=False), torch {torch.__version__}"
+
+
+def _fuse(path: Path, config) -> str:
+    """Fuse the BERT graph in place with onnxruntime.transformers (python fusions only: the
+    runtime's own graph optimisations still run at session start, for this machine)."""
+    from onnxruntime.transformers import optimizer
+
+    chatter = io.StringIO()
+    quiet = logging.root.manager.disable
+    if not log.isEnabledFor(logging.DEBUG):  # its modules log each fusion at INFO ("Fused BiasGelu: 6")
+        logging.disable(logging.INFO)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+            warnings.simplefilter("ignore")
+            model = optimizer.optimize_model(
+                str(path), model_type="bert", num_heads=int(config.num_attention_heads),
+                hidden_size=int(config.hidden_size), opt_level=0, use_gpu=False,
+            )
+    finally:
+        logging.disable(quiet)
+    fused = sum(1 for n in model.model.graph.node if n.op_type == "Attention")
+    if fused != int(config.num_hidden_layers):
+        raise RuntimeError(f"{fused} of {config.num_hidden_layers} attention layers fused")
+    tmp = path.with_suffix(".fused.tmp")
+    model.save_model_to_file(str(tmp))
+    os.replace(tmp, path)
+    log.debug("onnxruntime.transformers fusion: %s", chatter.getvalue().strip())
+    return f"onnxruntime.transformers BERT fusion ({fused} Attention ops)"
+
+
+def _export_dynamo(st, path: Path) -> str:
+    """torch.onnx.export with torch 2.13's default (torch.export-based, needs onnx + onnxscript)
+    exporter, dynamic batch and sequence axes, weights inside the one file."""
+    import torch
+
     graph = _Graph.module(st)
     ids = torch.ones((2, 8), dtype=torch.long)
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=512)

@@ -257,10 +257,10 @@ class Retriever:
         dense_q = dense_p = np.asarray(ix.passage_vectors[cand], dtype=np.float32) @ q.vector
         if ctx is not None:
             dense_p, bm25_p = self._with_context(ctx, cand, dense_p, bm25_p)
-        spans = [ix.sent_rows[r] for r in cand]
-        sent_idx = np.concatenate([np.arange(a, b) for a, b in spans])
-        lengths = np.array([b - a for a, b in spans])
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        spans = ix.sent_rows[cand]  # [first, last) sentence rows of each candidate passage
+        lengths = spans[:, 1] - spans[:, 0]
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        sent_idx = np.repeat(spans[:, 0] - offsets, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
         s_cos = np.asarray(ix.sent_vectors[sent_idx], dtype=np.float32) @ q.vector
         s_bm = bm25_scores_for(ix.bm25_sentences, q.search_tokens, sent_idx)
         heading = ix.sent_is_heading[sent_idx]

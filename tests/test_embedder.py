@@ -67,7 +67,12 @@ def test_the_default_encoder_is_onnx_and_its_export_was_checked(onnx_embedder):
     meta = json.loads((onnx_embedder.model.path / ox.META_FILE).read_text())
     assert meta["min_cosine_vs_torch"] >= ox.MIN_COSINE
     assert meta["model_hash"] == ox.model_hash() and meta["dimension"] == onnx_embedder.dim == 384
-    assert "dynamo=True" in meta["exporter"]
+    # TorchScript export, fused by onnxruntime's BERT optimiser: one Attention op per layer
+    assert "dynamo=False" in meta["exporter"] and "6 Attention ops" in meta["exporter"]
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(onnx_embedder.model.path / ox.ONNX_FILE)).graph.node]
+    assert ops.count("Attention") == 6 and ops.count("SkipLayerNormalization") == 12 and len(ops) < 100
     # keyed by the model's hash, inside the cache folder this session was given
     assert onnx_embedder.model.path.parent == Path(os.environ["ASSISTANT_ONNX_CACHE"])
     assert onnx_embedder.model.path.name.startswith(ox.model_hash()[:16])
@@ -111,6 +116,44 @@ def test_an_export_that_disagrees_with_torch_is_refused_and_not_kept(tmp_path, m
     with pytest.raises(ox.EncoderUnavailableError, match="disagrees with torch"):
         ox.export(ox.model_dir(), dest)
     assert list(tmp_path.iterdir()) == []  # neither the export nor its temporary folder
+
+
+def test_without_the_torchscript_exporter_the_other_exporter_is_used_and_checked(tmp_path, monkeypatch, torch_embedder):
+    """A torch without the TorchScript exporter (or a graph the fusion does not recognise):
+    torch.export's graph, unfused, checked against torch like any export."""
+    def gone(st, path):
+        raise RuntimeError("the TorchScript exporter was removed")
+
+    monkeypatch.setattr(ox, "_export_torchscript", gone)
+    dest = tmp_path / "export"
+    meta = ox.export(ox.model_dir(), dest)
+    assert "dynamo=True" in meta["exporter"] and "Attention" not in meta["exporter"]
+    assert meta["min_cosine_vs_torch"] >= ox.MIN_COSINE
+    session = ox.make_session(dest / ox.ONNX_FILE)
+    got = ox.encode_with(session, ox.load_tokenizer(), QUESTIONS)
+    want = torch_embedder.encode_queries(QUESTIONS)
+    assert float((got * want).sum(1).min()) >= ox.MIN_COSINE
+
+
+def test_a_fusion_that_misses_a_layer_keeps_the_unfused_graph(tmp_path, monkeypatch, onnx_embedder):
+    from types import SimpleNamespace
+
+    # the check itself: a model said to have 7 layers, of which the fusion finds 6
+    model = tmp_path / "model.onnx"
+    shutil.copy(onnx_embedder.model.path / ox.ONNX_FILE, model)
+    before = model.read_bytes()
+    seven = SimpleNamespace(num_attention_heads=12, hidden_size=384, num_hidden_layers=7)
+    with pytest.raises(RuntimeError, match="6 of 7 attention layers fused"):
+        ox._fuse(model, seven)
+    assert model.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+    # and what export does then: the TorchScript graph unfused, checked as any export
+    def refused(path, config):
+        raise RuntimeError("5 of 6 attention layers fused")
+
+    monkeypatch.setattr(ox, "_fuse", refused)
+    meta = ox.export(ox.model_dir(), tmp_path / "export")
+    assert "dynamo=False" in meta["exporter"] and "fusion" not in meta["exporter"]
+    assert meta["min_cosine_vs_torch"] >= ox.MIN_COSINE
 
 
 def test_a_damaged_export_is_not_used(onnx_embedder, tmp_path):
