@@ -233,20 +233,22 @@ def evidence(index: Index, q: Query, hit: Hit | None, hits: list[Hit] | None = N
     terms = [t for t in q.tokens]
     if not terms or hit is None:
         return Evidence(hit.dense if hit else 0.0, hit.dense_sentence if hit else 0.0, 0.0, 1.0 if not hit else 0.0)
+    from .index import passage_bm25_text, tokenize
+
+    p = index.passages[hit.row]
+    d = index.docs[p.doc_id]
+    have = set(tokenize([passage_bm25_text(p, d.title, d.text)])[0])
+    eq = q.equivalents or {}
     vocab = index.vocab
-    lacking = [t for t in terms if t not in vocab]
+    # a word the library lacks is known when the passage holds what it was read as (a misspelling's
+    # correction, a longer form of its stem: retrieval's equivalents) or a word close in meaning
+    lacking = [t for t in terms if t not in vocab and not have & eq.get(t, frozenset())]
     if lacking:
         near = bridged(index, q, hits or [hit], embedder, list(dict.fromkeys(lacking)))
         lacking = [t for t in lacking if t not in near]
     unknown = len(lacking) / len(terms)
-    p = index.passages[hit.row]
-    d = index.docs[p.doc_id]
-    from .index import passage_bm25_text, tokenize
-
-    have = set(tokenize([passage_bm25_text(p, d.title, d.text)])[0])
     idf = index.idf
     weights = [idf.get(t, idf_max(index)) for t in terms]
-    eq = q.equivalents or {}
     total = sum(weights) or 1.0
     covered = sum(w for t, w in zip(terms, weights) if t in have or have & eq.get(t, frozenset())) / total
     sent = 0.0

@@ -7,6 +7,8 @@ own runs (README, "Numbers") favour min-max fusion over reciprocal-rank fusion.
 from __future__ import annotations
 
 import bisect
+import functools
+import logging
 import re
 from dataclasses import dataclass
 
@@ -15,6 +17,8 @@ import numpy as np
 from . import answertype
 from .config import Settings
 from .index import Index, bm25_scores_for, candidate_rows, tokenize
+
+log = logging.getLogger(__name__)
 
 
 # A question asking for another name of something, and how articles phrase the answer.
@@ -95,6 +99,32 @@ def _doc_centroids(index: Index) -> tuple[np.ndarray, np.ndarray]:
 
 _KIND_CACHE_MAX = 200_000
 
+# Misspelled question words (Retriever._spelled): from 5 letters, 1 edit (2 from 8 letters)
+SPELLING = True
+SPELLING_MIN_LENGTH = 5
+SPELLING_MAX_WORDS = 3
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def _typed_words(text: str) -> dict[str, str]:
+    """A question's BM25 tokens -> the word as typed, lower-cased (tokens of one word only)."""
+    words = list(dict.fromkeys(_LETTERS.findall(text.lower())))
+    return {toks[0]: w for w, toks in zip(words, tokenize(words)) if len(toks) == 1}
+
+
+@functools.lru_cache(maxsize=1)
+def _model_words() -> frozenset[str] | None:
+    """The whole words of the embedding model's WordPiece vocabulary (about 20,000 common English
+    words, lower-cased): what is certainly a word, not a typo."""
+    from .onnx_encoder import load_tokenizer
+
+    try:
+        vocab = load_tokenizer().get_vocab()
+    except Exception:  # noqa: BLE001 - without it no word can be told from a typo: none is corrected
+        log.warning("the model's tokenizer cannot be read: misspelled question words are not corrected")
+        return None
+    return frozenset(w for w in vocab if w.isalpha())
+
 
 def _kind_candidates(ix: Index, row: int, want: str) -> tuple[str, ...]:
     """answertype.candidates of one sentence, remembered per loaded index (at most
@@ -120,6 +150,7 @@ class Retriever:
         self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
         self._docs: tuple[np.ndarray, np.ndarray] | None = None  # _doc_centroids, made when first needed
+        self._by_initial: dict[str, list[str]] | None = None  # vocabulary by first letter (_spelled)
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -132,10 +163,48 @@ class Retriever:
             i += 1
         return out
 
+    def _spelled(self, token: str, typed: str | None = None) -> list[str]:
+        """Library words a question word the library lacks is probably a misspelling of
+        ("gaurentee" -> "guarante", "arpnet" -> "arpanet"): same first letter, one edit (two from
+        8 letters; Damerau's optimal string alignment: a swap of two letters counts as one), the
+        closest ones only. A search engine's "did you mean", applied silently because the words
+        are only added to the search, never removed. A word the embedding model knows whole
+        (`typed` in its WordPiece vocabulary: "percentage", "unexpected", "resign") is a real word
+        the library does not use, not a misspelling of one that looks like it ("parentage",
+        "unelected", "resin")."""
+        if len(token) < SPELLING_MIN_LENGTH or not token.isalpha() or token in self.index.vocab:
+            return []
+        words = _model_words()
+        if typed is None or words is None or typed in words:
+            return []
+        from rapidfuzz import process
+        from rapidfuzz.distance import OSA
+
+        if self._by_initial is None:
+            buckets: dict[str, list[str]] = {}
+            for t in self._vocab:
+                if len(t) >= SPELLING_MIN_LENGTH - 1 and t.isalpha():
+                    buckets.setdefault(t[0], []).append(t)
+            self._by_initial = buckets
+        edits = 1 if len(token) < 8 else 2
+        found = process.extract(token, self._by_initial.get(token[0], []), scorer=OSA.distance,
+                                score_cutoff=edits, limit=8)
+        if not found:
+            return []
+        best = min(d for _, d, _ in found)
+        return sorted(w for w, d, _ in found if d == best)[:SPELLING_MAX_WORDS]
+
     def prepare(self, text: str, vector: np.ndarray) -> Query:
         tokens = tokenize([text])[0]
         search, equivalents = list(tokens), {}
+        typed = _typed_words(text) if SPELLING and any(t not in self.index.vocab for t in tokens) else {}
         for t in tokens:
+            if SPELLING and t not in self.index.vocab:
+                fixed = self._spelled(t, typed.get(t))
+                if fixed:
+                    search += [m for m in fixed if m not in search]
+                    equivalents[t] = frozenset(fixed)
+                    continue
             # Snowball leaves 'regul' (regulated) and 'regulatori' (regulatory) apart; longer
             # vocabulary words that start with the question's stem are searched too
             more = self._extensions(t)

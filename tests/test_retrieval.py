@@ -230,3 +230,52 @@ def test_coverage_adds_to_each_sentence_score_for_the_highlight(cover_assistant)
     p = index.passages[row]
     span = highlight(index, on[row], s.highlight_ratio)[0]
     assert p.text[span.start : span.end].startswith("The Tarrow kestrel lamp was cast in green bronze")
+
+
+# --- misspelled question words ---------------------------------------------------------------
+
+def test_a_misspelled_word_is_searched_as_the_library_word_it_is_one_edit_from(define_assistant):
+    from assistant.retrieval import _typed_words
+
+    r = define_assistant._current().retriever
+    assert r._spelled("verow", _typed_words("Verow tonic")["verow"]) == ["verrow"]  # a letter missing
+    assert r._spelled("nitorgen", "nitorgen") == ["nitrogen"]  # two letters swapped: one edit
+    assert r._spelled("quilan", "quilan") == ["quillan"]
+    assert r._spelled("nitrogen", "nitrogen") == []  # in the library: nothing to correct
+    assert r._spelled("zzzzz", "zzzzz") == []  # nothing that close
+    assert r._spelled("quxllxn", "quxllxn") == []  # two edits in a 7-letter word: too far
+    assert r._spelled("verow", None) == []  # not a word as typed (part of a hyphenated one): left
+
+
+def test_a_real_word_the_library_lacks_is_not_read_as_a_typo_of_one_it_has(define_assistant):
+    """'chilly' (stem 'chilli') is one edit from the library's 'chill', but the model knows it as a
+    whole word: a real word, left as asked. 'chillz' is no word: read as 'chill'."""
+    from assistant.retrieval import _model_words
+
+    r = define_assistant._current().retriever
+    assert "chill" in define_assistant._current().index.vocab
+    assert "chilly" in _model_words() and "chillz" not in _model_words()
+    assert r._spelled("chilli", "chilly") == []
+    assert r._spelled("chillz", "chillz") == ["chill"]
+
+
+def test_a_question_about_a_misspelled_name_is_answered_and_without_correction_turned_away(define_assistant, monkeypatch):
+    """'Verow' is the only word of the question: unread, the library lacks every word asked."""
+    import assistant.retrieval as rt
+
+    res = define_assistant.ask("What is Verow?", top_k=3)
+    assert not res.abstained and res.answers[0].source.doc_id == "tonics", res.answers
+    monkeypatch.setattr(rt, "SPELLING", False)
+    assert define_assistant.ask("What is Verow?", top_k=3).abstained
+
+
+def test_without_spelling_correction_the_typo_is_unknown(define_assistant, monkeypatch):
+    import assistant.retrieval as rt
+
+    r = define_assistant._current().retriever
+    vec = define_assistant._current().retriever.index.passage_vectors[0]
+    with_fix = r.prepare("What is Verow tonic brewed from?", vec)
+    assert "verrow" in with_fix.search_tokens and with_fix.equivalents["verow"] == frozenset({"verrow"})
+    monkeypatch.setattr(rt, "SPELLING", False)
+    without = r.prepare("What is Verow tonic brewed from?", vec)
+    assert "verrow" not in without.search_tokens and "verow" not in (without.equivalents or {})
