@@ -103,6 +103,7 @@ _KIND_CACHE_MAX = 200_000
 SPELLING = True
 SPELLING_MIN_LENGTH = 5
 SPELLING_MAX_WORDS = 3
+SPELLING_TWO_EDITS_FROM = 8  # letters
 _LETTERS = re.compile(r"[^\W\d_]+")
 
 
@@ -186,7 +187,7 @@ class Retriever:
                 if len(t) >= SPELLING_MIN_LENGTH - 1 and t.isalpha():
                     buckets.setdefault(t[0], []).append(t)
             self._by_initial = buckets
-        edits = 1 if len(token) < 8 else 2
+        edits = 1 if len(token) < SPELLING_TWO_EDITS_FROM else 2
         found = process.extract(token, self._by_initial.get(token[0], []), scorer=OSA.distance,
                                 score_cutoff=edits, limit=8)
         if not found:
