@@ -151,7 +151,9 @@ class Retriever:
         self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
         self._docs: tuple[np.ndarray, np.ndarray] | None = None  # _doc_centroids, made when first needed
-        self._by_initial: dict[str, list[str]] | None = None  # vocabulary by first letter (_spelled)
+        self._by_initial: dict[str, list[str]] = {}  # vocabulary by first letter (_spelled), as needed
+        if SPELLING:
+            _model_words()  # once per process (the tokenizer's vocabulary), not on a reader's question
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -181,15 +183,14 @@ class Retriever:
         from rapidfuzz import process
         from rapidfuzz.distance import OSA
 
-        if self._by_initial is None:
-            buckets: dict[str, list[str]] = {}
-            for t in self._vocab:
-                if len(t) >= SPELLING_MIN_LENGTH - 1 and t.isalpha():
-                    buckets.setdefault(t[0], []).append(t)
-            self._by_initial = buckets
+        initial = token[0]
+        pool = self._by_initial.get(initial)
+        if pool is None:  # the vocabulary is sorted: one letter's words are one slice of it
+            a = bisect.bisect_left(self._vocab, initial)
+            b = bisect.bisect_left(self._vocab, chr(ord(initial) + 1))
+            pool = self._by_initial[initial] = self._vocab[a:b]
         edits = 1 if len(token) < SPELLING_TWO_EDITS_FROM else 2
-        found = process.extract(token, self._by_initial.get(token[0], []), scorer=OSA.distance,
-                                score_cutoff=edits, limit=8)
+        found = process.extract(token, pool, scorer=OSA.distance, score_cutoff=edits, limit=8)
         if not found:
             return []
         best = min(d for _, d, _ in found)
