@@ -133,15 +133,6 @@ class Evidence:
     coverage: float  # share of the question's content words (IDF-weighted) found in the passage
     unknown: float  # share of the question's content words the library lacks (no word close in meaning either)
     sentence_coverage: float = 0.0  # share of the question's content words (IDF-weighted) in the best sentence
-    # answer reading (reading()): does the answering sentence hold what the question asks for?
-    together: float = 0.0  # most of the question's distinct words any one sentence of the passage holds (share)
-    missing_rare: float = 0.0  # the rarest question word the passage lacks: its IDF / the library's largest
-    kind_missing: float = 0.0  # 1.0 when the question wants a number, date or name and the highlight has none new
-    novelty: float = 1.0  # share of the highlighted sentence's words the question does not already say
-    phrases: float = 1.0  # share of the question's adjacent word pairs the passage holds within 3 words of each other
-    focus_missing: float = 0.0  # share (IDF) of the question's library words none of the best 3 passages holds
-    spread: float = 0.0  # how far the best passage stands out: (best - mean of the best 10 scores) / best
-    disagree: float = 0.0  # of the best 10 passages, the share more similar (dense) or BM25-better than the best
 
 
 # Logistic models over Evidence (weights per field, plus a bias). "own" is fitted on our own
@@ -263,87 +254,7 @@ def evidence(index: Index, q: Query, hit: Hit | None, hits: list[Hit] | None = N
         j = int(np.argmax(hit.sentence_cosines))
         in_sent = set(tokenize([index.sentence_text(index.sent_rows[hit.row][0] + j)])[0])
         sent = sum(w for t, w in zip(terms, weights) if t in in_sent or in_sent & eq.get(t, frozenset())) / total
-    return Evidence(hit.dense, hit.dense_sentence, covered, unknown, sent,
-                    **reading(index, q, hit, terms, weights, have, [t for t in terms if t in lacking], hits or [hit]))
-
-
-def reading(index: Index, q: Query, hit: Hit, terms: list[str], weights: list[float], have: set[str],
-            lacking: list[str], hits: list[Hit]) -> dict[str, float]:
-    """Answer-reading signals of the best passage: how much of the question one sentence holds
-    together, the rarest question word the passage lacks, whether the highlighted sentence holds an
-    answer of the kind the question wants (answertype), and whether it says anything the question
-    does not (a sentence that only restates the question answers nothing)."""
-    from . import answertype
-    from .index import tokenize
-
-    eq = q.equivalents or {}
-    p = index.passages[hit.row]
-    first = int(index.sent_rows[hit.row][0])
-    sents = [j for j, s in enumerate(p.sentences) if not s.heading]
-    distinct = list(dict.fromkeys(terms))
-    texts = {j: index.sentence_text(first + j) for j in sents}
-    toks = {j: set(tokenize([f"{p.heading or ''} {texts[j]}"])[0]) for j in sents}
-    together = 0.0
-    for j in sents:
-        got = sum(1 for t in distinct if t in toks[j] or toks[j] & eq.get(t, frozenset()))
-        together = max(together, got / len(distinct))
-    top = idf_max(index)
-    lack = set(lacking)
-    bridged_ = {t for t in terms if t not in index.vocab and t not in lack}
-    missing = [w for t, w in zip(terms, weights)
-               if t not in bridged_ and not (t in have or have & eq.get(t, frozenset()))]
-    missing_rare = max(missing, default=0.0) / top
-    scores = np.asarray(hit.sentence_scores, dtype=np.float32)
-    best = max(sents, key=lambda j: float(scores[j])) if sents and scores.size else None
-    kind_missing = novelty = 0.0
-    if best is not None:
-        if q.kind:
-            kind_missing = 0.0 if answertype.holds(texts[best], q.kind, q.words) else 1.0
-        own = toks[best]
-        asked = set(distinct) | {x for t in distinct for x in eq.get(t, ())}
-        novelty = len(own - asked) / len(own) if own else 0.0
-    seq = tokenize([passage_text(index, hit.row)])[0]
-    at: dict[str, list[int]] = {}
-    for i, t in enumerate(seq):
-        at.setdefault(t, []).append(i)
-
-    def near(a: str, b: str) -> bool:
-        pa = [i for x in (a, *eq.get(a, ())) for i in at.get(x, ())]
-        pb = [i for x in (b, *eq.get(b, ())) for i in at.get(x, ())]
-        return any(abs(i - j) <= 3 for i in pa for j in pb)
-
-    pairs = [(a, b) for a, b in zip(terms, terms[1:]) if a != b]
-    phrases = sum(near(a, b) for a, b in pairs) / len(pairs) if pairs else float(not missing)
-    pool: set[str] = set()
-    for h in hits[:3]:
-        pool |= _passage_tokens(index, h.row)
-    inlib = [(t, w) for t, w in zip(terms, weights) if t in index.vocab]
-    focus_missing = (sum(w for t, w in inlib if t not in pool and not pool & eq.get(t, frozenset()))
-                     / (sum(w for _, w in inlib) or 1.0))
-    sc = np.array([h.score for h in hits[:10]], dtype=np.float64)
-    spread = float((sc[0] - sc.mean()) / sc[0]) if len(sc) > 1 and sc[0] > 0 else 0.0
-    top10 = hits[:10]
-    disagree = (sum(h.dense > hit.dense for h in top10) + sum(h.bm25 > hit.bm25 for h in top10)) / (2 * max(1, len(top10) - 1))
-    return {"together": together, "missing_rare": missing_rare, "kind_missing": kind_missing, "novelty": novelty,
-            "phrases": phrases, "focus_missing": focus_missing, "spread": spread, "disagree": disagree}
-
-
-def passage_text(index: Index, row: int) -> str:
-    from .index import passage_bm25_text
-
-    p = index.passages[row]
-    d = index.docs[p.doc_id]
-    return passage_bm25_text(p, d.title, d.text)
-
-
-def _passage_tokens(index: Index, row: int) -> frozenset[str]:
-    cache = index.__dict__.setdefault("_passage_tokens", {})
-    got = cache.get(row)
-    if got is None:
-        from .index import tokenize
-
-        got = cache[row] = frozenset(tokenize([passage_text(index, row)])[0])
-    return got
+    return Evidence(hit.dense, hit.dense_sentence, covered, unknown, sent)
 
 
 def idf_max(index: Index) -> float:
@@ -370,8 +281,7 @@ def judged(index: Index, q: Query, hits: list[Hit], embedder=None) -> Evidence:
     cos = np.where(index.sent_is_heading[a:b], np.minimum(cos, 0.0), cos)
     c = evidence(index, ctx, hits[0])
     return replace(e, dense=max(e.dense, dense), dense_sentence=max(e.dense_sentence, float(cos.max()) if cos.size else 0.0),
-                   coverage=max(e.coverage, c.coverage), together=max(e.together, c.together),
-                   missing_rare=min(e.missing_rare, c.missing_rare))
+                   coverage=max(e.coverage, c.coverage))
 
 
 def should_abstain(index: Index, q: Query, hits: list[Hit], settings: Settings, embedder=None) -> bool:

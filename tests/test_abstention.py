@@ -153,36 +153,3 @@ def test_a_short_follow_up_leans_on_the_conversation():
 
     assert _leans("Which documents?") and _leans("And the rate?") and _leans("Is it free?")
     assert not _leans("How tall is Mount Everest?") and not _leans("Who won the last world cup?")
-
-
-# --- answer reading: does the answering sentence hold what the question asks for? -------------
-
-def test_together_is_the_most_question_words_one_sentence_holds(library):
-    """All of the question's words in one sentence: 1.0; spread over two sentences: less."""
-    assert _evidence(library, "When are the leaves picked and dried?").together == pytest.approx(1.0)
-    spread = _evidence(library, "Is frostleaf tea picked in the shade of a mountain shrub in spring?")
-    assert 0.0 < spread.together < 1.0
-
-
-def test_kind_missing_when_the_highlight_holds_no_answer_of_the_wanted_kind(library):
-    """'When ...?' wants a date: 'picked in early spring' holds one; no sentence about needles
-    holds a number for 'How many ...?'; a question wanting no kind is never missing one."""
-    assert _evidence(library, "When are the leaves of frostleaf picked?").kind_missing == 0.0
-    assert _evidence(library, "How many needles does microneedling use?").kind_missing == 1.0
-    assert _evidence(library, "Why does microneedling make new collagen?").kind_missing == 0.0
-
-
-def test_novelty_is_low_for_a_sentence_that_only_restates_the_question(library):
-    restated = _evidence(library, "Is frostleaf tea brewed from the leaves of a mountain shrub?")
-    asked = _evidence(library, "What is frostleaf tea made from?")
-    assert restated.novelty < 0.2
-    assert asked.novelty > restated.novelty + 0.3
-
-
-def test_missing_rare_names_the_rarest_word_the_passage_lacks(library):
-    """Every word in the passage: 0; a word no article uses (and nothing close in meaning): the
-    largest IDF, 1.0; a word the library has elsewhere but the passage lacks: between."""
-    assert _evidence(library, "When are the leaves picked and dried?").missing_rare == 0.0
-    assert _evidence(library, "Does insurance cover frostleaf tea?", library.embedder).missing_rare == pytest.approx(1.0)
-    e = _evidence(library, "Are frostleaf leaves painful?")
-    assert 0.0 < e.missing_rare < 1.0
