@@ -230,3 +230,75 @@ def test_coverage_adds_to_each_sentence_score_for_the_highlight(cover_assistant)
     p = index.passages[row]
     span = highlight(index, on[row], s.highlight_ratio)[0]
     assert p.text[span.start : span.end].startswith("The Tarrow kestrel lamp was cast in green bronze")
+
+
+# --- the question's words weighted within their article (issue 10, long papers) ---------------
+
+LOCAL_CORPUS = {
+    "harrow.md": """# Harrow fever
+
+## Spread
+
+Harrow fever spreads between goats through shared water troughs on upland farms. Herders first noticed the fever after wet summers, when troughs overflowed and the herds were moved together.
+
+## Incubation
+
+The incubation period of Harrow fever is nine to twelve days. During this time infected goats look healthy but already shed the agent in their saliva.
+
+## Treatment
+
+Harrow fever has no cure. Farmers isolate sick goats, clean the troughs with lime and wait for the fever to run its course, which takes about three weeks.
+""",
+    "quarantine.md": """# Livestock quarantine
+
+A quarantine should outlast the incubation of the disease it guards against. Most upland councils ask for three weeks of separation before a new animal joins a herd.
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def local_assistant(tmp_path_factory, embedder):
+    root = tmp_path_factory.mktemp("local")
+    return open_assistant(write_corpus(root / "corpus", LOCAL_CORPUS), root / "index")
+
+
+def test_local_weights_a_word_by_its_rarity_within_the_passage_article(local_assistant):
+    """'harrow' and 'fever' are in every passage of their article (its title): they weigh nothing
+    there; 'incubation' is in one of its three passages: log(3). The one-passage article weighs
+    every word 0 (nothing to tell apart within it)."""
+    import math
+
+    import numpy as np
+
+    loaded = local_assistant._current()
+    index, r = loaded.index, loaded.retriever
+    question = "How long is the incubation of Harrow fever?"
+    q = r.prepare(question, local_assistant.embedder.encode_query(question))
+    rows = {(p.doc_id, p.heading or ""): i for i, p in enumerate(index.passages)}
+    harrow = {h: i for (d, h), i in rows.items() if d == "harrow"}
+    assert len(harrow) == 3, rows
+    cand = np.array(sorted(rows.values()))
+    local = dict(zip(cand.tolist(), r._local(q, cand).tolist()))
+    by_heading = {h.split()[-1]: local[i] for h, i in harrow.items()}
+    assert by_heading["Incubation"] == pytest.approx(math.log(3))
+    assert by_heading["Spread"] == pytest.approx(0.0)
+    assert by_heading["Treatment"] == pytest.approx(0.0)
+    assert local[rows[next(k for k in rows if k[0] == "quarantine")]] == pytest.approx(0.0)
+
+
+def test_local_lifts_the_passage_that_sets_itself_apart_within_its_article(local_assistant):
+    """With the weight on, the Incubation passage gains the whole weight (its min-max share is
+    1.0) and the other passages of the article gain nothing."""
+    index = local_assistant._current().index
+    question = "How long is the incubation of Harrow fever?"
+    vec = local_assistant.embedder.encode_query(question)
+    s = local_assistant.settings
+    off_r, on_r = Retriever(index, replace(s, w_local=0.0)), Retriever(index, replace(s, w_local=0.3))
+    scale_off, scale_on = 1 + s.w_cover_passage, 1 + s.w_cover_passage + 0.3
+    off = {h.row: h.score * scale_off for h in off_r.search(off_r.prepare(question, vec), k=10)}
+    on = {h.row: h.score * scale_on for h in on_r.search(on_r.prepare(question, vec), k=10)}
+    gain = {index.passages[r].heading.split()[-1] if index.passages[r].heading else index.passages[r].doc_id:
+            round(on[r] - off[r], 4) for r in off}
+    assert gain["Incubation"] == pytest.approx(0.3, abs=1e-4)
+    assert gain["Spread"] == pytest.approx(0.0, abs=1e-4)
+    assert gain["quarantine"] == pytest.approx(0.0, abs=1e-4)
