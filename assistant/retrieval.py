@@ -32,6 +32,10 @@ _DEFINITION_Q = re.compile(
 _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
+# w_local reorders passages within their article only: each passage gains w_local x its local score
+# / the best local score among its article's candidates (1.0 where that is 0), so every article's
+# best passage gains the same and no article rises over another on a word only it happens to use
+LOCAL_WITHIN = True
 RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
 # ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
@@ -309,7 +313,15 @@ class Retriever:
         if s.w_doc_dense or s.w_doc_best:
             fused = fused + self._article_prior(q, cand, fused)
         if s.w_local:
-            fused = fused + s.w_local * _minmax(self._local(q, cand))
+            local = self._local(q, cand)
+            if LOCAL_WITHIN:
+                docs = self._row_doc[0][cand]
+                best = np.zeros(len(self._row_doc[1]), dtype=np.float64)
+                np.maximum.at(best, docs, local)
+                local = np.where(best[docs] > 0, local / np.where(best[docs] > 0, best[docs], 1.0), 1.0)
+            else:
+                local = _minmax(local)
+            fused = fused + s.w_local * local.astype(np.float32)
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
         if s.w_cover_passage or s.w_cover_sentence:
