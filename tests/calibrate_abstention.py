@@ -161,13 +161,15 @@ def main() -> None:
     if cache and Path(cache).exists():
         import pickle
 
-        sets = pickle.loads(Path(cache).read_bytes())
+        names, sets = pickle.loads(Path(cache).read_bytes())
+        if names != FEATURES:
+            sys.exit(f"{cache} holds {names}, Evidence now has {FEATURES}: remove it to collect again")
     else:
         sets = collect(settings, get_embedder(), wanted)
         if cache:
             import pickle
 
-            Path(cache).write_bytes(pickle.dumps(sets))
+            Path(cache).write_bytes(pickle.dumps((FEATURES, sets)))
     train = [n for n in OWN if n in sets]
     weights = fit(sets, train, l2)
     print("ABSTAIN_WEIGHTS =", json.dumps(weights))
