@@ -73,10 +73,6 @@ class Settings:
     # the highlight (README, "Numbers": 0.15 and up cost mtrag-dev abstention or a seed question)
     w_cover_passage: float = 0.1
     w_cover_sentence: float = 0.6
-    # the question's words weighted by how rare each is among the passages of the passage's own
-    # article (log(article passages / those holding the word)): in a long paper its subject is in
-    # every passage, and the passage holding the question's other words should win
-    w_local: float = 0.0
 
     # extraction
     highlight_ratio: float = 0.85

@@ -32,10 +32,6 @@ _DEFINITION_Q = re.compile(
 _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
-# w_local reorders passages within their article only: each passage gains w_local x its local score
-# / the best local score among its article's candidates (1.0 where that is 0), so every article's
-# best passage gains the same and no article rises over another on a word only it happens to use
-LOCAL_WITHIN = True
 RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
 # ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
@@ -124,7 +120,6 @@ class Retriever:
         self._vocab = sorted(t for t in index.vocab if t)  # for stem extensions (bisect)
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
         self._docs: tuple[np.ndarray, np.ndarray] | None = None  # _doc_centroids, made when first needed
-        self._row_doc: tuple[np.ndarray, np.ndarray] | None = None  # passage row -> article number, article sizes
 
     def _extensions(self, stem: str) -> list[str]:
         if len(stem) < 5:
@@ -214,36 +209,6 @@ class Retriever:
             out += bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
         return out / len(terms)
 
-    def _local(self, q: Query, cand: np.ndarray) -> np.ndarray:
-        """Per candidate passage: the question's distinct words it holds (a stem extension counts for
-        its word), each weighted by its rarity within the passage's own article,
-        log(the article's passages / those of them holding the word). A word in every passage of
-        the article (a paper's subject) weighs nothing, so the passage holding the words that set
-        it apart within its article wins; an article of one passage scores 0 throughout."""
-        ix = self.index
-        if self._row_doc is None:
-            numbers: dict[str, int] = {}
-            of_row = np.array([numbers.setdefault(p.doc_id, len(numbers)) for p in ix.passages], dtype=np.int64)
-            self._row_doc = (of_row, np.bincount(of_row, minlength=len(numbers)).astype(np.float64))
-        of_row, size = self._row_doc
-        docs = of_row[cand]
-        out = np.zeros(len(cand), dtype=np.float64)
-        bm = ix.bm25_passages
-        vocab, m = bm.vocab_dict, bm.scores
-        eq = q.equivalents or {}
-        for t in dict.fromkeys(q.tokens):
-            ids = [vocab[x] for x in (t, *sorted(eq.get(t, ()))) if x in vocab]
-            if not ids:
-                continue
-            rows = np.unique(np.concatenate([np.asarray(m["indices"][int(m["indptr"][i]) : int(m["indptr"][i + 1])])
-                                             for i in ids]))
-            held = np.isin(cand, rows)
-            if not held.any():
-                continue
-            counts = np.bincount(of_row[rows], minlength=len(size))
-            out += held * np.log(size[docs] / np.maximum(counts[docs], 1))
-        return out
-
     def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray,
                       bm25_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Passage scores of a follow-up plus a share of its conversation's (CAsT-style query
@@ -312,16 +277,6 @@ class Retriever:
         )
         if s.w_doc_dense or s.w_doc_best:
             fused = fused + self._article_prior(q, cand, fused)
-        if s.w_local:
-            local = self._local(q, cand)
-            if LOCAL_WITHIN:
-                docs = self._row_doc[0][cand]
-                best = np.zeros(len(self._row_doc[1]), dtype=np.float64)
-                np.maximum.at(best, docs, local)
-                local = np.where(best[docs] > 0, local / np.where(best[docs] > 0, best[docs], 1.0), 1.0)
-            else:
-                local = _minmax(local)
-            fused = fused + s.w_local * local.astype(np.float32)
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
         if s.w_cover_passage or s.w_cover_sentence:
@@ -337,8 +292,8 @@ class Retriever:
             fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
             order = order[np.argsort(-fused[order], kind="stable")]
         order = order[:k]
-        # the coverage and local weights add to the four signals' 1.0: scale back, so a score stays in [0, 1]
-        scale = 1.0 / (1.0 + s.w_cover_passage + s.w_local)
+        # the coverage weight adds to the four signals' 1.0: scale back, so a score stays in [0, 1]
+        scale = 1.0 / (1.0 + s.w_cover_passage)
         hits = []
         for o in order:
             a = offsets[o]
