@@ -22,6 +22,14 @@ _WHO_Q = re.compile(r"^\s*(?:who|whom|whose)\b|\b(?:what|which)\s+(?:person|peop
 _WHERE_Q = re.compile(r"^\s*where\b|\b(?:what|which|in\s+what|in\s+which)\s+(?:city|country|place|state|region|"
                       r"continent|county|town|province|location|area)\b", re.I)
 
+# "What amino acids are in ...?", "Which vitamins does it contain?": a plural noun after what/which,
+# then a verb, wants instances of that noun; articles list them after a cue ("including alanine,
+# arginine, ...", "such as A, B and C"), the TREC list-question pattern
+_LIST_Q = re.compile(r"^\s*(?:what|which)\s+(?:[a-z\-]+\s+){0,2}?(?!(?:is|was|has|does|this|its|as|us)\b)[a-z\-]{3,}s\s+"
+                     r"(?:are|were|do|does|did|can|could|should|have|has|might|may|will|would)\b", re.I)
+_LIST = re.compile(r"\b(?:including|such\s+as|like|namely|e\.g\.|for\s+example|for\s+instance)\s+([^.;:!?]*?,[^.;:!?]*)", re.I)
+LIST_KIND = False  # measured in docs-pending/quality.md
+
 _NUMBER = re.compile(
     r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
     r"sixty|seventy|eighty|ninety|hundreds?|thousands?|millions?|billions?|dozens?|half|once|twice|"
@@ -49,6 +57,8 @@ def kind(question: str) -> str | None:
         return "who"
     if _WHERE_Q.search(question):
         return "where"
+    if LIST_KIND and _LIST_Q.search(question):
+        return "list"
     return None
 
 
@@ -66,6 +76,8 @@ def candidates(sentence: str, want: str) -> tuple[str, ...]:
     """The sentence's possible answers of kind `want`, lower-cased: numbers, dates, or (who /
     where) capitalised words other than the sentence's first. They depend on the sentence alone,
     so a caller may remember them per sentence."""
+    if want == "list":
+        return tuple(w.lower() for m in _LIST.finditer(sentence) for w in _WORD.findall(m.group(1)))
     pattern = _NUMBER if want == "number" else _DATE if want == "when" else _CAPITALISED
     return tuple(m.group(0).lower() for m in pattern.finditer(sentence))
 
