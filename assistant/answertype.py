@@ -76,8 +76,9 @@ def any_new(found: tuple[str, ...], question_words: frozenset[str]) -> bool:
 
 
 def candidates(sentence: str, want: str) -> tuple[str, ...]:
-    """The sentence's possible answers of kind `want`, lower-cased: numbers, dates, or (who /
-    where) capitalised words other than the sentence's first. They depend on the sentence alone,
+    """The sentence's possible answers of kind `want`, lower-cased: numbers, dates, (who / where)
+    capitalised words other than the sentence's first, or (list) the words of a comma list after
+    "including", "such as" and the like. They depend on the sentence alone,
     so a caller may remember them per sentence."""
     if want == "list":
         return tuple(w.lower() for m in _LIST.finditer(sentence) for w in _WORD.findall(m.group(1)))
