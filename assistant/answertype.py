@@ -4,7 +4,8 @@ No reader model is available offline, so the answering sentence is found as earl
 systems found it: "How many ...?" wants a number, "When ...?" a date, "Who ...?" a name. A
 sentence that repeats the question's words but holds no answer of that kind ("The Broncos
 reached the AFC Championship game.") is not the answer; its neighbour with the name or the
-number usually is. Generic English cues only: nothing here knows any corpus.
+number usually is; "What amino acids are ...?" wants the list after "including". Generic English
+cues only: nothing here knows any corpus.
 """
 from __future__ import annotations
 
@@ -22,6 +23,16 @@ _WHO_Q = re.compile(r"^\s*(?:who|whom|whose)\b|\b(?:what|which)\s+(?:person|peop
 _WHERE_Q = re.compile(r"^\s*where\b|\b(?:what|which|in\s+what|in\s+which)\s+(?:city|country|place|state|region|"
                       r"continent|county|town|province|location|area)\b", re.I)
 
+# "What amino acids are in ...?", "Which vitamins does it contain?": a plural noun after what/which,
+# then a verb, wants instances of that noun; articles list them after a cue ("including alanine,
+# arginine, ...", "such as A, B and C"), the TREC list-question pattern
+_LIST_Q = re.compile(r"^\s*(?:what|which)\s+(?:[a-z\-]+\s+){0,2}?(?!(?:is|was|has|does|this|its|as|us)\b)[a-z\-]{3,}s\s+"
+                     r"(?:are|were|do|does|did|can|could|should|have|has|might|may|will|would)\b", re.I)
+_LIST = re.compile(r"\b(?:including|such\s+as|like|namely|e\.g\.|for\s+example|for\s+instance)\s+([^.;:!?]*?,[^.;:!?]*)", re.I)
+# False: no "list" kind (README, "Numbers": on its own it changes little on any set; it keeps a
+# seed question right once sentence coverage weighs more, Settings.w_cover_passage)
+LIST_KIND = True
+
 _NUMBER = re.compile(
     r"\d|\b(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty|"
     r"sixty|seventy|eighty|ninety|hundreds?|thousands?|millions?|billions?|dozens?|half|once|twice|"
@@ -36,11 +47,11 @@ _DATE = re.compile(
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][\w'’\-]+")
 _WORD = re.compile(r"\w+")
 # question-word kinds, in the order they are tested
-KINDS = ("number", "when", "who", "where")
+KINDS = ("number", "when", "who", "where", "list")
 
 
 def kind(question: str) -> str | None:
-    """The kind of answer a question wants: 'number', 'when', 'who', 'where', or None."""
+    """The kind of answer a question wants: 'number', 'when', 'who', 'where', 'list' (with LIST_KIND), or None."""
     if _NUMBER_Q.search(question):
         return "number"
     if _WHEN_Q.search(question):
@@ -49,6 +60,8 @@ def kind(question: str) -> str | None:
         return "who"
     if _WHERE_Q.search(question):
         return "where"
+    if LIST_KIND and _LIST_Q.search(question):
+        return "list"
     return None
 
 
@@ -63,9 +76,12 @@ def any_new(found: tuple[str, ...], question_words: frozenset[str]) -> bool:
 
 
 def candidates(sentence: str, want: str) -> tuple[str, ...]:
-    """The sentence's possible answers of kind `want`, lower-cased: numbers, dates, or (who /
-    where) capitalised words other than the sentence's first. They depend on the sentence alone,
+    """The sentence's possible answers of kind `want`, lower-cased: numbers, dates, (who / where)
+    capitalised words other than the sentence's first, or (list) the words of a comma list after
+    "including", "such as" and the like. They depend on the sentence alone,
     so a caller may remember them per sentence."""
+    if want == "list":
+        return tuple(w.lower() for m in _LIST.finditer(sentence) for w in _WORD.findall(m.group(1)))
     pattern = _NUMBER if want == "number" else _DATE if want == "when" else _CAPITALISED
     return tuple(m.group(0).lower() for m in pattern.finditer(sentence))
 

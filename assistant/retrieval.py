@@ -54,7 +54,7 @@ class Query:
     defines: frozenset[str] | None = None  # "What is X?": the tokens of X
     # a follow-up's conversation so far (earlier questions), scored alongside it at passage level
     context: "Query | None" = None
-    kind: str | None = None  # the kind of answer wanted: number, when, who, where (answertype.kind)
+    kind: str | None = None  # the kind of answer wanted: number, when, who, where, list (answertype.kind)
     words: frozenset[str] = frozenset()  # the question's words, lower-cased
 
     def __post_init__(self) -> None:

@@ -14,7 +14,10 @@ reported from a model fitted without it (leave-one-set-out), the honest figure f
 trained the shipped model.
 
 Prints the fitted weights (paste into extraction.ABSTAIN_WEIGHTS) and the trade-off table.
-    env  THRESHOLDS=0.3,0.4,...   SETS=seed,xquad,mtrag   L2=0.01
+    env  THRESHOLDS=0.3,0.4,...   SETS=seed,xquad,mtrag[,covid]   L2=0.01
+         FIT=dense,coverage,...   the Evidence fields the model weighs (default: the shipped model's)
+         CACHE=file.pkl           keep the collected evidence there and reuse it (fits only)
+covid adds the covidqa-dev questions (all answerable, held out) from ABLATE_DIR's covid-index.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from assistant import evaluation as ev  # noqa: E402
 from assistant.assistant import Assistant  # noqa: E402
 from assistant.config import Settings  # noqa: E402
 from assistant.embedder import get_embedder  # noqa: E402
-from assistant.extraction import Evidence, confidence, judged  # noqa: E402
+from assistant.extraction import ABSTAIN_MODEL, ABSTAIN_MODELS, Evidence, confidence, judged  # noqa: E402
 
 EVAL = ROOT.parent / "shared" / "eval"
 DATA = ROOT / "tests" / "data"
@@ -105,6 +108,11 @@ def collect(settings: Settings, embedder, wanted: set[str]) -> dict[str, tuple[n
         near = [_ask(a, q["question"], [], drop=q["doc_id"].split("-")[0] + "-") for q in qs if title[q["doc_id"]] in held]
         sets["xquad own article out (held out)"] = (np.array([r for r in near if r is not None]), False)
         sets["xquad off-topic (held out)"] = (np.array([_ask(a, t, []) for t in off]), False)
+    if "covid" in wanted and (WORK / "covid-index" / "CURRENT").exists():
+        a = Assistant.open(settings=replace(settings, corpus_dir=WORK / "covid-corpus", index_dir=WORK / "covid-index"),
+                           embedder=embedder)
+        qs = ev.squad_questions(EVAL / "covidqa-dev")
+        sets["covid answerable (held out)"] = (np.array([r for r in (_ask(a, q["question"], []) for q in qs) if r is not None]), True)
     if "mtrag" in wanted and (WORK / "mtrag-index" / "CURRENT").exists():
         a = Assistant.open(settings=replace(settings, corpus_dir=WORK / "mtrag-corpus", index_dir=WORK / "mtrag-index"),
                            embedder=embedder)
@@ -127,11 +135,15 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-2, iters: int = 50
     return w
 
 
+FIT = [f for f in os.environ.get("FIT", ",".join(k for k in ABSTAIN_MODELS[ABSTAIN_MODEL] if k != "bias")).split(",")]
+
+
 def fit(sets: dict, names: list[str], l2: float) -> dict:
-    X = np.vstack([sets[n][0] for n in names])
+    cols = [FEATURES.index(f) for f in FIT]
+    X = np.vstack([sets[n][0][:, cols] for n in names])
     y = np.concatenate([np.full(len(sets[n][0]), float(sets[n][1])) for n in names])
     w = fit_logistic(X, y, l2)
-    return {"bias": round(float(w[0]), 3), **{f: round(float(v), 3) for f, v in zip(FEATURES, w[1:])}}
+    return {"bias": round(float(w[0]), 3), **{f: round(float(v), 3) for f, v in zip(FIT, w[1:])}}
 
 
 def share(X: np.ndarray, answerable: bool, weights: dict, th: float) -> str:
@@ -145,7 +157,19 @@ def main() -> None:
     l2 = float(os.environ.get("L2", "0.01"))
     ths = [float(x) for x in os.environ.get("THRESHOLDS", "0.3,0.4,0.5,0.6,0.7").split(",")]
     settings = Settings()
-    sets = collect(settings, get_embedder(), wanted)
+    cache = os.environ.get("CACHE")
+    if cache and Path(cache).exists():
+        import pickle
+
+        names, sets = pickle.loads(Path(cache).read_bytes())
+        if names != FEATURES:
+            sys.exit(f"{cache} holds {names}, Evidence now has {FEATURES}: remove it to collect again")
+    else:
+        sets = collect(settings, get_embedder(), wanted)
+        if cache:
+            import pickle
+
+            Path(cache).write_bytes(pickle.dumps((FEATURES, sets)))
     train = [n for n in OWN if n in sets]
     weights = fit(sets, train, l2)
     print("ABSTAIN_WEIGHTS =", json.dumps(weights))

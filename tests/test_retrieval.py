@@ -279,3 +279,55 @@ def test_without_spelling_correction_the_typo_is_unknown(define_assistant, monke
     monkeypatch.setattr(rt, "SPELLING", False)
     without = r.prepare("What is Verow tonic brewed from?", vec)
     assert "verrow" not in without.search_tokens and "verow" not in (without.equivalents or {})
+
+
+# --- list questions ("What amino acids are ...?" wants "including alanine, arginine, ...") -----
+
+LIST_CORPUS = {
+    "serums.md": """# Skin serums
+
+A serum is a cocktail of vitamins, minerals, amino acids and hyaluronic acid applied to the face.
+
+Serum injections often contain minerals like calcium and zinc. Amino acids, including alanine, arginine and glycine, are also added.
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def list_assistant(tmp_path_factory, embedder):
+    root = tmp_path_factory.mktemp("list")
+    return open_assistant(write_corpus(root / "corpus", LIST_CORPUS), root / "index")
+
+
+def test_a_list_question_lifts_the_sentence_that_lists(list_assistant, monkeypatch):
+    """With the list kind, the sentence listing amino acids after 'including' gains the answer-kind
+    weight for the highlight, and is highlighted; the series that only names 'amino acids' gains
+    nothing."""
+    from assistant import answertype
+    from assistant.extraction import highlight
+
+    index = list_assistant._current().index
+    question = "What amino acids are in serum injections?"
+    vec = list_assistant.embedder.encode_query(question)
+    s = list_assistant.settings
+    r = Retriever(index, s)
+
+    def scores(on: bool) -> dict[str, float]:
+        monkeypatch.setattr(answertype, "LIST_KIND", on)
+        q = r.prepare(question, vec)
+        assert q.kind == ("list" if on else None)
+        out = {}
+        for h in r.search(q, k=5):
+            first = int(index.sent_rows[h.row][0])
+            for j, v in enumerate(h.sentence_scores):
+                out[index.sentence_text(first + j)] = float(v)
+        return out
+
+    off, on = scores(False), scores(True)
+    listing = next(t for t in on if "alanine" in t)
+    series = next(t for t in on if "cocktail" in t)
+    assert on[listing] - off[listing] == pytest.approx(s.w_kind_sentence, abs=1e-5)
+    assert on[series] == pytest.approx(off[series], abs=1e-5)
+    res = list_assistant.ask(question, top_k=1)
+    a = res.answers[0]
+    assert any("alanine" in a.text[h.start : h.end] for h in a.highlight)
