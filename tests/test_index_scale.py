@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from assistant import index as ix
+from assistant.retrieval import _doc_centroids as _DOC_CENTROIDS
 from tests.fixtures_core import SMALL_CORPUS, open_assistant, write_corpus
 
 SUNMOSS = "Sunmoss Oil\nSunmoss oil is pressed from the seeds of the sunmoss fern.\nA sunmoss massage lasts forty-five minutes.\n"
@@ -231,3 +232,57 @@ def test_flat_levels_also_link_their_file_and_keep_changes_beside_it(tmp_path, e
                            tmp_path / "i2")
     for q in QUESTIONS:
         assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+
+
+def _stored_centroids_are_the_vectors_mean(index) -> np.ndarray:
+    """The stored centroid of each passage row's article, checked bit for bit against the mean
+    retrieval computes from the index's own passage vectors (what it did before they were stored)."""
+    c = index.centroids
+    assert c is not None and len(c.of_row) == len(index.passages)
+    of_row = np.asarray(c.of_row)
+    for r in range(len(index.passages)):  # one id per article, one article per id
+        same = of_row == of_row[r]
+        assert {index.passages[i].doc_id for i in np.flatnonzero(same)} == {index.passages[r].doc_id}
+    doc_of, cent = _DOC_CENTROIDS(index)
+    got = c.vectors(of_row)
+    np.testing.assert_array_equal(got, cent[doc_of])
+    return got
+
+
+def test_article_centroids_are_stored_and_carried_over(tmp_path, embedder, monkeypatch):
+    """Per-article centroids are made when a generation is built; a reindex computes only the new
+    articles' (the base file is linked, the kept articles' ids carried over), and the numbers are
+    those a question would have computed from every passage vector, so the answers are the same."""
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.9)  # a small library: most of it changes
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    before = ix.current_generation(tmp_path / "i")
+    _stored_centroids_are_the_vectors_mean(ix.load(tmp_path / "i"))
+    (corpus / "sunmoss.txt").unlink()
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)
+    a.reindex()
+    index = ix.load(tmp_path / "i")
+    base = ix.ArticleCentroids.BASE
+    assert (index.path / base).stat().st_ino == (before / base).stat().st_ino  # linked, not rewritten
+    assert len(index.centroids.delta) == 1 and index.centroids.n_ids > len(set(index.centroids.of_row.tolist()))
+    inc = _stored_centroids_are_the_vectors_mean(index)
+    # a build from nothing: the same centroid for every passage (up to re-embedding noise)
+    fresh_a = open_assistant(write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "glowberry-peel.txt": GLOWBERRY_V2}),
+                             tmp_path / "i2")
+    fresh = ix.load(tmp_path / "i2")
+    perm = np.array([{p.id: i for i, p in enumerate(index.passages)}[p.id] for p in fresh.passages])
+    np.testing.assert_allclose(inc[perm], _stored_centroids_are_the_vectors_mean(fresh), atol=1e-4)
+    # no question reads every passage vector: the article prior reads the stored centroids
+    from assistant import retrieval
+
+    monkeypatch.setattr(retrieval, "_doc_centroids", lambda *_: pytest.fail("centroids computed on a question"))
+    a2 = open_assistant(corpus, tmp_path / "i", build=False)
+    for q in QUESTIONS:
+        assert answers(a2.ask(q)) == answers(fresh_a.ask(q)), q
+    # past the tombstone share, the centroids are rewritten with only the live articles
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.0)
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    a.reindex()
+    index = ix.load(tmp_path / "i")
+    assert len(index.centroids.delta) == 0 and index.centroids.n_ids == len(index.docs)
+    _stored_centroids_are_the_vectors_mean(index)
