@@ -63,9 +63,12 @@ DELTA_MAX_VECTORS = int(os.environ.get("ASSISTANT_DELTA_MAX_VECTORS", "50000"))
 # README "Scale"): flat inner product over 384-d float32 costs about 0.1 ms per 1,000 vectors, so
 # 200k vectors is ~20 ms per search, where HNSW stays at ~1-2 ms with recall@100 >= 0.99.
 ANN_MIN_VECTORS = int(os.environ.get("ASSISTANT_ANN_MIN_VECTORS", "200000"))
-HNSW_M = 16  # graph degree (links per vector): 16 keeps the graph small and the build quick
-HNSW_EF_CONSTRUCTION = 64
-HNSW_EF_SEARCH = 192  # candidates explored per search; ~2x the largest k retrieval asks for (100)
+# Graph degree and construction effort of new graphs, and candidates explored per search (a
+# graph keeps the M and efConstruction it was built with; the manifest records them). Measured
+# (README "A large library"): efSearch alone stops short of recall 0.98 on a graph of M 16.
+HNSW_M = int(os.environ.get("ASSISTANT_HNSW_M", "16"))
+HNSW_EF_CONSTRUCTION = int(os.environ.get("ASSISTANT_HNSW_EF_CONSTRUCTION", "64"))
+HNSW_EF_SEARCH = int(os.environ.get("ASSISTANT_HNSW_EF_SEARCH", "192"))
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # Passage vectors stay float32 (they decide the dense passage score); sentence vectors, five
 # times as many, are float16: the same top answer on XQuAD and COVID-QA (README "Scale").
@@ -298,8 +301,9 @@ class FaissStore:
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "dtype": self.dtype, "vectors": len(self)}
-        if self.kind == "hnsw":
-            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+        if self.kind == "hnsw":  # the graph's own parameters (it may predate a change of the defaults)
+            h = self.index.hnsw
+            d.update(M=int(h.nb_neighbors(1)), ef_construction=int(h.efConstruction), ef_search=HNSW_EF_SEARCH)
         if self.dead or self.pending:
             d.update(tombstones=self.dead, delta=self.pending)
         return d

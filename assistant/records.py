@@ -24,6 +24,7 @@ import json
 import mmap
 import os
 import shutil
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class DocTable(Mapping):
         self._number = {d: i for i, d in enumerate(ids)}
         self._maps: dict[str, mmap.mmap] = {}
         self._cache: OrderedDict[int, tuple] = OrderedDict()
+        self._lock = threading.Lock()
 
     # --- reading ---
     @classmethod
@@ -97,25 +99,28 @@ class DocTable(Mapping):
 
     def _parsed(self, i: int) -> tuple:
         """(DocRecord, passage layouts) of article number i."""
-        got = self._cache.get(i)
-        if got is not None:
-            self._cache.move_to_end(i)
-            return got
+        with self._lock:  # served by several threads
+            got = self._cache.get(i)
+            if got is not None:
+                self._cache.move_to_end(i)
+                return got
         seg, a, b = self.where[i]
         if seg == "":
             got = (a, b)
         else:
-            m = self._maps.get(seg)
-            if m is None:
-                with open(self.segments[seg], "rb") as fh:
-                    m = self._maps[seg] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            with self._lock:
+                m = self._maps.get(seg)
+                if m is None:
+                    with open(self.segments[seg], "rb") as fh:
+                        m = self._maps[seg] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
             d = json.loads(m[a : a + b])
             from .index import DocRecord
 
             got = (DocRecord(**d["doc"]), d["passages"])
-        self._cache[i] = got
-        if len(self._cache) > CACHE_RECORDS:
-            self._cache.popitem(last=False)
+        with self._lock:
+            self._cache[i] = got
+            if len(self._cache) > CACHE_RECORDS:
+                self._cache.popitem(last=False)
         return got
 
     def record(self, i: int):
@@ -174,7 +179,6 @@ class DocTable(Mapping):
         total = sum(self.segments[s].stat().st_size for s in used)
         rewrite = bool(used) and (total - live) > REWRITE_DEAD_SHARE * max(total, 1)
         name = f"{SEGMENT_PREFIX}{stamp}.jsonl"
-        where = []
         todo = [i for i, w in enumerate(self.where) if rewrite or not w[0]]
         if todo:
             off = 0

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from . import index as ix
 from .chunking import Passage, chunk
 from .config import MODEL_NAME, Settings
-from .documents import UnreadableFileError, discover, doc_id_for, file_sha256, read_document
+from .documents import UnreadableFileError, discover, doc_id_for, file_sha256, read_document, relative_posix
 from .embedder import Embedder, index_vector_space
 from .errors import AssistantError, ReindexBusyError
 from .models import ReindexReport
@@ -264,7 +264,7 @@ def reindex(
         hashed = 0
         for n_read, path in enumerate(tqdm(files, desc="Reading", unit="file", disable=not progress, leave=False)):
             tick("reading", n_read, len(files))
-            rel = path.relative_to(corpus_dir).as_posix()
+            rel = relative_posix(path, corpus_dir)
             doc_id = doc_id_for(path, corpus_dir)
             if doc_id in seen:  # a.md and a.txt: the first one wins
                 log.warning("skipped %s: another file already has id %r", path, doc_id)

@@ -4,6 +4,8 @@ any such reindex equal those of a build from nothing. Real model; small corpora 
 with the size thresholds lowered so that they take the large-library paths."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -286,3 +288,98 @@ def test_article_centroids_are_stored_and_carried_over(tmp_path, embedder, monke
     index = ix.load(tmp_path / "i")
     assert len(index.centroids.delta) == 0 and index.centroids.n_ids == len(index.docs)
     _stored_centroids_are_the_vectors_mean(index)
+
+
+def test_one_article_change_links_the_records_and_writes_only_its_own(tmp_path, embedder, monkeypatch):
+    """Format 4: a reindex that adds or changes one article links the record segments of the
+    others and writes one short segment; it parses no other article's record beyond the few
+    passages the subjects re-examine; the answers equal a build from nothing."""
+    from assistant import records
+    from assistant import subjects as sj
+
+    monkeypatch.setattr(sj, "INCREMENTAL_MIN_PASSAGES", 1)  # subjects carried over, as in a large library
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 1.0)
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    before = ix.current_generation(tmp_path / "i")
+    (seg,) = before.glob("articles-*.jsonl")
+    parsed = []
+    real = records.DocTable._parsed
+    monkeypatch.setattr(records.DocTable, "_parsed", lambda self, i: parsed.append(self.ids[i]) or real(self, i))
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    r = a.reindex()
+    assert r.added == ["sunmoss"]
+    gen = ix.current_generation(tmp_path / "i")
+    segs = sorted(gen.glob("articles-*.jsonl"))
+    assert len(segs) == 2 and (gen / seg.name).stat().st_ino == seg.stat().st_ino  # linked, not rewritten
+    (new_seg,) = [s for s in segs if s.name != seg.name]
+    assert [json.loads(x)["doc"]["doc_id"] for x in new_seg.read_text().splitlines()] == ["sunmoss"]
+    assert set(parsed) <= {"sunmoss"}, parsed  # the kept articles' records were not read
+    monkeypatch.setattr(records.DocTable, "_parsed", real)
+    index = ix.load(tmp_path / "i")
+    assert isinstance(index.passages, records.PassageTable) and isinstance(index.docs, records.DocTable)
+    fresh_a = open_assistant(write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS}), tmp_path / "i2")
+    fresh = ix.load(tmp_path / "i2")
+    assert list(index.docs) == list(fresh.docs)
+    assert {p.id: (p.doc_id, p.start, p.end, p.text, p.heading, p.sentences) for p in index.passages} == \
+        {p.id: (p.doc_id, p.start, p.end, p.text, p.heading, p.sentences) for p in fresh.passages}
+    assert [index.docs[d].__dict__ | {"indexed_at": ""} for d in index.docs] == \
+        [fresh.docs[d].__dict__ | {"indexed_at": ""} for d in fresh.docs]
+    np.testing.assert_array_equal(index.sent_is_heading[np.argsort(index.sent_passage, kind="stable")].sum(),
+                                  fresh.sent_is_heading.sum())
+    for q in QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh_a.ask(q)), q
+    # once replaced articles fill the set share of the segments' bytes, they are rewritten as one
+    monkeypatch.setattr(records, "REWRITE_DEAD_SHARE", 0.0)
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)  # its old record, in the first segment, is dead
+    a.reindex()
+    gen = ix.current_generation(tmp_path / "i")
+    (one,) = gen.glob("articles-*.jsonl")
+    assert len(one.read_text().splitlines()) == len(SMALL_CORPUS) + 1
+    assert "thirty-five minutes" in ix.load(tmp_path / "i").docs["glowberry-peel"].text
+    assert "thirty-five minutes" in a.ask(QUESTIONS[0]).answers[0].text
+
+
+def _as_format_3(gen) -> None:
+    """Rewrite a generation as format 3 wrote it: documents.jsonl and passages.jsonl, no centroids."""
+    import json as _json
+
+    from assistant import records
+
+    index = ix.load(gen.parent, path=gen)
+    with open(gen / "documents.jsonl", "w", encoding="utf-8") as f:
+        for d in index.docs:
+            f.write(_json.dumps(index.docs[d].__dict__, ensure_ascii=False) + "\n")
+    with open(gen / "passages.jsonl", "w", encoding="utf-8") as f:
+        for p in index.passages:
+            f.write(_json.dumps({"id": p.id, "doc_id": p.doc_id, "start": p.start, "end": p.end, "heading": p.heading,
+                                 "sentences": [[s.start, s.end, int(s.heading)] for s in p.sentences]}) + "\n")
+    for name in [records.TABLE, records.PASSAGE_DOC, records.PASSAGE_POS, records.SENTENCE_HEADING,
+                 ix.ArticleCentroids.BASE, ix.ArticleCentroids.ROWS]:
+        (gen / name).unlink()
+    for seg in gen.glob("articles-*.jsonl"):
+        seg.unlink()
+    m = _json.loads((gen / "manifest.json").read_text())
+    m["format"] = 3
+    (gen / "manifest.json").write_text(_json.dumps(m))
+
+
+def test_a_format_3_generation_is_read_and_converted_without_reembedding(tmp_path, embedder):
+    from assistant import records
+
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    q = QUESTIONS[2]
+    want = answers(a.ask(q))
+    _as_format_3(ix.current_generation(tmp_path / "i"))
+    old = ix.load(tmp_path / "i")
+    assert isinstance(old.passages, list) and old.centroids is None
+    assert answers(open_assistant(corpus, tmp_path / "i", build=False).ask(q)) == want  # still served
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    r = a.reindex()
+    assert r.added == ["sunmoss"] and r.embedded_passages == 1
+    new = ix.load(tmp_path / "i")
+    assert new.manifest["format"] == 4 and isinstance(new.passages, records.PassageTable)
+    assert new.centroids is not None and len(new.centroids.of_row) == len(new.passages)
+    _stored_centroids_are_the_vectors_mean(new)
+    assert answers(open_assistant(corpus, tmp_path / "i", build=False).ask(q)) == want
