@@ -1130,7 +1130,9 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
     if subjects is not None:
         (tmp / "subjects.json").write_text(json.dumps(subjects, ensure_ascii=False), encoding="utf-8")
-    # the manifest last: a generation without one is never loaded
+    # the manifest last: a generation without one is never loaded (its files are this format's,
+    # whatever the index was read from)
+    index.manifest = {**index.manifest, "format": FORMAT_VERSION}
     (tmp / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
     _fsync_tree(tmp)
     os.rename(tmp, final)
