@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -52,27 +51,18 @@ def discover(corpus_dir: Path) -> list[Path]:
     corpus_dir = Path(corpus_dir)
     found = []
     for p in corpus_dir.rglob("*"):
-        if any(part.startswith((".", "_")) for part in relative_posix(p, corpus_dir).split("/")):
+        rel = p.relative_to(corpus_dir)
+        if any(part.startswith((".", "_")) for part in rel.parts):
             continue
-        if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file():
+        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES:
             found.append(p)
-    return sorted(found, key=lambda p: p.parts)  # Path order, without Path.__lt__ (a million files)
-
-
-def relative_posix(path: Path, corpus_dir: Path) -> str:
-    """`path.relative_to(corpus_dir).as_posix()`, by string when `path` is spelled under it (the
-    reindex of a large library calls this for every file)."""
-    s, base = str(path), str(corpus_dir)
-    if base != "." and s.startswith(base + os.sep) and os.sep == "/":
-        return s[len(base) + 1 :]
-    return Path(path).relative_to(corpus_dir).as_posix()
+    return sorted(found)
 
 
 def doc_id_for(path: Path, corpus_dir: Path) -> str:
     """Stable id: the path relative to the corpus folder, without extension, '/'-separated."""
-    rel = relative_posix(path, corpus_dir)
-    suffix = Path(path).suffix
-    return rel[: len(rel) - len(suffix)] if suffix else rel
+    rel = Path(path).relative_to(corpus_dir)
+    return rel.with_suffix("").as_posix()
 
 
 def file_sha256(path: Path) -> str:

@@ -319,7 +319,7 @@ def serve(args) -> dict:
     from assistant import index as ix
 
     settings = Settings(corpus_dir=args.workdir / "corpus", index_dir=args.workdir / "index")
-    qs = json.loads((args.workdir / "questions.json").read_text())
+    qs = json.loads((args.workdir / "questions.json").read_text())[: args.serve_questions or None]
     t = time.perf_counter()
     a = Assistant.open(settings=settings)
     open_s = time.perf_counter() - t
@@ -538,7 +538,9 @@ def run(args) -> dict:
         (work / "questions.json").write_text(json.dumps(questions(args.questions)))
         stamp.write_text(json.dumps({"want": want, "info": info}))
     info = json.loads(stamp.read_text())["info"]
-    out = subprocess.run([sys.executable, __file__, "--serve", "--workdir", str(work)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--serve", "--workdir", str(work)]
+                         + (["--serve-questions", str(args.serve_questions)] if args.serve_questions else []),
+                         capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
         raise SystemExit(f"the serving process failed ({out.returncode})")
@@ -588,6 +590,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--same-answers", type=Path, default=None, metavar="EVAL_FOLDER")
+    ap.add_argument("--serve-questions", type=int, default=0,
+                    help="ask only the first N of the library's questions (a quicker serving run)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reindex-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -626,7 +630,7 @@ def main() -> None:
     print(f"build rate: model alone {b['model_texts_per_s']:.0f} texts/s, build path {b['build_texts_per_s']:.0f} texts/s "
           f"(embedding {b['embed_texts_per_s']:.0f}/s) -> ratio {r['build_rate_ratio']:.2f}")
     print(f"open {s['open_s']:.2f} s (model load {s.get('model_load_s', 0):.1f} s, not in the first question); first question {r['first_ask_ms']:.0f} ms; ask p50 {r['ask_p50_ms']:.1f} ms, "
-          f"p99 {r['ask_p99_ms']:.1f} ms (query encode included, {len(json.loads((args.workdir / 'questions.json').read_text()))} questions)")
+          f"p99 {r['ask_p99_ms']:.1f} ms (query encode included, {args.serve_questions or len(json.loads((args.workdir / 'questions.json').read_text()))} questions)")
     print(f"serving RSS {r['rss_mb']:.0f} MB (own {s['rss_split_mb'].get('RssAnon', 0):.0f} MB, "
           f"index file pages {s['rss_split_mb'].get('RssFile', 0):.0f} MB; peak {s['hwm_mb']:.0f} MB); candidate recall {r['candidate_recall']:.4f}; "
           f"top-1 agreement with exact search {r['top1_agreement']:.4f}; answer paragraph at top-1 {s['answer_paragraph_top1']:.3f}")
