@@ -494,7 +494,7 @@ def test_the_reindex_scan_finds_what_discover_finds(tmp_path):
         (tmp_path / rel).write_text("Title\nBody.\n")
     (tmp_path / "dir.md").mkdir()
     assert _discover(tmp_path) == discover(tmp_path)
-    assert len(discover(tmp_path)) == 8
+    assert len(discover(tmp_path)) == 7
     for f in discover(tmp_path):
         rel = _relative_posix(f, tmp_path)
         assert (rel[: len(rel) - len(f.suffix)] if f.suffix else rel) == doc_id_for(f, tmp_path)
