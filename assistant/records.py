@@ -79,7 +79,18 @@ class DocTable(Mapping):
         t = json.loads((Path(gen) / TABLE).read_text(encoding="utf-8"))
         segs = t["segments"]
         where = [(segs[s], o, n) for s, o, n in zip(t["segment"], t["offset"], t["length"])]
-        return cls(t["ids"], t["path"], t["sha256"], t["n_passages"], where, {s: Path(gen) / s for s in segs})
+        table = cls(t["ids"], t["path"], t["sha256"], t["n_passages"], where, {s: Path(gen) / s for s in segs})
+        for s in segs:  # mapped now: a server still answering from a pruned generation keeps its records
+            table._map(s)
+        return table
+
+    def _map(self, seg: str) -> mmap.mmap:
+        with self._lock:
+            m = self._maps.get(seg)
+            if m is None:
+                with open(self.segments[seg], "rb") as fh:
+                    m = self._maps[seg] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            return m
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -108,12 +119,7 @@ class DocTable(Mapping):
         if seg == "":
             got = (a, b)
         else:
-            with self._lock:
-                m = self._maps.get(seg)
-                if m is None:
-                    with open(self.segments[seg], "rb") as fh:
-                        m = self._maps[seg] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            d = json.loads(m[a : a + b])
+            d = json.loads(self._map(seg)[a : a + b])
             from .index import DocRecord
 
             got = (DocRecord(**d["doc"]), d["passages"])

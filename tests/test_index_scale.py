@@ -383,3 +383,16 @@ def test_a_format_3_generation_is_read_and_converted_without_reembedding(tmp_pat
     assert new.centroids is not None and len(new.centroids.of_row) == len(new.passages)
     _stored_centroids_are_the_vectors_mean(new)
     assert answers(open_assistant(corpus, tmp_path / "i", build=False).ask(q)) == want
+
+
+def test_a_loaded_generation_keeps_its_records_when_pruned(tmp_path, embedder):
+    """A server may answer from a generation that a later reindex prunes: its record segments
+    are mapped when it is loaded, so its articles stay readable."""
+    import shutil
+
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    open_assistant(corpus, tmp_path / "i")
+    index = ix.load(tmp_path / "i")
+    shutil.rmtree(index.path)
+    assert [index.passages[r].text for r in range(len(index.passages))]
+    assert all(index.docs[d].text for d in index.docs)
