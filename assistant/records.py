@@ -38,6 +38,7 @@ TABLE = "articles.json"
 PASSAGE_DOC, PASSAGE_POS, SENTENCE_HEADING = "passage_doc.npy", "passage_pos.npy", "sentence_heading.npy"
 SEGMENT_PREFIX = "articles-"
 CACHE_RECORDS = 4096  # parsed article records kept per loaded generation
+CACHE_PASSAGES = 16384  # Passage objects kept per loaded generation
 REWRITE_DEAD_SHARE = 0.5  # segments are rewritten once this share of their bytes is replaced articles
 
 
@@ -225,6 +226,10 @@ class PassageTable(Sequence):
     def __init__(self, docs: DocTable, doc_of: np.ndarray, pos: np.ndarray, sentence_heading: np.ndarray) -> None:
         self.docs, self.doc_of, self.pos = docs, doc_of, pos
         self.sentence_heading = sentence_heading
+        # the Passages read lately, by row: a question reads the same few passages many times
+        # (every sentence's text goes through its passage)
+        self._made: OrderedDict[int, Passage] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def load(cls, gen: Path, docs: DocTable) -> "PassageTable":
@@ -244,7 +249,17 @@ class PassageTable(Sequence):
             r += len(self)
         if not 0 <= r < len(self):
             raise IndexError(r)
-        return self.docs.passage(int(self.doc_of[r]), int(self.pos[r]))
+        with self._lock:
+            p = self._made.get(r)
+            if p is not None:
+                self._made.move_to_end(r)
+                return p
+        p = self.docs.passage(int(self.doc_of[r]), int(self.pos[r]))
+        with self._lock:
+            self._made[r] = p
+            if len(self._made) > CACHE_PASSAGES:
+                self._made.popitem(last=False)
+        return p
 
     def rows_of(self, doc_id: str) -> np.ndarray:
         i = self.docs.number(doc_id)
