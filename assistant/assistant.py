@@ -303,7 +303,7 @@ class Assistant:
         d = index.docs.get(doc_id) if ix.safe_doc_id(doc_id) else None
         if d is None:
             raise DocumentNotFoundError(f"No article with id {doc_id!r}. GET /documents lists them.")
-        spans = [PassageSpan(id=p.id, start=p.start, end=p.end) for p in index.passages if p.doc_id == doc_id]
+        spans = [PassageSpan(id=p.id, start=p.start, end=p.end) for p in (index.passages[int(r)] for r in index.rows_of(doc_id))]
         return ArticleView(doc_id=d.doc_id, title=d.title, path=d.path, text=d.text, passages=spans,
                            indexed_at=d.indexed_at, **_citation(d))
 

@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 # 2: BM25 tokens and file stats kept per generation (bm25-tokens.npz, files.json)
 # 3: vectors stored once, in the FAISS files, by row (flat or HNSW; no *_vectors.npy)
-FORMAT_VERSION = 3
-READABLE_FORMATS = (2, 3)  # a format-2 generation is read (and reused by reindex) as flat stores
+# 4: article and passage records as linked segments + arrays (records.py); article centroids
+FORMAT_VERSION = 4
+READABLE_FORMATS = (2, 3, 4)  # a format-2 generation is read (and reused by reindex) as flat stores
 CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
 LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the id of each row
@@ -62,9 +63,12 @@ DELTA_MAX_VECTORS = int(os.environ.get("ASSISTANT_DELTA_MAX_VECTORS", "50000"))
 # README "Scale"): flat inner product over 384-d float32 costs about 0.1 ms per 1,000 vectors, so
 # 200k vectors is ~20 ms per search, where HNSW stays at ~1-2 ms with recall@100 >= 0.99.
 ANN_MIN_VECTORS = int(os.environ.get("ASSISTANT_ANN_MIN_VECTORS", "200000"))
-HNSW_M = 16  # graph degree (links per vector): 16 keeps the graph small and the build quick
-HNSW_EF_CONSTRUCTION = 64
-HNSW_EF_SEARCH = 192  # candidates explored per search; ~2x the largest k retrieval asks for (100)
+# Graph degree and construction effort of new graphs, and candidates explored per search (a
+# graph keeps the M and efConstruction it was built with; the manifest records them). Measured
+# (README "A large library"): efSearch alone stops short of recall 0.98 on a graph of M 16.
+HNSW_M = int(os.environ.get("ASSISTANT_HNSW_M", "16"))
+HNSW_EF_CONSTRUCTION = int(os.environ.get("ASSISTANT_HNSW_EF_CONSTRUCTION", "64"))
+HNSW_EF_SEARCH = int(os.environ.get("ASSISTANT_HNSW_EF_SEARCH", "192"))
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # Passage vectors stay float32 (they decide the dense passage score); sentence vectors, five
 # times as many, are float16: the same top answer on XQuAD and COVID-QA (README "Scale").
@@ -297,8 +301,9 @@ class FaissStore:
 
     def describe(self) -> dict:
         d = {"kind": self.kind, "dtype": self.dtype, "vectors": len(self)}
-        if self.kind == "hnsw":
-            d.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+        if self.kind == "hnsw":  # the graph's own parameters (it may predate a change of the defaults)
+            h = self.index.hnsw
+            d.update(M=int(h.nb_neighbors(1)), ef_construction=int(h.efConstruction), ef_search=HNSW_EF_SEARCH)
         if self.dead or self.pending:
             d.update(tombstones=self.dead, delta=self.pending)
         return d
@@ -400,6 +405,112 @@ class RowView:
     def __array__(self, dtype=None, copy=None):
         out = self._gather(self.live)
         return out if dtype is None else out.astype(dtype, copy=False)
+
+
+class ArticleCentroids:
+    """Per-article unit mean vectors of the passages (retrieval's article prior), computed when a
+    generation is built, so that no question reads every passage vector.
+
+    `of_row[r]` is the centroid id of passage row r's article; the vectors are a base file
+    (`article_centroids.npy`, linked into the next generation unchanged, like a FAISS level) and
+    a small delta of the articles added since it was written (`article_centroids.delta.npy`).
+    Ids of removed articles are simply no longer referenced; once they reach
+    MAX_TOMBSTONE_SHARE of the ids, or the delta DELTA_MAX_VECTORS, the base is rewritten.
+    A centroid is the float32 sum of its article's passage vectors in row order, normalised:
+    the same numbers whether computed for the whole library or for one article."""
+
+    BASE, DELTA, ROWS = "article_centroids.npy", "article_centroids.delta.npy", "passage_centroid.npy"
+
+    def __init__(self, of_row: np.ndarray, base: np.ndarray, delta: np.ndarray | None = None,
+                 source: Path | None = None) -> None:
+        self.of_row = of_row
+        self.base = base
+        self.delta = delta if delta is not None else np.zeros((0, base.shape[1]), dtype=np.float32)
+        self.source = source  # the base's file, when unchanged since it was read (linked, not rewritten)
+
+    @property
+    def n_ids(self) -> int:
+        return len(self.base) + len(self.delta)
+
+    @staticmethod
+    def compute(groups: np.ndarray, vectors, dim: int) -> np.ndarray:
+        """Unit mean vector per group (groups numbered 0..g-1, in row order), reading `vectors`
+        (row-aligned with `groups`) in blocks."""
+        groups = np.asarray(groups, dtype=np.int64)
+        g = int(groups.max()) + 1 if len(groups) else 0
+        cent = np.zeros((g, dim), dtype=np.float32)
+        for i in range(0, len(groups), 65_536):
+            np.add.at(cent, groups[i : i + 65_536], np.asarray(vectors[i : i + 65_536], dtype=np.float32))
+        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-9)
+        return cent
+
+    @staticmethod
+    def number(keys) -> np.ndarray:
+        """Group numbers by order of first appearance of each key (an article's passages are contiguous)."""
+        numbers: dict = {}
+        return np.fromiter((numbers.setdefault(k, len(numbers)) for k in keys), dtype=np.int64)
+
+    @classmethod
+    def build(cls, doc_of_row, vectors, dim: int) -> "ArticleCentroids":
+        groups = cls.number(doc_of_row)
+        return cls(groups.astype(np.int32), cls.compute(groups, vectors, dim))
+
+    def vectors(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        nb = len(self.base)
+        if not len(self.delta):
+            return np.asarray(self.base[ids], dtype=np.float32)
+        out = np.empty((len(ids), self.base.shape[1]), dtype=np.float32)
+        m = ids < nb
+        out[m] = self.base[ids[m]]
+        out[~m] = self.delta[ids[~m] - nb]
+        return out
+
+    def carry(self, kept_rows: np.ndarray, new_doc_of_row, new_vectors: np.ndarray) -> "ArticleCentroids":
+        """The next generation's: the kept passage rows' ids, then the new rows' articles
+        (their centroids computed from `new_vectors` alone). Cost: the change (and one int32 per
+        passage row)."""
+        kept_ids = np.asarray(self.of_row, dtype=np.int64)[np.asarray(kept_rows, dtype=np.int64)]
+        groups = self.number(new_doc_of_row)
+        dim = self.base.shape[1]
+        new = self.compute(groups, new_vectors, dim) if len(groups) else np.zeros((0, dim), np.float32)
+        of_row = np.concatenate([kept_ids, groups + self.n_ids]).astype(np.int32)
+        out = ArticleCentroids(of_row, self.base, np.concatenate([np.asarray(self.delta, np.float32), new]),
+                               self.source)
+        live = np.unique(of_row)
+        if (out.n_ids - len(live)) > MAX_TOMBSTONE_SHARE * out.n_ids or len(out.delta) > DELTA_MAX_VECTORS:
+            out = out.compacted(live)
+        return out
+
+    def compacted(self, live: np.ndarray | None = None) -> "ArticleCentroids":
+        """Only the referenced ids, renumbered, in one base (no delta)."""
+        if live is None:
+            live = np.unique(self.of_row)
+        remap = np.full(self.n_ids, -1, dtype=np.int64)
+        remap[live] = np.arange(len(live))
+        return ArticleCentroids(remap[np.asarray(self.of_row, dtype=np.int64)].astype(np.int32), self.vectors(live))
+
+    def save(self, folder: Path) -> None:
+        folder = Path(folder)
+        if self.source is not None and Path(self.source).exists():
+            try:
+                os.link(self.source, folder / self.BASE)
+            except OSError:
+                shutil.copyfile(self.source, folder / self.BASE)
+        else:
+            np.save(folder / self.BASE, np.ascontiguousarray(self.base, dtype=np.float32), allow_pickle=False)
+        if len(self.delta):
+            np.save(folder / self.DELTA, np.asarray(self.delta, dtype=np.float32), allow_pickle=False)
+        np.save(folder / self.ROWS, np.asarray(self.of_row, dtype=np.int32), allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder: Path) -> "ArticleCentroids | None":
+        folder = Path(folder)
+        if not (folder / cls.ROWS).exists():
+            return None
+        base = np.load(folder / cls.BASE, allow_pickle=False, mmap_mode="r")
+        delta = np.load(folder / cls.DELTA, allow_pickle=False) if (folder / cls.DELTA).exists() else None
+        return cls(np.load(folder / cls.ROWS, allow_pickle=False, mmap_mode="r"), base, delta, folder / cls.BASE)
 
 
 def exact_topk(matrix: np.ndarray, query: np.ndarray, k: int, block: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
@@ -769,13 +880,21 @@ class Index:
     vocab: set = field(default_factory=set)
     sent_is_heading: np.ndarray | None = None
     idf: dict = field(default_factory=dict)
+    centroids: ArticleCentroids | None = None  # per-article mean vectors, made at build time
 
     def __post_init__(self) -> None:
-        counts = np.fromiter((len(p.sentences) for p in self.passages), dtype=np.int64, count=len(self.passages))
-        ends = np.cumsum(counts)
+        from .records import PassageTable
+
+        if isinstance(self.passages, PassageTable):  # read from arrays: no passage is parsed
+            counts = np.bincount(np.asarray(self.sent_passage, dtype=np.int64), minlength=len(self.passages))
+            self.sent_is_heading = np.asarray(self.passages.sentence_heading, dtype=bool)
+            ends = np.cumsum(counts)
+        else:
+            counts = np.fromiter((len(p.sentences) for p in self.passages), dtype=np.int64, count=len(self.passages))
+            ends = np.cumsum(counts)
+            self.sent_is_heading = np.fromiter((s.heading for p in self.passages for s in p.sentences), dtype=bool,
+                                               count=int(ends[-1]) if len(ends) else 0)
         self.sent_rows = np.stack([ends - counts, ends], axis=1) if len(counts) else np.zeros((0, 2), np.int64)
-        self.sent_is_heading = np.fromiter((s.heading for p in self.passages for s in p.sentences), dtype=bool,
-                                           count=int(ends[-1]) if len(ends) else 0)
         self._row_of_pid: dict[int, int] | None = None
         vocab = getattr(self.bm25_passages, "vocab_dict", {}) or {}
         self.vocab = set(vocab)
@@ -811,6 +930,14 @@ class Index:
     @property
     def built_at(self) -> str | None:
         return self.manifest.get("built_at")
+
+    def rows_of(self, doc_id: str) -> np.ndarray:
+        """The passage rows of one article."""
+        from .records import PassageTable
+
+        if isinstance(self.passages, PassageTable):
+            return self.passages.rows_of(doc_id)
+        return np.array([r for r, p in enumerate(self.passages) if p.doc_id == doc_id], dtype=np.int64)
 
     def sentence_text(self, row: int) -> str:
         p = self.passages[int(self.sent_passage[row])]
@@ -893,8 +1020,13 @@ def current_generation(index_dir: Path) -> Path | None:
     return gen if (gen / "manifest.json").exists() else None
 
 
-def load_docs(gen: Path) -> dict[str, DocRecord]:
-    """The article records of a generation (what a reindex compares the corpus folder with)."""
+def load_docs(gen: Path):
+    """The article records of a generation (what a reindex compares the corpus folder with): a
+    records.DocTable (format 4: read as needed; `meta(doc_id)` without the text) or a dict."""
+    from .records import TABLE, DocTable
+
+    if (Path(gen) / TABLE).exists():
+        return DocTable.load(gen)
     docs = {}
     with open(Path(gen) / "documents.jsonl", encoding="utf-8") as fh:
         for line in fh:
@@ -915,8 +1047,10 @@ def load(index_dir: Path, path: Path | None = None, mmap: bool = True) -> Index:
         )
     manifest = json.loads((gen / "manifest.json").read_text())
     docs = load_docs(gen)
-    passages = []
-    for line in (gen / "passages.jsonl").read_text(encoding="utf-8").splitlines():
+    from .records import DocTable, PassageTable
+
+    passages = PassageTable.load(gen, docs) if isinstance(docs, DocTable) else []
+    for line in (gen / "passages.jsonl").read_text(encoding="utf-8").splitlines() if not isinstance(docs, DocTable) else ():
         d = json.loads(line)
         text = docs[d["doc_id"]].text[d["start"] : d["end"]]
         passages.append(
@@ -941,6 +1075,7 @@ def load(index_dir: Path, path: Path | None = None, mmap: bool = True) -> Index:
         bm25_passages=_load_bm25(gen / "bm25-passages"),
         bm25_sentences=_load_bm25(gen / "bm25-sentences"),
         path=gen,
+        centroids=ArticleCentroids.load(gen),
     )
 
 
@@ -974,17 +1109,21 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
     tmp = index_dir / f".tmp-gen-{stamp}-{os.getpid()}"
     final = index_dir / f"gen-{stamp}"
     tmp.mkdir()
-    with open(tmp / "documents.jsonl", "w", encoding="utf-8") as f:
-        for d in index.docs.values():
-            f.write(json.dumps(d.__dict__, ensure_ascii=False) + "\n")
-    with open(tmp / "passages.jsonl", "w", encoding="utf-8") as f:
-        for p in index.passages:
-            f.write(json.dumps({
-                "id": p.id, "doc_id": p.doc_id, "start": p.start, "end": p.end, "heading": p.heading,
-                "sentences": [[s.start, s.end, int(s.heading)] for s in p.sentences],
-            }, ensure_ascii=False) + "\n")
+    from .records import DocTable, PassageTable
+
+    docs, passages = index.docs, index.passages
+    if not (isinstance(docs, DocTable) and isinstance(passages, PassageTable) and passages.docs is docs):
+        passages_of: dict[str, list[Passage]] = {}
+        for p in passages:  # an index held as lists (a format-3 generation, pgstore): every record anew
+            passages_of.setdefault(p.doc_id, []).append(p)
+        docs = DocTable.from_records(dict(docs), passages_of)
+        passages = PassageTable.from_list(docs, list(passages))
+    docs.save(tmp, stamp)  # the segments still used linked, the new articles' records in a new one
+    passages.save(tmp)
     index.passage_store.save(tmp / PASSAGE_STORE)
     index.sentence_store.save(tmp / SENTENCE_STORE)
+    if index.centroids is not None:
+        index.centroids.save(tmp)
     np.save(tmp / "sentence_passage.npy", np.asarray(index.sent_passage), allow_pickle=False)
     index.bm25_passages.save(tmp / "bm25-passages", show_progress=False)
     index.bm25_sentences.save(tmp / "bm25-sentences", show_progress=False)
@@ -1000,10 +1139,13 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
     if subjects is not None:
         (tmp / "subjects.json").write_text(json.dumps(subjects, ensure_ascii=False), encoding="utf-8")
-    # the manifest last: a generation without one is never loaded
+    # the manifest last: a generation without one is never loaded (its files are this format's,
+    # whatever the index was read from)
+    index.manifest = {**index.manifest, "format": FORMAT_VERSION}
     (tmp / "manifest.json").write_text(json.dumps(index.manifest, indent=2))
     _fsync_tree(tmp)
     os.rename(tmp, final)
+    docs.moved(final)
     _fsync_dir_entry(index_dir)
     pointer_tmp = index_dir / f".{CURRENT}.{os.getpid()}.tmp"
     with open(pointer_tmp, "w") as fh:
@@ -1198,12 +1340,15 @@ def prune(index_dir: Path, keep: int = 2) -> None:
             shutil.rmtree(g, ignore_errors=True)
 
 
-def corpus_fingerprint(docs: dict[str, DocRecord]) -> str:
+def corpus_fingerprint(docs) -> str:
     import hashlib
 
+    from .records import DocTable
+
+    sha = dict(zip(docs.ids, docs.shas)) if isinstance(docs, DocTable) else {d: r.sha256 for d, r in docs.items()}
     h = hashlib.sha256()
-    for doc_id in sorted(docs):
-        h.update(f"{doc_id}\x00{docs[doc_id].sha256}\n".encode())
+    for doc_id in sorted(sha):
+        h.update(f"{doc_id}\x00{sha[doc_id]}\n".encode())
     return h.hexdigest()
 
 

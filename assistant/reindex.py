@@ -32,10 +32,11 @@ from tqdm import tqdm
 from . import index as ix
 from .chunking import Passage, chunk
 from .config import MODEL_NAME, Settings
-from .documents import UnreadableFileError, discover, doc_id_for, file_sha256, read_document
+from .documents import SUPPORTED_SUFFIXES, UnreadableFileError, file_sha256, read_document
 from .embedder import Embedder, index_vector_space
 from .errors import AssistantError, ReindexBusyError
 from .models import ReindexReport
+from .records import DocTable, PassageTable
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +247,8 @@ def reindex(
             log.info("the index holds vectors of another encoder; rebuilding from scratch")
             prev = None  # never mix vectors of encoders that differ
         prev_docs = prev.docs if prev else {}
+        # what a file is compared with: a format-4 table answers without reading any article's text
+        prev_meta = prev_docs.meta if isinstance(prev_docs, DocTable) else prev_docs.get
         lap("load_previous")
         report = ReindexReport(articles=0, passages=0)
         now = ix.now_iso()
@@ -257,17 +260,17 @@ def reindex(
         old_stats = prev.files if prev else {}
         stats: dict[str, list] = {}
         scan_started = time.time_ns()
-        files = discover(corpus_dir)
+        files = _discover(corpus_dir)
         hashed = 0
         for n_read, path in enumerate(tqdm(files, desc="Reading", unit="file", disable=not progress, leave=False)):
             tick("reading", n_read, len(files))
-            rel = path.relative_to(corpus_dir).as_posix()
-            doc_id = doc_id_for(path, corpus_dir)
+            rel = _relative_posix(path, corpus_dir)
+            doc_id = rel[: len(rel) - len(path.suffix)] if path.suffix else rel  # documents.doc_id_for
             if doc_id in seen:  # a.md and a.txt: the first one wins
                 log.warning("skipped %s: another file already has id %r", path, doc_id)
                 report.skipped.append(rel)
                 continue
-            old = prev_docs.get(doc_id)
+            old = prev_meta(doc_id)
             try:
                 st = path.stat()
                 sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
@@ -316,7 +319,7 @@ def reindex(
             _refresh_subjects(prev, corpus_dir)
             lap("subjects")
             report.articles = len(prev_docs)
-            report.passages = int(prev.manifest.get("passages", sum(d.n_passages for d in prev_docs.values())))
+            report.passages = int(prev.manifest.get("passages", sum(prev_meta(d).n_passages for d in prev_docs)))
             report.seconds = round(time.perf_counter() - t0, 3)
             lap("done")
             return report
@@ -348,19 +351,41 @@ def reindex(
         docs = {**kept_docs, **new_records}
         kept_rows = np.zeros(0, dtype=np.int64)
         kept_sent_rows = np.zeros(0, dtype=np.int64)
-        passages: list[Passage] = []
+        passages: list[Passage] | PassageTable = []
         post: tuple[ix.Postings, ix.Postings] | None = None
+        tabled = prev_index is not None and isinstance(prev_index.passages, PassageTable)
         if prev_index is not None:
-            keep = np.fromiter((p.doc_id in kept_docs for p in prev_index.passages), dtype=bool,
-                               count=len(prev_index.passages))
+            if tabled:  # format 4: by article number, no passage read
+                table = prev_index.passages
+                kept_num = np.fromiter((d in kept_docs for d in prev_docs.ids), dtype=bool, count=len(prev_docs))
+                keep = kept_num[np.asarray(table.doc_of)] if len(table) else np.zeros(0, dtype=bool)
+            else:
+                keep = np.fromiter((p.doc_id in kept_docs for p in prev_index.passages), dtype=bool,
+                                   count=len(prev_index.passages))
             kept_rows = np.flatnonzero(keep)
             kept_sent_rows = _ranges(prev_index.sent_rows[kept_rows])
-            passages = [prev_index.passages[r] for r in kept_rows]
+            if not tabled:
+                passages = [prev_index.passages[r] for r in kept_rows]
             if prev.postings is not None:
                 post = (prev.postings[0].keep(kept_rows), prev.postings[1].keep(kept_sent_rows))
-        n_kept = len(passages)
-        passages += new_passages
-        sent_passage = np.repeat(np.arange(len(passages), dtype=np.int32), [len(p.sentences) for p in passages])
+        n_kept = len(kept_rows)
+        counts = np.concatenate([np.diff(prev_index.sent_rows[kept_rows], axis=1).ravel() if prev_index is not None
+                                 else np.zeros(0, np.int64), [len(p.sentences) for p in new_passages]]).astype(np.int64)
+        if tabled:
+            # the kept articles stay where they are (their segments are linked), the new ones are
+            # written as one new segment; article numbers follow the sorted ids
+            passages_of: dict[str, list[Passage]] = {}
+            for p in new_passages:
+                passages_of.setdefault(p.doc_id, []).append(p)
+            docs = prev_docs.derive(list(kept_docs), new_records, passages_of)
+            renum = np.fromiter((docs.number(d) if k else -1 for d, k in zip(prev_docs.ids, kept_num)),
+                                dtype=np.int64, count=len(prev_docs))
+            passages = PassageTable.build(docs, renum[np.asarray(table.doc_of)[kept_rows]],
+                                          np.asarray(table.pos)[kept_rows],
+                                          np.asarray(table.sentence_heading)[kept_sent_rows], new_passages)
+        else:
+            passages += new_passages
+        sent_passage = np.repeat(np.arange(len(passages), dtype=np.int32), counts)
         dim = embedder.dim
         passage_store = _store(prev_index.passage_store if prev_index else None, prev_index.path / ix.PASSAGE_STORE
                                if prev_index and prev_index.path else None, kept_rows, p_vecs, dim, ix.PASSAGE_DTYPE,
@@ -369,6 +394,15 @@ def reindex(
                                 if prev_index and prev_index.path else None, kept_sent_rows, s_vecs, dim,
                                 ix.SENTENCE_DTYPE, progress, "Sentence vectors")
         del vecs, p_vecs, s_vecs
+        # per-article centroids (retrieval's article prior): the kept articles' carried over,
+        # the new articles' computed from their own passage vectors
+        prev_cent = prev_index.centroids if prev_index is not None else None
+        if prev_cent is not None and len(prev_cent.of_row) == len(prev_index.passages):
+            centroids = prev_cent.carry(kept_rows, [p.doc_id for p in new_passages],
+                                        passage_store.matrix()[n_kept:] if new_passages else np.zeros((0, dim), np.float32))
+        else:  # a build from nothing, or an older generation: one pass over the passage vectors
+            keys = passages.doc_of if isinstance(passages, PassageTable) else [p.doc_id for p in passages]
+            centroids = ix.ArticleCentroids.build(keys, passage_store.matrix(), dim)
         lap("assemble")
 
         # 4. BM25: the postings of kept rows are reused (those of removed rows dropped), the new
@@ -410,9 +444,9 @@ def reindex(
             "sentences": int(len(sent_passage)),
         }
         new_index = ix.Index(
-            manifest=manifest, docs=dict(sorted(docs.items())), passages=passages,
+            manifest=manifest, docs=docs if isinstance(docs, DocTable) else dict(sorted(docs.items())), passages=passages,
             passage_store=passage_store, sentence_store=sentence_store, sent_passage=sent_passage,
-            bm25_passages=bm25_p, bm25_sentences=bm25_s,
+            bm25_passages=bm25_p, bm25_sentences=bm25_s, centroids=centroids,
         )
         lap("index")
         from . import subjects as sj  # discovered now, stored with the generation: no question waits for it
@@ -435,6 +469,28 @@ def reindex(
         report.seconds = round(time.perf_counter() - t0, 3)
         log.info("reindexed: %s", report.model_dump(exclude={"skipped"}))
         return report
+
+
+def _relative_posix(path: Path, corpus_dir: Path) -> str:
+    """`path.relative_to(corpus_dir).as_posix()`, by string when `path` is spelled under it."""
+    s, base = str(path), str(corpus_dir)
+    if base != "." and os.sep == "/" and s.startswith(base + "/"):
+        return s[len(base) + 1 :]
+    return Path(path).relative_to(corpus_dir).as_posix()
+
+
+def _discover(corpus_dir: Path) -> list[Path]:
+    """documents.discover without a pathlib relative path per file and Path.__lt__ in the sort
+    (4.5-5.8 s of a one-article reindex at 12k files under load; a test holds the two equal).
+    Kept here: documents.py is part of the content fingerprint, and any change to it rebuilds
+    every index from nothing."""
+    found = []
+    for p in Path(corpus_dir).rglob("*"):
+        if any(part.startswith((".", "_")) for part in _relative_posix(p, corpus_dir).split("/")):
+            continue
+        if p.suffix.lower() in SUPPORTED_SUFFIXES and p.is_file():
+            found.append(p)
+    return sorted(found, key=lambda p: p.parts)
 
 
 def _ranges(spans: np.ndarray) -> np.ndarray:

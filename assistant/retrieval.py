@@ -16,7 +16,7 @@ import numpy as np
 
 from . import answertype
 from .config import Settings
-from .index import Index, bm25_scores_for, candidate_rows, tokenize
+from .index import ArticleCentroids, Index, bm25_scores_for, candidate_rows, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +84,12 @@ def _minmax(x: np.ndarray) -> np.ndarray:
 
 
 def _doc_centroids(index: Index) -> tuple[np.ndarray, np.ndarray]:
-    """(passage row -> article number, article number -> unit mean vector of its passages).
-    Computed once per loaded index (one pass over the passage vectors)."""
-    n = len(index.passages)
-    numbers: dict[str, int] = {}
-    of_row = np.array([numbers.setdefault(p.doc_id, len(numbers)) for p in index.passages], dtype=np.int64)
-    dim = index.passage_vectors.shape[1] if n else 1
-    cent = np.zeros((len(numbers), dim), dtype=np.float32)
-    if n:
-        np.add.at(cent, of_row, np.asarray(index.passage_vectors, dtype=np.float32))
-        cent /= np.maximum(np.linalg.norm(cent, axis=1, keepdims=True), 1e-9)
-    return of_row, cent
+    """(passage row -> article number, article number -> unit mean vector of its passages) of an
+    index without stored centroids: one pass over the passage vectors (the same numbers a build
+    stores: index.ArticleCentroids)."""
+    dim = index.passage_vectors.shape[1] if len(index.passages) else 1
+    c = ArticleCentroids.build((p.doc_id for p in index.passages), index.passage_vectors, dim)
+    return np.asarray(c.of_row, dtype=np.int64), c.base
 
 
 _KIND_CACHE_MAX = 200_000
@@ -251,13 +246,19 @@ class Retriever:
         a passage with its document, so a stray passage of an unrelated article does not win on a
         few shared words. Only the candidates' articles are scored."""
         s = self.s
-        if self._docs is None:
-            self._docs = _doc_centroids(self.index)
-        of_row, centroid = self._docs
-        docs = of_row[cand]
+        stored = self.index.centroids
+        if stored is not None and len(stored.of_row) == self.n_passages:  # made at build time
+            docs = np.asarray(stored.of_row[cand], dtype=np.int64)
+            vectors = stored.vectors
+        else:  # an index built elsewhere (pgstore): computed once, one pass over the passage vectors
+            if self._docs is None:
+                self._docs = _doc_centroids(self.index)
+            of_row, centroid = self._docs
+            docs = of_row[cand]
+            vectors = centroid.__getitem__
         prior = np.zeros(len(cand), dtype=np.float32)
         if s.w_doc_dense:
-            prior += s.w_doc_dense * _minmax(centroid[docs] @ q.vector)
+            prior += s.w_doc_dense * _minmax(vectors(docs) @ q.vector)
         if s.w_doc_best:
             uniq, inv = np.unique(docs, return_inverse=True)
             best = np.full(len(uniq), -np.inf, dtype=np.float32)

@@ -24,6 +24,12 @@ included), RSS, candidate recall (the share of the exact top-k of each dense sea
 store returns: 50 passages, 100 sentences) and top-1 agreement (the top answer with the stores
 searched exactly instead). Then one article is added (`add_one_s`) and one question asked.
 
+A library already built in the workdir (`library.json` names its size) is reused: running the
+same command again measures only the serving phases (asking, then adding, changing and removing
+one article), in minutes instead of the build's quarter of an hour or more. An index of an older
+format is converted by the first reindex, which the add-one figure would then include: convert it
+first (add a file, `--reindex-child --workdir DIR/nN`, remove it, again).
+
 Prints figures; with --json the last line is one JSON object. Timings are noisy on a shared
 2-core machine: compare figures of one run. Results are kept in the workdir for --plot.
 """
@@ -277,6 +283,16 @@ def _rss_mb() -> tuple[float, float]:
     return vals.get("VmRSS", 0.0), vals.get("VmHWM", 0.0)
 
 
+def _rss_split_mb() -> dict:
+    """The process's own memory (RssAnon: Python objects, the HNSW graph, the model) and the
+    file pages it has touched (RssFile: memory-mapped index files, shared page cache)."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+            out[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return out
+
+
 def reindex_child(args) -> dict:
     """`assistant reindex` in a process of its own: model load, reindex time, peak memory."""
     from assistant import Settings
@@ -303,7 +319,7 @@ def serve(args) -> dict:
     from assistant import index as ix
 
     settings = Settings(corpus_dir=args.workdir / "corpus", index_dir=args.workdir / "index")
-    qs = json.loads((args.workdir / "questions.json").read_text())
+    qs = json.loads((args.workdir / "questions.json").read_text())[: args.serve_questions or None]
     t = time.perf_counter()
     a = Assistant.open(settings=settings)
     open_s = time.perf_counter() - t
@@ -321,6 +337,7 @@ def serve(args) -> dict:
         times.append((time.perf_counter() - t) * 1000)
         tops.append(_top(res))
     rss, hwm = _rss_mb()
+    split = _rss_split_mb()
     index = a._current().index
     emb = a.embedder
     # candidate recall of the stores (exact top-k by reading every vector as the reference)
@@ -391,7 +408,7 @@ def serve(args) -> dict:
 
         "open_s": open_s, "model_load_s": model_s, "rss_after_open_mb": rss_open, "first_ask_ms": first_ms,
         "ask_p50_ms": float(np.percentile(times, 50)), "ask_p99_ms": float(np.percentile(times, 99)),
-        "rss_mb": rss, "hwm_mb": hwm, "candidate_recall": float(np.mean(recalls)), "top1_agreement": agree,
+        "rss_mb": rss, "hwm_mb": hwm, "rss_split_mb": split, "candidate_recall": float(np.mean(recalls)), "top1_agreement": agree,
         "answer_paragraph_top1": found, "stores": index.manifest.get("vector_search"),
         "add_one_s": add_s, "add_one_phases": tm, "add_one_added": report.added, "hwm_after_add_mb": hwm_after_add,
         "first_ask_after_reindex_ms": first_after_ms, "added_answered": "17 minutes" in (after.answers[0].text if after.answers else ""),
@@ -521,7 +538,9 @@ def run(args) -> dict:
         (work / "questions.json").write_text(json.dumps(questions(args.questions)))
         stamp.write_text(json.dumps({"want": want, "info": info}))
     info = json.loads(stamp.read_text())["info"]
-    out = subprocess.run([sys.executable, __file__, "--serve", "--workdir", str(work)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, __file__, "--serve", "--workdir", str(work)]
+                         + (["--serve-questions", str(args.serve_questions)] if args.serve_questions else []),
+                         capture_output=True, text=True)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-4000:])
         raise SystemExit(f"the serving process failed ({out.returncode})")
@@ -571,6 +590,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--same-answers", type=Path, default=None, metavar="EVAL_FOLDER")
+    ap.add_argument("--serve-questions", type=int, default=0,
+                    help="ask only the first N of the library's questions (a quicker serving run)")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reindex-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -609,8 +630,9 @@ def main() -> None:
     print(f"build rate: model alone {b['model_texts_per_s']:.0f} texts/s, build path {b['build_texts_per_s']:.0f} texts/s "
           f"(embedding {b['embed_texts_per_s']:.0f}/s) -> ratio {r['build_rate_ratio']:.2f}")
     print(f"open {s['open_s']:.2f} s (model load {s.get('model_load_s', 0):.1f} s, not in the first question); first question {r['first_ask_ms']:.0f} ms; ask p50 {r['ask_p50_ms']:.1f} ms, "
-          f"p99 {r['ask_p99_ms']:.1f} ms (query encode included, {len(json.loads((args.workdir / 'questions.json').read_text()))} questions)")
-    print(f"serving RSS {r['rss_mb']:.0f} MB (peak {s['hwm_mb']:.0f} MB); candidate recall {r['candidate_recall']:.4f}; "
+          f"p99 {r['ask_p99_ms']:.1f} ms (query encode included, {args.serve_questions or len(json.loads((args.workdir / 'questions.json').read_text()))} questions)")
+    print(f"serving RSS {r['rss_mb']:.0f} MB (own {s['rss_split_mb'].get('RssAnon', 0):.0f} MB, "
+          f"index file pages {s['rss_split_mb'].get('RssFile', 0):.0f} MB; peak {s['hwm_mb']:.0f} MB); candidate recall {r['candidate_recall']:.4f}; "
           f"top-1 agreement with exact search {r['top1_agreement']:.4f}; answer paragraph at top-1 {s['answer_paragraph_top1']:.3f}")
     print(f"add one article {r['add_one_s']:.2f} s ({json.dumps(s['add_one_phases'])}); first question after it "
           f"{s['first_ask_after_reindex_ms']:.0f} ms (answered: {s['added_answered']}); peak RSS with the reindex "

@@ -481,3 +481,20 @@ def test_sidecar_overrides_and_changes_the_content_hash(tmp_path):
     assert [p.name for p in discover(tmp_path)] == ["a.txt"]  # the sidecar is never an article
     sidecar_path(tmp_path / "a.txt").write_text("{not json")
     assert read_document(tmp_path / "a.txt", tmp_path).author == "Jane Doe"  # a broken sidecar is ignored
+
+
+def test_the_reindex_scan_finds_what_discover_finds(tmp_path):
+    """reindex._discover (string paths: a million files) is documents.discover, ids included."""
+    from assistant.documents import discover, doc_id_for
+    from assistant.reindex import _discover, _relative_posix
+
+    for rel in ("a.md", "b.TXT", "sub/c.md", "sub/deeper/d.txt", ".hidden/e.md", "_drafts/f.md", "sub/.g.md",
+                "sub/_h.md", "x.bin", "sub/i.tar.md", "Z.md", "é/j.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("Title\nBody.\n")
+    (tmp_path / "dir.md").mkdir()
+    assert _discover(tmp_path) == discover(tmp_path)
+    assert len(discover(tmp_path)) == 7
+    for f in discover(tmp_path):
+        rel = _relative_posix(f, tmp_path)
+        assert (rel[: len(rel) - len(f.suffix)] if f.suffix else rel) == doc_id_for(f, tmp_path)

@@ -94,10 +94,12 @@ def test_manifest_and_layout(built, embedder):
     assert built_at.tzinfo is not None
     assert abs(datetime.now(timezone.utc) - built_at) < timedelta(minutes=10)
     assert m["articles"] == 3 and m["passages"] == len(loaded.passages)
-    for name in ("documents.jsonl", "passages.jsonl", "passages.faiss", "sentences.faiss", "sentence_passage.npy"):
+    for name in ("articles.json", "passage_doc.npy", "passage_pos.npy", "sentence_heading.npy", "passages.faiss",
+                 "sentences.faiss", "sentence_passage.npy", "article_centroids.npy", "passage_centroid.npy"):
         assert (gen / name).is_file(), name
     # each vector is stored once (in its store), and the choice of search is recorded
     assert not list(gen.glob("*_vectors.npy"))
+    assert len(list(gen.glob("articles-*.jsonl"))) == 1  # the records, in one segment
     vs = m["vector_search"]
     assert vs["passages"] == {"kind": "flat", "dtype": "float32", "vectors": len(loaded.passages)}
     assert vs["sentences"] == {"kind": "flat", "dtype": ix.SENTENCE_DTYPE, "vectors": len(loaded.sent_passage)}

@@ -4,10 +4,13 @@ any such reindex equal those of a build from nothing. Real model; small corpora 
 with the size thresholds lowered so that they take the large-library paths."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from assistant import index as ix
+from assistant.retrieval import _doc_centroids as _DOC_CENTROIDS
 from tests.fixtures_core import SMALL_CORPUS, open_assistant, write_corpus
 
 SUNMOSS = "Sunmoss Oil\nSunmoss oil is pressed from the seeds of the sunmoss fern.\nA sunmoss massage lasts forty-five minutes.\n"
@@ -231,3 +234,165 @@ def test_flat_levels_also_link_their_file_and_keep_changes_beside_it(tmp_path, e
                            tmp_path / "i2")
     for q in QUESTIONS:
         assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+
+
+def _stored_centroids_are_the_vectors_mean(index) -> np.ndarray:
+    """The stored centroid of each passage row's article, checked bit for bit against the mean
+    retrieval computes from the index's own passage vectors (what it did before they were stored)."""
+    c = index.centroids
+    assert c is not None and len(c.of_row) == len(index.passages)
+    of_row = np.asarray(c.of_row)
+    for r in range(len(index.passages)):  # one id per article, one article per id
+        same = of_row == of_row[r]
+        assert {index.passages[i].doc_id for i in np.flatnonzero(same)} == {index.passages[r].doc_id}
+    doc_of, cent = _DOC_CENTROIDS(index)
+    got = c.vectors(of_row)
+    np.testing.assert_array_equal(got, cent[doc_of])
+    return got
+
+
+def test_article_centroids_are_stored_and_carried_over(tmp_path, embedder, monkeypatch):
+    """Per-article centroids are made when a generation is built; a reindex computes only the new
+    articles' (the base file is linked, the kept articles' ids carried over), and the numbers are
+    those a question would have computed from every passage vector, so the answers are the same."""
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.9)  # a small library: most of it changes
+    corpus = write_corpus(tmp_path / "c", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS})
+    a = open_assistant(corpus, tmp_path / "i")
+    before = ix.current_generation(tmp_path / "i")
+    _stored_centroids_are_the_vectors_mean(ix.load(tmp_path / "i"))
+    (corpus / "sunmoss.txt").unlink()
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)
+    a.reindex()
+    index = ix.load(tmp_path / "i")
+    base = ix.ArticleCentroids.BASE
+    assert (index.path / base).stat().st_ino == (before / base).stat().st_ino  # linked, not rewritten
+    assert len(index.centroids.delta) == 1 and index.centroids.n_ids > len(set(index.centroids.of_row.tolist()))
+    inc = _stored_centroids_are_the_vectors_mean(index)
+    # a build from nothing: the same centroid for every passage (up to re-embedding noise)
+    fresh_a = open_assistant(write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "glowberry-peel.txt": GLOWBERRY_V2}),
+                             tmp_path / "i2")
+    fresh = ix.load(tmp_path / "i2")
+    perm = np.array([{p.id: i for i, p in enumerate(index.passages)}[p.id] for p in fresh.passages])
+    np.testing.assert_allclose(inc[perm], _stored_centroids_are_the_vectors_mean(fresh), atol=1e-4)
+    # no question reads every passage vector: the article prior reads the stored centroids
+    from assistant import retrieval
+
+    monkeypatch.setattr(retrieval, "_doc_centroids", lambda *_: pytest.fail("centroids computed on a question"))
+    a2 = open_assistant(corpus, tmp_path / "i", build=False)
+    for q in QUESTIONS:
+        assert answers(a2.ask(q)) == answers(fresh_a.ask(q)), q
+    # past the tombstone share, the centroids are rewritten with only the live articles
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.0)
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    a.reindex()
+    index = ix.load(tmp_path / "i")
+    assert len(index.centroids.delta) == 0 and index.centroids.n_ids == len(index.docs)
+    _stored_centroids_are_the_vectors_mean(index)
+
+
+def test_one_article_change_links_the_records_and_writes_only_its_own(tmp_path, embedder, monkeypatch):
+    """Format 4: a reindex that adds or changes one article links the record segments of the
+    others and writes one short segment; it parses no other article's record beyond the few
+    passages the subjects re-examine; the answers equal a build from nothing."""
+    from assistant import records
+    from assistant import subjects as sj
+
+    monkeypatch.setattr(sj, "INCREMENTAL_MIN_PASSAGES", 1)  # subjects carried over, as in a large library
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 1.0)
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    before = ix.current_generation(tmp_path / "i")
+    (seg,) = before.glob("articles-*.jsonl")
+    parsed = []
+    real = records.DocTable._parsed
+    monkeypatch.setattr(records.DocTable, "_parsed", lambda self, i: parsed.append(self.ids[i]) or real(self, i))
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    r = a.reindex()
+    assert r.added == ["sunmoss"]
+    gen = ix.current_generation(tmp_path / "i")
+    segs = sorted(gen.glob("articles-*.jsonl"))
+    assert len(segs) == 2 and (gen / seg.name).stat().st_ino == seg.stat().st_ino  # linked, not rewritten
+    (new_seg,) = [s for s in segs if s.name != seg.name]
+    assert [json.loads(x)["doc"]["doc_id"] for x in new_seg.read_text().splitlines()] == ["sunmoss"]
+    assert set(parsed) <= {"sunmoss"}, parsed  # the kept articles' records were not read
+    monkeypatch.setattr(records.DocTable, "_parsed", real)
+    index = ix.load(tmp_path / "i")
+    assert isinstance(index.passages, records.PassageTable) and isinstance(index.docs, records.DocTable)
+    fresh_a = open_assistant(write_corpus(tmp_path / "c2", {**SMALL_CORPUS, "sunmoss.txt": SUNMOSS}), tmp_path / "i2")
+    fresh = ix.load(tmp_path / "i2")
+    assert list(index.docs) == list(fresh.docs)
+    assert {p.id: (p.doc_id, p.start, p.end, p.text, p.heading, p.sentences) for p in index.passages} == \
+        {p.id: (p.doc_id, p.start, p.end, p.text, p.heading, p.sentences) for p in fresh.passages}
+    assert [index.docs[d].__dict__ | {"indexed_at": ""} for d in index.docs] == \
+        [fresh.docs[d].__dict__ | {"indexed_at": ""} for d in fresh.docs]
+    np.testing.assert_array_equal(index.sent_is_heading[np.argsort(index.sent_passage, kind="stable")].sum(),
+                                  fresh.sent_is_heading.sum())
+    for q in QUESTIONS:
+        assert answers(a.ask(q)) == answers(fresh_a.ask(q)), q
+    # once replaced articles fill the set share of the segments' bytes, they are rewritten as one
+    monkeypatch.setattr(records, "REWRITE_DEAD_SHARE", 0.0)
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)  # its old record, in the first segment, is dead
+    a.reindex()
+    gen = ix.current_generation(tmp_path / "i")
+    (one,) = gen.glob("articles-*.jsonl")
+    assert len(one.read_text().splitlines()) == len(SMALL_CORPUS) + 1
+    assert "thirty-five minutes" in ix.load(tmp_path / "i").docs["glowberry-peel"].text
+    assert "thirty-five minutes" in a.ask(QUESTIONS[0]).answers[0].text
+
+
+def _as_format_3(gen) -> None:
+    """Rewrite a generation as format 3 wrote it: documents.jsonl and passages.jsonl, no centroids."""
+    import json as _json
+
+    from assistant import records
+
+    index = ix.load(gen.parent, path=gen)
+    with open(gen / "documents.jsonl", "w", encoding="utf-8") as f:
+        for d in index.docs:
+            f.write(_json.dumps(index.docs[d].__dict__, ensure_ascii=False) + "\n")
+    with open(gen / "passages.jsonl", "w", encoding="utf-8") as f:
+        for p in index.passages:
+            f.write(_json.dumps({"id": p.id, "doc_id": p.doc_id, "start": p.start, "end": p.end, "heading": p.heading,
+                                 "sentences": [[s.start, s.end, int(s.heading)] for s in p.sentences]}) + "\n")
+    for name in [records.TABLE, records.PASSAGE_DOC, records.PASSAGE_POS, records.SENTENCE_HEADING,
+                 ix.ArticleCentroids.BASE, ix.ArticleCentroids.ROWS]:
+        (gen / name).unlink()
+    for seg in gen.glob("articles-*.jsonl"):
+        seg.unlink()
+    m = _json.loads((gen / "manifest.json").read_text())
+    m["format"] = 3
+    (gen / "manifest.json").write_text(_json.dumps(m))
+
+
+def test_a_format_3_generation_is_read_and_converted_without_reembedding(tmp_path, embedder):
+    from assistant import records
+
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    q = QUESTIONS[2]
+    want = answers(a.ask(q))
+    _as_format_3(ix.current_generation(tmp_path / "i"))
+    old = ix.load(tmp_path / "i")
+    assert isinstance(old.passages, list) and old.centroids is None
+    assert answers(open_assistant(corpus, tmp_path / "i", build=False).ask(q)) == want  # still served
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    r = a.reindex()
+    assert r.added == ["sunmoss"] and r.embedded_passages == 1
+    new = ix.load(tmp_path / "i")
+    assert new.manifest["format"] == 4 and isinstance(new.passages, records.PassageTable)
+    assert new.centroids is not None and len(new.centroids.of_row) == len(new.passages)
+    _stored_centroids_are_the_vectors_mean(new)
+    assert answers(open_assistant(corpus, tmp_path / "i", build=False).ask(q)) == want
+
+
+def test_a_loaded_generation_keeps_its_records_when_pruned(tmp_path, embedder):
+    """A server may answer from a generation that a later reindex prunes: its record segments
+    are mapped when it is loaded, so its articles stay readable."""
+    import shutil
+
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    open_assistant(corpus, tmp_path / "i")
+    index = ix.load(tmp_path / "i")
+    shutil.rmtree(index.path)
+    assert [index.passages[r].text for r in range(len(index.passages))]
+    assert all(index.docs[d].text for d in index.docs)
