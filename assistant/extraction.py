@@ -197,24 +197,14 @@ def _passage_words(index: Index, row: int) -> list[str]:
     return words
 
 
-def _question_words(text: str) -> dict[str, str]:
-    """A question's BM25 tokens -> the word the person typed (for the tokens that are one word)."""
-    from .index import tokenize
-
-    words = list(dict.fromkeys(_ALPHA.findall(text.lower())))
-    out: dict[str, str] = {}
-    for w, toks in zip(words, tokenize(words)):
-        if len(toks) == 1:
-            out.setdefault(toks[0], w)
-    return out
-
-
 def bridged(index: Index, q: Query, hits: list[Hit], embedder, terms: list[str]) -> set[str]:
     """Of `terms` (tokens the library lacks), those with a word of the best passages close in
     meaning (cosine >= BRIDGE_SIM between the two words' vectors)."""
     if embedder is None or not terms or not hits or BRIDGE_SIM >= 1.0:
         return set()
-    typed = _question_words(q.text)
+    from .index import typed_words
+
+    typed = typed_words(q.text)
     asked = {t: typed[t] for t in terms if t in typed}
     if not asked:
         return set()

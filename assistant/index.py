@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -582,6 +581,20 @@ def tokenize(texts: list[str]) -> list[list[str]]:
     unique = list({w: None for row in rows for w in row})
     stem = dict(zip(unique, _STEMMER.stemWords(unique))) if unique else {}
     return [[stem[w] for w in row] for row in rows]
+
+
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def typed_words(text: str) -> dict[str, str]:
+    """A text's BM25 tokens -> the word as typed, lower-cased (tokens made of one word only):
+    what a person wrote, for the steps that read words rather than stems (spelling, bridging)."""
+    words = list(dict.fromkeys(_LETTERS.findall(text.lower())))
+    out: dict[str, str] = {}
+    for w, toks in zip(words, tokenize(words)):
+        if len(toks) == 1:
+            out.setdefault(toks[0], w)
+    return out
 
 
 @functools.lru_cache(maxsize=1)

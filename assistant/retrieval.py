@@ -16,7 +16,7 @@ import numpy as np
 
 from . import answertype
 from .config import Settings
-from .index import ArticleCentroids, Index, bm25_scores_for, candidate_rows, tokenize
+from .index import ArticleCentroids, Index, bm25_scores_for, candidate_rows, tokenize, typed_words
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,6 @@ SPELLING = True
 SPELLING_MIN_LENGTH = 5
 SPELLING_MAX_WORDS = 3
 SPELLING_TWO_EDITS_FROM = 8  # letters
-_LETTERS = re.compile(r"[^\W\d_]+")
-
-
-def _typed_words(text: str) -> dict[str, str]:
-    """A question's BM25 tokens -> the word as typed, lower-cased (tokens of one word only)."""
-    words = list(dict.fromkeys(_LETTERS.findall(text.lower())))
-    return {toks[0]: w for w, toks in zip(words, tokenize(words)) if len(toks) == 1}
-
-
 @functools.lru_cache(maxsize=1)
 def _model_words() -> frozenset[str] | None:
     """The whole words of the embedding model's WordPiece vocabulary (about 20,000 common English
@@ -194,7 +185,7 @@ class Retriever:
     def prepare(self, text: str, vector: np.ndarray) -> Query:
         tokens = tokenize([text])[0]
         search, equivalents = list(tokens), {}
-        typed = _typed_words(text) if SPELLING and any(t not in self.index.vocab for t in tokens) else {}
+        typed = typed_words(text) if SPELLING and any(t not in self.index.vocab for t in tokens) else {}
         for t in tokens:
             if SPELLING and t not in self.index.vocab:
                 fixed = self._spelled(t, typed.get(t))

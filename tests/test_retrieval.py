@@ -235,10 +235,10 @@ def test_coverage_adds_to_each_sentence_score_for_the_highlight(cover_assistant)
 # --- misspelled question words ---------------------------------------------------------------
 
 def test_a_misspelled_word_is_searched_as_the_library_word_it_is_one_edit_from(define_assistant):
-    from assistant.retrieval import _typed_words
+    from assistant.index import typed_words
 
     r = define_assistant._current().retriever
-    assert r._spelled("verow", _typed_words("Verow tonic")["verow"]) == ["verrow"]  # a letter missing
+    assert r._spelled("verow", typed_words("Verow tonic")["verow"]) == ["verrow"]  # a letter missing
     assert r._spelled("nitorgen", "nitorgen") == ["nitrogen"]  # two letters swapped: one edit
     assert r._spelled("quilan", "quilan") == ["quillan"]
     assert r._spelled("nitrogen", "nitrogen") == []  # in the library: nothing to correct
