@@ -99,6 +99,8 @@ SPELLING = True
 SPELLING_MIN_LENGTH = 5
 SPELLING_MAX_WORDS = 3
 SPELLING_TWO_EDITS_FROM = 8  # letters
+
+
 @functools.lru_cache(maxsize=1)
 def _model_words() -> frozenset[str] | None:
     """The whole words of the embedding model's WordPiece vocabulary (about 20,000 common English
