@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 # 2: BM25 tokens and file stats kept per generation (bm25-tokens.npz, files.json)
 # 3: vectors stored once, in the FAISS files, by row (flat or HNSW; no *_vectors.npy)
 # 4: article and passage records as linked segments + arrays (records.py); article centroids
-FORMAT_VERSION = 4
-READABLE_FORMATS = (2, 3, 4)  # a format-2 generation is read (and reused by reindex) as flat stores
+# 5: the records' segments binary (records.py: text as UTF-8, layout as int32 arrays)
+FORMAT_VERSION = 5
+READABLE_FORMATS = (2, 3, 4, 5)  # a format-2 generation is read (and reused by reindex) as flat stores
 CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
 LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the id of each row
@@ -953,8 +954,12 @@ class Index:
         return np.array([r for r, p in enumerate(self.passages) if p.doc_id == doc_id], dtype=np.int64)
 
     def sentence_text(self, row: int) -> str:
-        p = self.passages[int(self.sent_passage[row])]
-        s = p.sentences[row - int(self.sent_rows[int(self.sent_passage[row])][0])]
+        pr = int(self.sent_passage[row])
+        j = row - int(self.sent_rows[pr][0])
+        if hasattr(self.passages, "sentence_text"):  # records.PassageTable: no Passage made
+            return self.passages.sentence_text(pr, j)
+        p = self.passages[pr]
+        s = p.sentences[j]
         return self.docs[p.doc_id].text[s.start : s.end]
 
 

@@ -1,20 +1,38 @@
 """Article and passage records of a generation, read as they are needed and carried over by link.
 
-Format 4 (index.py) keeps them as:
+Format 5 (index.py) keeps them as:
 
-    articles-<stamp>.jsonl   segments, one JSON line per article: its record (text included) and
-                             its passages' layout [id, start, end, heading, [[start, end, heading], ...]].
-                             Written once, never changed: the next generation links the segments
-                             it still uses and writes only the new and changed articles' lines.
+    articles-<stamp>.rec     segments of binary article records (layout below). Written once,
+                             never changed: the next generation links the segments it still uses
+                             and writes only the new and changed articles' records.
     articles.json            the generation's table: doc ids (sorted), path, sha256, passage count,
                              and where each record is (segment, byte offset, length).
     passage_doc.npy          passage row -> article number in the table (int32)
     passage_pos.npy          passage row -> its position among its article's passages (int32)
     sentence_heading.npy     sentence row -> is a heading line (bool)
 
+One record (little-endian, 8-byte aligned; offsets inside it are relative, so a record is copied
+as bytes when segments are rewritten):
+
+    header      magic b"AR5\\0", meta length, passages, sentences, text length in bytes (uint32)
+    meta        JSON: {"doc": the DocRecord without its text, "ids": passage ids, "headings": ...}
+    passages    int32 [passages, 5]: char start, char end, byte start, byte end, first sentence
+    sentences   int32 [sentences, 5]: char start, char end, byte start, byte end, heading
+    text        the article's text, UTF-8
+
+Why: a question reads the sentences and passages of a few dozen to a few hundred articles it
+has not read before (its candidates' sentences for definitions and answer kinds, its hits for
+de-duplication and the answer). Format 4 stored each article as one JSON line with its text and
+its layout as nested lists, and json.loads of the whole line (~0.18 ms) was most of a cold
+question's tail. Here a sentence's text is decoded from its own bytes and the layout is two small
+arrays; the meta JSON (title, path, ...) is parsed only when a DocRecord is asked for.
+
+Format-4 segments (`articles-<stamp>.jsonl`, one JSON line per article: {"doc": record with
+text, "passages": [[id, start, end, heading, [[start, end, heading], ...]], ...]}) are still
+read; the next reindex writes their articles again as binary records.
+
 A reindex reads the table (ids, paths, hashes: no text) and the arrays; a one-article change
-writes one short segment, the table and the arrays. A record is parsed when a question (or the
-reindex, for the few passages it re-examines) reads it; a process holds no Python object per
+writes one short segment, the table and the arrays. A process holds no Python object per
 passage. Once the segments hold as many bytes of replaced articles as of live ones they are
 rewritten into one.
 """
@@ -24,6 +42,7 @@ import json
 import mmap
 import os
 import shutil
+import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -37,9 +56,14 @@ from .chunking import Passage, Sentence
 TABLE = "articles.json"
 PASSAGE_DOC, PASSAGE_POS, SENTENCE_HEADING = "passage_doc.npy", "passage_pos.npy", "sentence_heading.npy"
 SEGMENT_PREFIX = "articles-"
+SEGMENT_SUFFIX = ".rec"  # binary records (format 5)
+JSON_SUFFIX = ".jsonl"  # JSON-line records (format 4): read, and converted by the next reindex
 CACHE_RECORDS = 4096  # parsed article records kept per loaded generation
 CACHE_PASSAGES = 16384  # Passage objects kept per loaded generation
 REWRITE_DEAD_SHARE = 0.5  # segments are rewritten once this share of their bytes is replaced articles
+MAGIC = b"AR5\0"
+_HEAD = struct.Struct("<4sIIII")  # magic, meta bytes, passages, sentences, text bytes
+_COLS = 5  # int32 columns of the passage and sentence arrays
 
 
 @dataclass
@@ -52,10 +76,155 @@ class DocMeta:
     n_passages: int
 
 
-def _record_line(doc, passages: list[Passage]) -> bytes:
-    return (json.dumps({"doc": doc.__dict__, "passages": [
-        [p.id, p.start, p.end, p.heading, [[s.start, s.end, int(s.heading)] for s in p.sentences]] for p in passages
-    ]}, ensure_ascii=False) + "\n").encode("utf-8")
+def _pad(n: int, to: int) -> int:
+    return -n % to
+
+
+def encode_record(doc, passages: list[Passage]) -> bytes:
+    """One article as a binary record (layout in the module docstring), padded to 8 bytes."""
+    text = doc.text
+    raw = text.encode("utf-8")
+    if len(raw) == len(text):  # ASCII: byte offsets are the character offsets
+        at = None
+    else:  # byte offset of each character offset: cumulative UTF-8 widths
+        cp = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        width = 1 + (cp >= 0x80).astype(np.int64) + (cp >= 0x800) + (cp >= 0x10000)
+        at = np.concatenate([np.zeros(1, np.int64), np.cumsum(width)])
+
+    def b(c: int) -> int:
+        return c if at is None else int(at[c])
+
+    prow, srow = [], []
+    for p in passages:
+        prow.append((p.start, p.end, b(p.start), b(p.end), len(srow)))
+        srow.extend((s.start, s.end, b(s.start), b(s.end), int(s.heading)) for s in p.sentences)
+    fields = {k: v for k, v in doc.__dict__.items() if k != "text"}
+    meta = json.dumps({"doc": fields, "ids": [p.id for p in passages], "headings": [p.heading for p in passages]},
+                      ensure_ascii=False).encode("utf-8")
+    parts = [_HEAD.pack(MAGIC, len(meta), len(prow), len(srow), len(raw)), meta, b"\0" * _pad(len(meta), 4),
+             np.asarray(prow, dtype="<i4").reshape(-1, _COLS).tobytes(),
+             np.asarray(srow, dtype="<i4").reshape(-1, _COLS).tobytes(), raw]
+    n = sum(len(x) for x in parts)
+    parts.append(b"\0" * _pad(n, 8))
+    return b"".join(parts)
+
+
+def _doc_record(fields: dict):
+    from .index import DocRecord
+
+    return DocRecord(**fields)
+
+
+class _Binary:
+    """A format-5 record in a mapped segment: the header read now, the layout when a passage or
+    sentence is asked for, the meta JSON and the whole text only when the DocRecord is."""
+
+    __slots__ = ("buf", "at", "n_meta", "n_p", "n_s", "n_text", "_layout", "_meta", "_doc")
+
+    def __init__(self, buf, at: int) -> None:
+        magic, self.n_meta, self.n_p, self.n_s, self.n_text = _HEAD.unpack_from(buf, at)
+        if magic != MAGIC:
+            raise ValueError(f"not an article record at byte {at} (the index is damaged: reindex it)")
+        self.buf, self.at = buf, at
+        self._layout = self._meta = self._doc = None
+
+    def _offsets(self) -> tuple[int, int, int]:
+        m = self.at + _HEAD.size
+        p = m + self.n_meta + _pad(self.n_meta, 4)
+        s = p + 4 * _COLS * self.n_p
+        return p, s, s + 4 * _COLS * self.n_s
+
+    def layout(self) -> tuple[list, list]:
+        if self._layout is None:
+            p, s, t = self._offsets()
+            arr = np.frombuffer(self.buf[p:t], dtype="<i4").reshape(-1, _COLS).tolist()
+            self._layout = (arr[: self.n_p], arr[self.n_p :])
+        return self._layout
+
+    def meta(self) -> dict:
+        if self._meta is None:
+            m = self.at + _HEAD.size
+            self._meta = json.loads(self.buf[m : m + self.n_meta])
+        return self._meta
+
+    def doc(self):
+        if self._doc is None:
+            t = self._offsets()[2]
+            self._doc = _doc_record({**self.meta()["doc"], "text": self.buf[t : t + self.n_text].decode("utf-8")})
+        return self._doc
+
+    def _text(self, b0: int, b1: int) -> str:
+        t = self._offsets()[2]
+        return self.buf[t + b0 : t + b1].decode("utf-8")
+
+    def passage(self, pos: int) -> Passage:
+        ps, ss = self.layout()
+        c0, c1, b0, b1, first = ps[pos]
+        last = ps[pos + 1][4] if pos + 1 < len(ps) else len(ss)
+        meta = self.meta()
+        text = self._doc.text[c0:c1] if self._doc is not None else self._text(b0, b1)
+        return Passage(id=meta["ids"][pos], doc_id=meta["doc"]["doc_id"], start=c0, end=c1, text=text,
+                       sentences=[Sentence(s[0], s[1], bool(s[4])) for s in ss[first:last]],
+                       heading=meta["headings"][pos])
+
+    def sentence_text(self, pos: int, j: int) -> str:
+        ps, ss = self.layout()
+        s = ss[ps[pos][4] + j]
+        return self._doc.text[s[0] : s[1]] if self._doc is not None else self._text(s[2], s[3])
+
+    def passages(self) -> list[Passage]:
+        return [self.passage(i) for i in range(self.n_p)]
+
+
+class _Parsed:
+    """A record held as objects: a format-4 JSON line (parsed whole), or a new article in memory."""
+
+    __slots__ = ("_doc", "_passages")
+
+    def __init__(self, doc, passages: list) -> None:
+        self._doc, self._passages = doc, passages
+
+    @classmethod
+    def from_json(cls, line: bytes) -> "_Parsed":
+        d = json.loads(line)
+        return cls(_doc_record(d["doc"]), d["passages"])
+
+    def doc(self):
+        return self._doc
+
+    def passage(self, pos: int) -> Passage:
+        x = self._passages[pos]
+        if isinstance(x, Passage):
+            return x
+        pid, start, end, heading, sents = x
+        return Passage(id=pid, doc_id=self._doc.doc_id, start=start, end=end, text=self._doc.text[start:end],
+                       sentences=[Sentence(s, e, bool(h)) for s, e, h in sents], heading=heading)
+
+    def sentence_text(self, pos: int, j: int) -> str:
+        x = self._passages[pos]
+        s, e = (x.sentences[j].start, x.sentences[j].end) if isinstance(x, Passage) else x[4][j][:2]
+        return self._doc.text[s:e]
+
+    def passages(self) -> list[Passage]:
+        return [self.passage(i) for i in range(len(self._passages))]
+
+
+def iter_segment(path: Path):
+    """(DocRecord, [Passage]) of each record of one segment file, in file order (tests, checks)."""
+    path = Path(path)
+    if path.name.endswith(JSON_SUFFIX):
+        for line in path.read_bytes().splitlines():
+            if line.strip():
+                e = _Parsed.from_json(line)
+                yield e.doc(), e.passages()
+        return
+    buf = path.read_bytes()
+    at = 0
+    while at < len(buf):
+        e = _Binary(buf, at)
+        yield e.doc(), e.passages()
+        end = e._offsets()[2] + e.n_text
+        at = end + _pad(end - at, 8)
 
 
 class DocTable(Mapping):
@@ -65,13 +234,13 @@ class DocTable(Mapping):
     its record and passages, written to a new segment by `save`)."""
 
     def __init__(self, ids: list[str], paths: list[str], shas: list[str], n_passages: list[int],
-                 where: list[tuple] , segments: dict[str, Path]) -> None:
+                 where: list[tuple], segments: dict[str, Path]) -> None:
         self.ids, self.paths, self.shas, self.n_passages = ids, paths, shas, n_passages
         self.where = where  # per doc: (segment name, offset, length) or ("", record, passages)
         self.segments = segments  # segment name -> file
         self._number = {d: i for i, d in enumerate(ids)}
         self._maps: dict[str, mmap.mmap] = {}
-        self._cache: OrderedDict[int, tuple] = OrderedDict()
+        self._cache: OrderedDict[int, _Binary | _Parsed] = OrderedDict()
         self._lock = threading.Lock()
 
     # --- reading ---
@@ -109,21 +278,23 @@ class DocTable(Mapping):
         i = self._number.get(doc_id)
         return None if i is None else DocMeta(doc_id, self.paths[i], self.shas[i], self.n_passages[i])
 
-    def _parsed(self, i: int) -> tuple:
-        """(DocRecord, passage layouts) of article number i."""
-        with self._lock:  # served by several threads
+    def _entry(self, i: int) -> _Binary | _Parsed:
+        """Article number i's record, not cached (a reindex converting a whole generation)."""
+        seg, a, b = self.where[i]
+        if seg == "":
+            return _Parsed(a, b)
+        if seg.endswith(JSON_SUFFIX):
+            return _Parsed.from_json(self._map(seg)[a : a + b])
+        return _Binary(self._map(seg), a)
+
+    def _parsed(self, i: int) -> _Binary | _Parsed:
+        """Article number i's record, through the cache (several threads serve questions)."""
+        with self._lock:
             got = self._cache.get(i)
             if got is not None:
                 self._cache.move_to_end(i)
                 return got
-        seg, a, b = self.where[i]
-        if seg == "":
-            got = (a, b)
-        else:
-            d = json.loads(self._map(seg)[a : a + b])
-            from .index import DocRecord
-
-            got = (DocRecord(**d["doc"]), d["passages"])
+        got = self._entry(i)
         with self._lock:
             self._cache[i] = got
             if len(self._cache) > CACHE_RECORDS:
@@ -131,22 +302,20 @@ class DocTable(Mapping):
         return got
 
     def record(self, i: int):
-        return self._parsed(i)[0]
+        return self._parsed(i).doc()
 
     def __getitem__(self, doc_id: str):
         i = self._number.get(doc_id)
         if i is None:
             raise KeyError(doc_id)
-        return self._parsed(i)[0]
+        return self._parsed(i).doc()
 
     def passage(self, i: int, pos: int) -> Passage:
-        doc, layouts = self._parsed(i)
-        x = layouts[pos]
-        if isinstance(x, Passage):
-            return x
-        pid, start, end, heading, sents = x
-        return Passage(id=pid, doc_id=doc.doc_id, start=start, end=end, text=doc.text[start:end],
-                       sentences=[Sentence(s, e, bool(h)) for s, e, h in sents], heading=heading)
+        return self._parsed(i).passage(pos)
+
+    def sentence_text(self, i: int, pos: int, j: int) -> str:
+        """Sentence j of passage `pos` of article i, decoded from its own bytes (no DocRecord made)."""
+        return self._parsed(i).sentence_text(pos, j)
 
     # --- the next generation ---
     def moved(self, folder: Path) -> None:
@@ -179,28 +348,28 @@ class DocTable(Mapping):
 
     def save(self, folder: Path, stamp: str) -> None:
         """Link the segments still used, write the in-memory articles as a new one (or, once
-        replaced articles fill half the segments' bytes, every article into one), then the table."""
+        replaced articles fill half the segments' bytes, every article into one), then the table.
+        Articles in format-4 segments are written again, as binary records, into the new one."""
         folder = Path(folder)
         used = {w[0] for w in self.where if w[0]}
         live = sum(w[2] for w in self.where if w[0])
         total = sum(self.segments[s].stat().st_size for s in used)
         rewrite = bool(used) and (total - live) > REWRITE_DEAD_SHARE * max(total, 1)
-        name = f"{SEGMENT_PREFIX}{stamp}.jsonl"
-        todo = [i for i, w in enumerate(self.where) if rewrite or not w[0]]
+        name = f"{SEGMENT_PREFIX}{stamp}{SEGMENT_SUFFIX}"
+        todo = [i for i, w in enumerate(self.where) if rewrite or not w[0] or w[0].endswith(JSON_SUFFIX)]
         if todo:
             off = 0
             with open(folder / name, "wb") as fh:
                 for i in todo:
-                    seg, a, b = self.where[i]
-                    if seg:
-                        doc, layouts = self._parsed(i)
-                        line = (json.dumps({"doc": doc.__dict__, "passages": layouts}, ensure_ascii=False)
-                                + "\n").encode("utf-8")
+                    seg, a, n = self.where[i]
+                    if seg and not seg.endswith(JSON_SUFFIX):
+                        rec = bytes(self._map(seg)[a : a + n])  # copied as bytes: offsets are relative
                     else:
-                        line = _record_line(a, b)
-                    fh.write(line)
-                    self.where[i] = (name, off, len(line))
-                    off += len(line)
+                        e = self._entry(i)
+                        rec = encode_record(e.doc(), e.passages())
+                    fh.write(rec)
+                    self.where[i] = (name, off, len(rec))
+                    off += len(rec)
             self.segments[name] = folder / name
         for s in sorted({w[0] for w in self.where} - {name}):
             src = self.segments[s]
@@ -260,6 +429,11 @@ class PassageTable(Sequence):
             if len(self._made) > CACHE_PASSAGES:
                 self._made.popitem(last=False)
         return p
+
+    def sentence_text(self, r: int, j: int) -> str:
+        """Sentence j of passage row r, from the record's bytes: the candidates' sentences a
+        question reads (definitions, answer kinds) need no Passage made."""
+        return self.docs.sentence_text(int(self.doc_of[r]), int(self.pos[r]), j)
 
     def rows_of(self, doc_id: str) -> np.ndarray:
         i = self.docs.number(doc_id)

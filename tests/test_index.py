@@ -99,7 +99,7 @@ def test_manifest_and_layout(built, embedder):
         assert (gen / name).is_file(), name
     # each vector is stored once (in its store), and the choice of search is recorded
     assert not list(gen.glob("*_vectors.npy"))
-    assert len(list(gen.glob("articles-*.jsonl"))) == 1  # the records, in one segment
+    assert len(list(gen.glob("articles-*.rec"))) == 1  # the records, in one segment
     vs = m["vector_search"]
     assert vs["passages"] == {"kind": "flat", "dtype": "float32", "vectors": len(loaded.passages)}
     assert vs["sentences"] == {"kind": "flat", "dtype": ix.SENTENCE_DTYPE, "vectors": len(loaded.sent_passage)}

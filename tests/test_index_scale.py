@@ -302,7 +302,7 @@ def test_one_article_change_links_the_records_and_writes_only_its_own(tmp_path, 
     corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
     a = open_assistant(corpus, tmp_path / "i")
     before = ix.current_generation(tmp_path / "i")
-    (seg,) = before.glob("articles-*.jsonl")
+    (seg,) = before.glob("articles-*.rec")
     parsed = []
     real = records.DocTable._parsed
     monkeypatch.setattr(records.DocTable, "_parsed", lambda self, i: parsed.append(self.ids[i]) or real(self, i))
@@ -310,10 +310,10 @@ def test_one_article_change_links_the_records_and_writes_only_its_own(tmp_path, 
     r = a.reindex()
     assert r.added == ["sunmoss"]
     gen = ix.current_generation(tmp_path / "i")
-    segs = sorted(gen.glob("articles-*.jsonl"))
+    segs = sorted(gen.glob("articles-*.rec"))
     assert len(segs) == 2 and (gen / seg.name).stat().st_ino == seg.stat().st_ino  # linked, not rewritten
     (new_seg,) = [s for s in segs if s.name != seg.name]
-    assert [json.loads(x)["doc"]["doc_id"] for x in new_seg.read_text().splitlines()] == ["sunmoss"]
+    assert [d.doc_id for d, _ in records.iter_segment(new_seg)] == ["sunmoss"]
     assert set(parsed) <= {"sunmoss"}, parsed  # the kept articles' records were not read
     monkeypatch.setattr(records.DocTable, "_parsed", real)
     index = ix.load(tmp_path / "i")
@@ -334,8 +334,8 @@ def test_one_article_change_links_the_records_and_writes_only_its_own(tmp_path, 
     (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)  # its old record, in the first segment, is dead
     a.reindex()
     gen = ix.current_generation(tmp_path / "i")
-    (one,) = gen.glob("articles-*.jsonl")
-    assert len(one.read_text().splitlines()) == len(SMALL_CORPUS) + 1
+    (one,) = gen.glob("articles-*")
+    assert len(list(records.iter_segment(one))) == len(SMALL_CORPUS) + 1
     assert "thirty-five minutes" in ix.load(tmp_path / "i").docs["glowberry-peel"].text
     assert "thirty-five minutes" in a.ask(QUESTIONS[0]).answers[0].text
 
@@ -357,7 +357,7 @@ def _as_format_3(gen) -> None:
     for name in [records.TABLE, records.PASSAGE_DOC, records.PASSAGE_POS, records.SENTENCE_HEADING,
                  ix.ArticleCentroids.BASE, ix.ArticleCentroids.ROWS]:
         (gen / name).unlink()
-    for seg in gen.glob("articles-*.jsonl"):
+    for seg in gen.glob("articles-*"):
         seg.unlink()
     m = _json.loads((gen / "manifest.json").read_text())
     m["format"] = 3
@@ -379,7 +379,7 @@ def test_a_format_3_generation_is_read_and_converted_without_reembedding(tmp_pat
     r = a.reindex()
     assert r.added == ["sunmoss"] and r.embedded_passages == 1
     new = ix.load(tmp_path / "i")
-    assert new.manifest["format"] == 4 and isinstance(new.passages, records.PassageTable)
+    assert new.manifest["format"] == ix.FORMAT_VERSION and isinstance(new.passages, records.PassageTable)
     assert new.centroids is not None and len(new.centroids.of_row) == len(new.passages)
     _stored_centroids_are_the_vectors_mean(new)
     assert answers(open_assistant(corpus, tmp_path / "i", build=False).ask(q)) == want
