@@ -396,3 +396,150 @@ def test_a_loaded_generation_keeps_its_records_when_pruned(tmp_path, embedder):
     shutil.rmtree(index.path)
     assert [index.passages[r].text for r in range(len(index.passages))]
     assert all(index.docs[d].text for d in index.docs)
+
+
+CREME = ("Crème Brûlée Facial\nThe crème brûlée facial — a naïve name for a caramel mask — warms the skin 🍮 gently.\n"
+         "A crème brûlée facial lasts twenty-five minutes at the Café Zoë spa.\nΑυτό είναι ελληνικό κείμενο για τη μάσκα.\n")
+
+
+def _records(index) -> dict:
+    """Every article's record and passages, as read back (indexed_at left out: it is the build's time)."""
+    out = {}
+    for i, d in enumerate(index.docs):
+        rows = index.rows_of(d)
+        out[d] = (index.docs[d].__dict__ | {"indexed_at": ""},
+                  [(p.id, p.doc_id, p.start, p.end, p.text, p.heading, p.sentences)
+                   for p in (index.passages[int(r)] for r in rows)])
+    return out
+
+
+def _sentences_read_back(index) -> None:
+    """Each sentence's text as a question reads it (from the record's bytes) is its slice of the article."""
+    from assistant import records
+
+    fresh = ix.load(index.path.parent, path=index.path)  # nothing cached: every record read cold
+    for row in range(len(fresh.sent_passage)):
+        pr = int(fresh.sent_passage[row])
+        p = index.passages[pr]
+        s = p.sentences[row - int(fresh.sent_rows[pr][0])]
+        assert fresh.sentence_text(row) == index.docs[p.doc_id].text[s.start : s.end], row
+        assert bool(fresh.sent_is_heading[row]) == s.heading
+    assert isinstance(fresh.passages, records.PassageTable)
+
+
+def _as_format_4(gen) -> None:
+    """Rewrite a generation's records as format 4 wrote them: one JSON line per article in an
+    `articles-*.jsonl` segment (text and layout in the line), the table pointing into it."""
+    from assistant import records
+
+    index = ix.load(gen.parent, path=gen)
+    name = "articles-20000101T000000000000Z.jsonl"
+    offset, length, off = [], [], 0
+    with open(gen / name, "wb") as f:
+        for i, d in enumerate(index.docs.ids):
+            ps = [index.docs.passage(i, pos) for pos in range(index.docs.n_passages[i])]
+            line = (json.dumps({"doc": index.docs[d].__dict__, "passages": [
+                [p.id, p.start, p.end, p.heading, [[s.start, s.end, int(s.heading)] for s in p.sentences]] for p in ps
+            ]}, ensure_ascii=False) + "\n").encode("utf-8")
+            f.write(line)
+            offset.append(off), length.append(len(line))
+            off += len(line)
+    for seg in gen.glob("articles-*.rec"):
+        seg.unlink()
+    t = json.loads((gen / records.TABLE).read_text())
+    t.update(segments=[name], segment=[0] * len(offset), offset=offset, length=length)
+    (gen / records.TABLE).write_text(json.dumps(t))
+    m = json.loads((gen / "manifest.json").read_text())
+    m["format"] = 4
+    (gen / "manifest.json").write_text(json.dumps(m))
+
+
+def test_binary_records_read_back_what_was_written():
+    """A record's text, passages, sentences and headings read back equal, with characters of 1 to
+    4 UTF-8 bytes (byte offsets differ from character offsets) and for an article with no passage."""
+    from assistant import records
+    from assistant.chunking import Passage, Sentence
+
+    text = "Crème — naïve 🍮 text.\nΑυτό είναι.\nPlain ASCII line."
+    a, b = text.index("Αυτό"), text.index("Plain")
+    ps = [Passage("p1", "d", 0, a - 1, text[: a - 1], [Sentence(0, 5, True), Sentence(6, a - 1)], heading="Crème"),
+          Passage("p2", "d", a, len(text), text[a:], [Sentence(a, b - 1), Sentence(b, len(text))])]
+    doc = ix.DocRecord(doc_id="d", title="Crème 🍮", path="d.txt", sha256="0" * 64, indexed_at="now", text=text,
+                       n_passages=2, author="Zoë")
+    empty = ix.DocRecord(doc_id="e", title="", path="e.txt", sha256="1" * 64, indexed_at="now", text="")
+    buf = records.encode_record(doc, ps) + records.encode_record(empty, [])
+    assert len(buf) % 8 == 0
+    first = records._Binary(buf, 0)
+    assert [first.sentence_text(0, 0), first.sentence_text(0, 1), first.sentence_text(1, 0)] == \
+        [text[0:5], text[6 : a - 1], text[a : b - 1]]  # decoded from their own bytes, no DocRecord made
+    assert first._doc is None
+    assert first.passages() == ps and first.doc() == doc
+    assert first.sentence_text(1, 1) == text[b:]  # and from the decoded text once there is one
+    got = [(d, p) for d, p in _segment(records, buf)]
+    assert got == [(doc, ps), (empty, [])]
+    with pytest.raises(ValueError, match="damaged"):
+        records._Binary(buf, 8)
+
+
+def _segment(records, buf: bytes):
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "articles-x.rec"
+        f.write_bytes(buf)
+        return list(records.iter_segment(f))
+
+
+def test_a_format_4_generation_is_served_and_converted_with_records_equal(tmp_path, embedder, monkeypatch):
+    """Format 4 records (JSON lines) are still served; the next reindex (an add, a change and a
+    removal) writes every article as a binary record; the records, every sentence's text and
+    the answers then equal a build from nothing's."""
+    from assistant import records
+    from assistant import subjects as sj
+
+    monkeypatch.setattr(sj, "INCREMENTAL_MIN_PASSAGES", 1)
+    monkeypatch.setattr(sj, "REDISCOVER_SHARE", 1.0)
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.9)
+    files = {**SMALL_CORPUS, "creme.txt": CREME}
+    corpus = write_corpus(tmp_path / "c", files)
+    a = open_assistant(corpus, tmp_path / "i")
+    gen = ix.current_generation(tmp_path / "i")
+    want = {q: answers(a.ask(q)) for q in QUESTIONS}
+    built = _records(ix.load(tmp_path / "i"))
+    _as_format_4(gen)
+    old = ix.load(tmp_path / "i")
+    assert old.manifest["format"] == 4 and all(s.endswith(".jsonl") for s in old.docs.segments)
+    assert _records(old) == built
+    _sentences_read_back(old)
+    served = open_assistant(corpus, tmp_path / "i", build=False)
+    assert {q: answers(served.ask(q)) for q in QUESTIONS} == want
+    # the next reindex converts: an article added, one changed, one removed
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    (corpus / "glowberry-peel.txt").write_text(GLOWBERRY_V2)
+    removed = sorted(f for f in SMALL_CORPUS if f != "glowberry-peel.txt")[0]
+    (corpus / removed).unlink()
+    a.reindex()
+    new = ix.load(tmp_path / "i")
+    assert new.manifest["format"] == ix.FORMAT_VERSION == 5
+    assert sorted(p.name for p in new.path.glob("articles-*")) == sorted(new.docs.segments)
+    assert all(s.endswith(records.SEGMENT_SUFFIX) for s in new.docs.segments)
+    del files[removed]
+    fresh_a = open_assistant(write_corpus(tmp_path / "c2", {**files, "sunmoss.txt": SUNMOSS,
+                                                           "glowberry-peel.txt": GLOWBERRY_V2}), tmp_path / "i2")
+    fresh = ix.load(tmp_path / "i2")
+    assert "creme" in new.docs and "🍮" in new.docs["creme"].text
+    assert _records(new) == _records(fresh)
+    _sentences_read_back(new)
+    for q in (*QUESTIONS, "How long does a crème brûlée facial last?"):
+        assert answers(a.ask(q)) == answers(fresh_a.ask(q)), q
+    # a later removal links the converted segment (not rewritten); records still equal
+    (corpus / "sunmoss.txt").unlink()
+    a.reindex()
+    later = ix.load(tmp_path / "i")
+    assert sorted(later.docs.segments) == sorted(new.docs.segments)
+    assert all((later.path / s).stat().st_ino == (new.path / s).stat().st_ino for s in later.docs.segments)
+    (fresh_a.settings.corpus_dir / "sunmoss.txt").unlink()
+    fresh_a.reindex()
+    assert _records(later) == _records(ix.load(tmp_path / "i2"))
+    _sentences_read_back(later)
