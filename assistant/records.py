@@ -43,6 +43,7 @@ import mmap
 import os
 import shutil
 import struct
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -109,36 +110,40 @@ def encode_record(doc, passages: list[Passage]) -> bytes:
     return b"".join(parts)
 
 
-def _doc_record(fields: dict):
-    from .index import DocRecord
+_DocRecord = None
 
-    return DocRecord(**fields)
+
+def _doc_record(fields: dict):
+    global _DocRecord
+    if _DocRecord is None:  # index.py imports this module
+        from .index import DocRecord as _DocRecord
+    return _DocRecord(**fields)
+
+
+_NATIVE = sys.byteorder == "little"
 
 
 class _Binary:
-    """A format-5 record in a mapped segment: the header read now, the layout when a passage or
-    sentence is asked for, the meta JSON and the whole text only when the DocRecord is."""
+    """A format-5 record in a mapped segment: the header read now, the layout (a flat int32 view,
+    no Python list made) when a passage or sentence is asked for, the meta JSON when a passage or
+    the DocRecord is, the whole text only for the DocRecord."""
 
-    __slots__ = ("buf", "at", "n_meta", "n_p", "n_s", "n_text", "_layout", "_meta", "_doc")
+    __slots__ = ("buf", "at", "n_meta", "n_p", "n_s", "n_text", "_lay", "_text_at", "_layout", "_meta", "_doc")
 
     def __init__(self, buf, at: int) -> None:
         magic, self.n_meta, self.n_p, self.n_s, self.n_text = _HEAD.unpack_from(buf, at)
         if magic != MAGIC:
             raise ValueError(f"not an article record at byte {at} (the index is damaged: reindex it)")
         self.buf, self.at = buf, at
+        self._lay = at + _HEAD.size + self.n_meta + _pad(self.n_meta, 4)
+        self._text_at = self._lay + 4 * _COLS * (self.n_p + self.n_s)
         self._layout = self._meta = self._doc = None
 
-    def _offsets(self) -> tuple[int, int, int]:
-        m = self.at + _HEAD.size
-        p = m + self.n_meta + _pad(self.n_meta, 4)
-        s = p + 4 * _COLS * self.n_p
-        return p, s, s + 4 * _COLS * self.n_s
-
-    def layout(self) -> tuple[list, list]:
+    def layout(self):
+        """passages then sentences, _COLS ints each: row k, column c at [k * _COLS + c]."""
         if self._layout is None:
-            p, s, t = self._offsets()
-            arr = np.frombuffer(self.buf[p:t], dtype="<i4").reshape(-1, _COLS).tolist()
-            self._layout = (arr[: self.n_p], arr[self.n_p :])
+            raw = self.buf[self._lay : self._text_at]
+            self._layout = memoryview(raw).cast("i") if _NATIVE else np.frombuffer(raw, "<i4").tolist()
         return self._layout
 
     def meta(self) -> dict:
@@ -149,31 +154,40 @@ class _Binary:
 
     def doc(self):
         if self._doc is None:
-            t = self._offsets()[2]
+            t = self._text_at
             self._doc = _doc_record({**self.meta()["doc"], "text": self.buf[t : t + self.n_text].decode("utf-8")})
         return self._doc
 
     def _text(self, b0: int, b1: int) -> str:
-        t = self._offsets()[2]
+        t = self._text_at
         return self.buf[t + b0 : t + b1].decode("utf-8")
 
     def passage(self, pos: int) -> Passage:
-        ps, ss = self.layout()
-        c0, c1, b0, b1, first = ps[pos]
-        last = ps[pos + 1][4] if pos + 1 < len(ps) else len(ss)
+        lay, k = self.layout(), pos * _COLS
+        c0, c1, b0, b1, first = lay[k : k + _COLS]
+        last = lay[k + _COLS + 4] if pos + 1 < self.n_p else self.n_s
         meta = self.meta()
         text = self._doc.text[c0:c1] if self._doc is not None else self._text(b0, b1)
+        s0 = (self.n_p + first) * _COLS
         return Passage(id=meta["ids"][pos], doc_id=meta["doc"]["doc_id"], start=c0, end=c1, text=text,
-                       sentences=[Sentence(s[0], s[1], bool(s[4])) for s in ss[first:last]],
+                       sentences=[Sentence(lay[x], lay[x + 1], bool(lay[x + 4]))
+                                  for x in range(s0, s0 + (last - first) * _COLS, _COLS)],
                        heading=meta["headings"][pos])
 
     def sentence_text(self, pos: int, j: int) -> str:
-        ps, ss = self.layout()
-        s = ss[ps[pos][4] + j]
-        return self._doc.text[s[0] : s[1]] if self._doc is not None else self._text(s[2], s[3])
+        lay = self.layout()
+        x = (self.n_p + lay[pos * _COLS + 4] + j) * _COLS
+        if self._doc is not None:
+            return self._doc.text[lay[x] : lay[x + 1]]
+        return self._text(lay[x + 2], lay[x + 3])
 
     def passages(self) -> list[Passage]:
         return [self.passage(i) for i in range(self.n_p)]
+
+    def end(self) -> int:
+        """Where the record ends (its padding included): the next one starts there."""
+        e = self._text_at + self.n_text
+        return e + _pad(e - self.at, 8)
 
 
 class _Parsed:
@@ -223,8 +237,7 @@ def iter_segment(path: Path):
     while at < len(buf):
         e = _Binary(buf, at)
         yield e.doc(), e.passages()
-        end = e._offsets()[2] + e.n_text
-        at = end + _pad(end - at, 8)
+        at = e.end()
 
 
 class DocTable(Mapping):

@@ -1,0 +1,106 @@
+"""Benchmark: asking a built library in one process (what a serving process pays per question).
+
+    python tests/bench_ask.py --workdir DIR [--questions 240] [--cold] [--count] [--profile OUT]
+
+DIR is a bench_scale.py library folder (corpus/, index/, questions.json). Opens the Assistant,
+warms the model up, asks the first question (timed: first question after start), then asks the
+questions (each timed, query encode included) and prints one JSON object: open, first question,
+ask p50/p99/max, and the process's memory split (VmRSS, RssAnon: its own; RssFile: mapped index
+pages). Runs with whatever `assistant` package is on PYTHONPATH, so two versions of the code can
+be compared back to back on hard-linked copies of one library.
+
+--count   also counts, per question, the article records read that were not in the cache
+          (DocTable._parsed misses): what a cold question reads (slows asking a little).
+--cold    empties the record and passage caches before each question: every question as cold
+          as in a library far larger than the cache.
+--profile writes a cProfile of the timed questions to OUT.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _status() -> dict:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "RssAnon:", "RssFile:")):
+            out[line.split(":")[0] + "_mb"] = round(int(line.split()[1]) / 1024, 1)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--questions", type=int, default=240)
+    ap.add_argument("--cold", action="store_true")
+    ap.add_argument("--count", action="store_true")
+    ap.add_argument("--profile", type=Path, default=None)
+    args = ap.parse_args()
+    if not (args.workdir / "index").is_dir() or not (args.workdir / "questions.json").is_file():
+        print(f"{args.workdir} is not a bench_scale.py library (index/ and questions.json)", file=sys.stderr)
+        sys.exit(2)
+    from assistant import Assistant, Settings
+    from assistant import records
+
+    qs = [q["question"] for q in json.loads((args.workdir / "questions.json").read_text())][: args.questions]
+    misses = [0]
+    if args.count:
+        real = records.DocTable._parsed
+
+        def counting(self, i):
+            if i not in self._cache:
+                misses[0] += 1
+            return real(self, i)
+
+        records.DocTable._parsed = counting
+    t = time.perf_counter()
+    a = Assistant.open(settings=Settings(corpus_dir=args.workdir / "corpus", index_dir=args.workdir / "index"))
+    open_s = time.perf_counter() - t
+    a.embedder.encode_query("warm up")
+    t = time.perf_counter()
+    a.ask(qs[0])
+    first_ms = (time.perf_counter() - t) * 1000
+    index = a._current().index
+    prof = None
+    if args.profile:
+        import cProfile
+
+        prof = cProfile.Profile()
+    times, per_q = [], []
+    for q in qs:
+        if args.cold:
+            index.docs._cache.clear()
+            index.passages._made.clear()
+        misses[0] = 0
+        if prof:
+            prof.enable()
+        t = time.perf_counter()
+        a.ask(q)
+        times.append((time.perf_counter() - t) * 1000)
+        if prof:
+            prof.disable()
+        per_q.append(misses[0])
+    if prof:
+        prof.dump_stats(str(args.profile))
+    import numpy as np
+
+    out = {"format": index.manifest.get("format"), "passages": len(index.passages), "articles": len(index.docs),
+           "questions": len(qs), "cold": args.cold, "open_s": round(open_s, 3), "first_ms": round(first_ms, 1),
+           "ask_p50_ms": round(float(np.percentile(times, 50)), 1), "ask_p99_ms": round(float(np.percentile(times, 99)), 1),
+           "ask_max_ms": round(max(times), 1), **_status()}
+    if args.count:
+        out.update(records_read_p50=float(np.percentile(per_q, 50)), records_read_p99=float(np.percentile(per_q, 99)),
+                   records_read_max=max(per_q))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
