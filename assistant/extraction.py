@@ -45,10 +45,10 @@ def _sentence_sets(index: Index, row: int) -> list[frozenset[str]]:
     """Word sets of a passage's sentences, computed once per loaded index."""
     cache = index.__dict__.setdefault("_sentence_sets", {})
     sets = cache.get(row)
-    if sets is None:
-        p = index.passages[row]
-        text = index.docs[p.doc_id].text
-        sets = cache[row] = [_norm_tokens(text[s.start : s.end]) for s in p.sentences if not s.heading]
+    if sets is None:  # each sentence read on its own: no article record or Passage made (records.py)
+        first, last = (int(x) for x in index.sent_rows[row])
+        heading = index.sent_is_heading
+        sets = cache[row] = [_norm_tokens(index.sentence_text(j)) for j in range(first, last) if not heading[j]]
     return sets
 
 
