@@ -5,12 +5,13 @@
 DIR is a bench_scale.py library folder (corpus/, index/, questions.json). Opens the Assistant,
 warms the model up, asks the first question (timed: first question after start), then asks the
 questions (each timed, query encode included) and prints one JSON object: open, first question,
-ask p50/p99/max, and the process's memory split (VmRSS, RssAnon: its own; RssFile: mapped index
+ask p50/p99/max (wall clock and the process's CPU time), and the process's memory split (VmRSS, RssAnon: its own; RssFile: mapped index
 pages). Runs with whatever `assistant` package is on PYTHONPATH, so two versions of the code can
 be compared back to back on hard-linked copies of one library.
 
 --count   also counts, per question, the article records read that were not in the cache
-          (DocTable._parsed misses): what a cold question reads (slows asking a little).
+          (DocTable._parsed misses), and the time spent reading records (the outermost call of
+          Index.sentence_text, PassageTable[...], DocTable[...] / .record): slows asking a little.
 --cold    empties the record and passage caches before each question: every question as cold
           as in a library far larger than the cache.
 --profile writes a cProfile of the timed questions to OUT.
@@ -18,6 +19,7 @@ be compared back to back on hard-linked copies of one library.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -61,6 +63,27 @@ def main() -> None:
             return real(self, i)
 
         records.DocTable._parsed = counting
+        # time inside the records' entry points (the outermost call only): what reading articles costs
+        from assistant import index as ix
+
+        depth, spent = [0], [0.0]
+
+        def timed(fn):
+            def inner(*a, **k):
+                if depth[0]:
+                    return fn(*a, **k)
+                depth[0] += 1
+                t0 = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[0] += time.perf_counter() - t0
+                    depth[0] -= 1
+            return inner
+
+        for cls, name in ((ix.Index, "sentence_text"), (records.PassageTable, "__getitem__"),
+                          (records.DocTable, "__getitem__"), (records.DocTable, "record")):
+            setattr(cls, name, timed(getattr(cls, name)))
     t = time.perf_counter()
     a = Assistant.open(settings=Settings(corpus_dir=args.workdir / "corpus", index_dir=args.workdir / "index"))
     open_s = time.perf_counter() - t
@@ -74,31 +97,44 @@ def main() -> None:
         import cProfile
 
         prof = cProfile.Profile()
-    times, per_q = [], []
+    times, cpu, per_q, got = [], [], [], []
     for q in qs:
         if args.cold:
             index.docs._cache.clear()
             index.passages._made.clear()
         misses[0] = 0
+        if args.count:
+            spent[0] = 0.0
         if prof:
             prof.enable()
-        t = time.perf_counter()
-        a.ask(q)
+        t, c = time.perf_counter(), time.process_time()
+        res = a.ask(q)
         times.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
         if prof:
             prof.disable()
-        per_q.append(misses[0])
+        got.append([(x.source.doc_id, x.source.start, x.source.end) for x in res.answers])
+        per_q.append((misses[0], spent[0] * 1000 if args.count else 0.0))
     if prof:
         prof.dump_stats(str(args.profile))
     import numpy as np
 
     out = {"format": index.manifest.get("format"), "passages": len(index.passages), "articles": len(index.docs),
-           "questions": len(qs), "cold": args.cold, "open_s": round(open_s, 3), "first_ms": round(first_ms, 1),
+           "questions": len(qs), "cold": args.cold,
+           # the answers given (article, offsets), hashed: two versions that answer alike print the same
+           "answers_sha": hashlib.sha256(json.dumps(got).encode()).hexdigest()[:16], "open_s": round(open_s, 3), "first_ms": round(first_ms, 1),
            "ask_p50_ms": round(float(np.percentile(times, 50)), 1), "ask_p99_ms": round(float(np.percentile(times, 99)), 1),
-           "ask_max_ms": round(max(times), 1), **_status()}
+           "ask_max_ms": round(max(times), 1),
+           # CPU time of the process per question (its threads included): steadier than the wall
+           # clock on a shared machine, where a question also waits for a core
+           "cpu_p50_ms": round(float(np.percentile(cpu, 50)), 1), "cpu_p99_ms": round(float(np.percentile(cpu, 99)), 1),
+           **_status()}
     if args.count:
-        out.update(records_read_p50=float(np.percentile(per_q, 50)), records_read_p99=float(np.percentile(per_q, 99)),
-                   records_read_max=max(per_q))
+        n, ms = np.array([x[0] for x in per_q]), np.array([x[1] for x in per_q])
+        out.update(records_read_p50=float(np.percentile(n, 50)), records_read_p99=float(np.percentile(n, 99)),
+                   records_read_max=int(n.max()), records_ms_p50=round(float(np.percentile(ms, 50)), 2),
+                   records_ms_p99=round(float(np.percentile(ms, 99)), 2), records_ms_max=round(float(ms.max()), 2),
+                   records_ms_total=round(float(ms.sum()), 1))
     print(json.dumps(out))
 
 

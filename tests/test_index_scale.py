@@ -425,6 +425,10 @@ def _sentences_read_back(index) -> None:
         assert fresh.sentence_text(row) == index.docs[p.doc_id].text[s.start : s.end], row
         assert bool(fresh.sent_is_heading[row]) == s.heading
     assert isinstance(fresh.passages, records.PassageTable)
+    # a binary record gives its sentences without decoding the article or parsing its meta
+    read = [e for e in fresh.docs._cache.values() if isinstance(e, records._Binary)]
+    assert all(e._doc is None and e._meta is None for e in read)
+    assert len(read) == (len(fresh.docs) if fresh.manifest["format"] >= 5 else 0)
 
 
 def _as_format_4(gen) -> None:
