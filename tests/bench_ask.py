@@ -15,6 +15,11 @@ be compared back to back on hard-linked copies of one library.
 --cold    empties the record and passage caches before each question: every question as cold
           as in a library far larger than the cache.
 --profile writes a cProfile of the timed questions to OUT.
+
+    python tests/bench_ask.py --workdir DIR --sentence-reads 3000
+
+only loads the index and reads that many random sentences (Index.sentence_text), first with
+empty record caches (each of a different article, mostly) then again: CPU time per sentence.
 """
 from __future__ import annotations
 
@@ -38,6 +43,25 @@ def _status() -> dict:
     return out
 
 
+def sentence_reads(workdir: Path, n: int) -> None:
+    import random
+
+    from assistant import index as ix
+
+    index = ix.load(workdir / "index")
+    rows = random.Random(1).sample(range(len(index.sent_passage)), min(n, len(index.sent_passage)))
+    out = {"format": index.manifest.get("format"), "sentences": len(rows)}
+    for label in ("cold", "warm"):
+        if label == "cold":
+            index.docs._cache.clear()
+            index.passages._made.clear()
+        t = time.process_time()
+        for r in rows:
+            index.sentence_text(r)
+        out[f"{label}_us_per_sentence"] = round((time.process_time() - t) / len(rows) * 1e6, 2)
+    print(json.dumps(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--workdir", type=Path, required=True)
@@ -45,12 +69,17 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true")
     ap.add_argument("--count", action="store_true")
     ap.add_argument("--profile", type=Path, default=None)
+    ap.add_argument("--sentence-reads", type=int, default=0)
     args = ap.parse_args()
     if not (args.workdir / "index").is_dir() or not (args.workdir / "questions.json").is_file():
         print(f"{args.workdir} is not a bench_scale.py library (index/ and questions.json)", file=sys.stderr)
         sys.exit(2)
     from assistant import Assistant, Settings
     from assistant import records
+
+    if args.sentence_reads:
+        sentence_reads(args.workdir, args.sentence_reads)
+        return
 
     qs = [q["question"] for q in json.loads((args.workdir / "questions.json").read_text())][: args.questions]
     misses = [0]
