@@ -33,7 +33,9 @@ import threading
 import tomllib
 import weakref
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +233,11 @@ class _Matcher:
     """Finds aliases as one alternation of all of them would (leftmost match first, then the
     earliest alias in the given order), in time linear in the text: at each word start only the
     aliases whose literal start (its first few letters) is there are tried. One alternation regex
-    of thousands of aliases costs about 0.1 s per passage; this costs microseconds."""
+    of thousands of aliases costs about 0.1 s per passage; this costs microseconds.
+
+    In ASCII text (casefolding keeps every character's class there) one scan of a trie regex of
+    the literal starts stops only at word starts where an alias may begin, so a passage that names
+    nothing costs one C-level scan: a full discovery runs the matcher over every passage."""
 
     PREFIX = 4  # letters of an alias's literal start used as its key
 
@@ -248,16 +254,32 @@ class _Matcher:
         # the first character of an alias that starts with punctuation)
         extra = "".join(re.escape(c) for c in sorted(odd))
         self._starts = re.compile(rf"(?<![\w\-])(?:\w{'|[' + extra + ']' if extra else ''})")
+        self._memo: dict[str, tuple] = {}
+        # the keys a start can hold in ASCII text (where text and its folding agree character by
+        # character): those whose first character passes `_starts`
+        keys = [k for k in self._table if k.isascii() and self._starts.match(k)]
+        self._scan = "" not in self._table  # an alias with no literal start ('y') is tried at every start
+        self._ascii = re.compile(rf"(?<![\w\-])(?={_trie(keys)})") if keys else None
 
-    def _candidates(self, low: str, i: int) -> list[tuple[int, re.Pattern, int]]:
+    def _candidates(self, low: str, i: int) -> tuple:
         """The aliases whose literal start is at `i` of the folded text, in the given order."""
-        cands: list[tuple[int, re.Pattern, int]] = []
-        for n in self._lengths:
-            k = low[i : i + n]
-            if len(k) == n and k in self._table:
-                cands += self._table[k]
-        cands.sort(key=lambda c: c[0])
-        return cands
+        head = low[i : i + self._lengths[-1]]
+        got = self._memo.get(head)
+        if got is None:
+            cands: list[tuple[int, re.Pattern, int]] = []
+            for n in self._lengths:
+                k = head[:n]
+                if len(k) == n and k in self._table:
+                    cands += self._table[k]
+            cands.sort(key=lambda c: c[0])
+            got = self._memo[head] = tuple((rx, sid) for _, rx, sid in cands)
+        return got
+
+    def _positions(self, text: str, low: str):
+        """Where a match may begin, in order."""
+        if self._scan and text.isascii():
+            return (m.start() for m in self._ascii.finditer(low)) if self._ascii is not None else ()
+        return (m.start() for m in self._starts.finditer(text))
 
     def find(self, text: str) -> list[Mention]:
         if not self._table or not text:
@@ -265,11 +287,10 @@ class _Matcher:
         low = _fold(text)
         out: list[Mention] = []
         pos = 0
-        for s in self._starts.finditer(text):
-            i = s.start()
+        for i in self._positions(text, low):
             if i < pos:
                 continue
-            for _, rx, sid in self._candidates(low, i):
+            for rx, sid in self._candidates(low, i):
                 m = rx.match(text, i)
                 if m:
                     out.append(Mention(sid, i, m.end(), m.group()))
@@ -284,11 +305,29 @@ class _Matcher:
         if not self._table or not text:
             return out
         low = _fold(text)
-        for s in self._starts.finditer(text):
-            for _, rx, sid in self._candidates(low, s.start()):
-                if sid not in out and rx.match(text, s.start()):
+        for i in self._positions(text, low):
+            for rx, sid in self._candidates(low, i):
+                if sid not in out and rx.match(text, i):
                     out.add(sid)
         return out
+
+
+def _trie(words: list[str]) -> str:
+    """A regex matching where any of `words` (literal strings) starts a text, one branch per character."""
+    root: dict = {}
+    for w in words:
+        node = root
+        for c in w:
+            node = node.setdefault(c, {})
+        node[""] = {}
+
+    def pattern(node: dict) -> str:
+        if "" in node:  # a word ends here: any longer one starts with it
+            return ""
+        alts = [re.escape(c) + pattern(sub) for c, sub in sorted(node.items())]
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return pattern(root)
 
 
 # --- discovery -------------------------------------------------------------------------------
@@ -349,23 +388,67 @@ def _segments(text: str) -> list[list[str]]:
 
 
 class _Stats:
-    """Counts of word n-grams over the corpus, to validate phrase boundaries."""
+    """Counts of word n-grams over the corpus, to validate phrase boundaries: of the n-grams of
+    `phrases` only (the phrases discovery will ask about), so its memory is theirs, not the
+    corpus's. One pass in batches of texts, at C speed (a text's words are split, folded and
+    counted by regex, dict and Counter calls over whole batches, not word by word in Python)."""
 
-    def __init__(self, texts: list[str], max_n: int = 4) -> None:
+    BATCH = 2000  # texts per pass step
+    MAX_WORDS = 2_000_000  # distinct words whose parts are remembered
+    _SEP = "\x00"  # ends a segment (never part of a word)
+    _WORD_OR_SEP = re.compile(_TOKEN.pattern + "|\x00")
+
+    def __init__(self, texts: list[str], phrases: Iterable[str] = (), max_n: int = 4) -> None:
+        self.texts, self.max_n = texts, max_n
         self.counts: Counter = Counter()
-        for text in texts:
-            for seg in _segments(text):
-                ps = [p for tok in seg for p in parts(tok)]
-                for n in range(1, max_n + 1):
-                    for i in range(len(ps) - n + 1):
-                        self.counts[" ".join(ps[i : i + n])] += 1
+        self.want: set[tuple[str, ...]] = set()
+        self._parts = _PartsCache()
+        self._add(phrases)
+
+    def _key(self, phrase: str) -> tuple[str, ...]:
+        return tuple(parts(phrase))
+
+    def _add(self, phrases: Iterable[str]) -> None:
+        new = {k for ph in phrases if 1 <= len(k := self._key(ph)) <= self.max_n} - self.want
+        if not new:
+            return
+        self.want |= new
+        by_n = {n: {k for k in new if len(k) == n} for n in {len(k) for k in new}}
+        for i in range(0, len(self.texts), self.BATCH):
+            ps = self._folded(self.texts[i : i + self.BATCH])
+            for n, want_n in by_n.items():
+                self.counts.update(filter(want_n.__contains__, zip(*(ps[j:] for j in range(n)))))
+
+    def _folded(self, texts: list[str]) -> list[str]:
+        """The parts of the texts' words, segment after segment, a separator after each segment
+        (n-grams never span one): what `_segments` then `parts` make of each text, in one run.
+        (A NUL in a text is neither word nor boundary; so is the \\x01 it becomes here.)"""
+        joined = self._SEP.join(t.replace("\x00", "\x01") if "\x00" in t else t for t in texts)
+        words = self._WORD_OR_SEP.findall(_BOUNDARY.sub(self._SEP, _VS.sub(" vs ", joined)))
+        if len(self._parts) > self.MAX_WORDS:  # memory bounded whatever the vocabulary
+            self._parts.clear()
+        return list(chain.from_iterable(map(self._parts.__getitem__, words)))
 
     def count(self, phrase: str) -> int:
-        return self.counts.get(" ".join(parts(phrase)), 0)
+        k = self._key(phrase)
+        if not 1 <= len(k) <= self.max_n:
+            return 0
+        if k not in self.want:  # a phrase not announced: one more pass (discovery announces all)
+            log.debug("n-gram %r counted on demand", phrase)
+            self._add([phrase])
+        return self.counts.get(k, 0)
 
 
-def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max_words: int = 4) -> str | None:
-    """The phrase next to a cue: the longest run of content words that the corpus repeats."""
+class _PartsCache(dict):
+    """word -> its parts (`parts`), computed once per distinct word; the separator stays itself."""
+
+    def __missing__(self, word: str) -> tuple[str, ...]:
+        got = self[word] = (word,) if word == _Stats._SEP else tuple(parts(word))
+        return got
+
+
+def _run(tokens: list[str], leftwards: bool, max_words: int = 4) -> list[str]:
+    """The content words next to a cue (at most `max_words`)."""
     run: list[str] = []
     for t in reversed(tokens) if leftwards else tokens:
         if not _content(t) or t.lower() in ("vs", "versus") or len(run) >= max_words:
@@ -373,11 +456,23 @@ def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max
         run.append(t)
     if leftwards:
         run.reverse()
-    for n in range(len(run), 0, -1):
-        phrase = " ".join(run[-n:] if leftwards else run[:n])
-        if stats.count(phrase) >= min_count:
-            return phrase
-    return None
+    return run
+
+
+def _choices(tokens: list[str], leftwards: bool, max_words: int = 4) -> tuple[str, ...]:
+    """The phrases a side of a cue may be, longest first."""
+    run = _run(tokens, leftwards, max_words)
+    return tuple(" ".join(run[-n:] if leftwards else run[:n]) for n in range(len(run), 0, -1))
+
+
+def _pick(choices: tuple[str, ...], stats: _Stats, min_count: int) -> str | None:
+    """The longest of `choices` that the corpus repeats (`min_count` times)."""
+    return next((phrase for phrase in choices if stats.count(phrase) >= min_count), None)
+
+
+def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max_words: int = 4) -> str | None:
+    """The phrase next to a cue: the longest run of content words that the corpus repeats."""
+    return _pick(_choices(tokens, leftwards, max_words), stats, min_count)
 
 
 def _tokens_before(text: str) -> list[str]:
@@ -415,37 +510,30 @@ def _corpus_texts(index: Index) -> list[str]:
     return [d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}" for d in index.docs.values()]
 
 
-def _discover(texts: list[str], stats: _Stats) -> _Groups:
-    """Candidate names, grouped by the naming and comparing patterns of the articles."""
-    g = _Groups()
-
-    def pair(left: str | None, right: str | None) -> None:
-        if left and right and key(left) != key(right):
-            g.add(left, "compared")
-            g.add(right, "compared")
-
+def _cues(texts: list[str]) -> list[tuple]:
+    """The naming and comparing patterns of the articles, in reading order, each with the phrases
+    its sides may be (the corpus counts that choose among them are taken afterwards, in one pass):
+    ("pair", left, right), ("between", left, left's whole text, right), ("named", x, [y, ...]),
+    ("same", a, b) for an abbreviation and its long form."""
+    out: list[tuple] = []
     for line in (line for t in texts for line in t.split("\n") if line.strip()):
         # "X vs. Y" (and chains: "X vs. Y vs. Z")
         pieces = re.split(r"\bvs\b", _VS.sub("vs", line))
         for a, b in zip(pieces, pieces[1:]):
-            pair(_side(_tokens_before(a), stats, True, 2), _side(_tokens_after(b.lstrip()), stats, False, 2))
+            out.append(("pair", _choices(_tokens_before(a), True), _choices(_tokens_after(b.lstrip()), False)))
         # "between X and Y", "comparing X and/with/to Y"
         for m in _BETWEEN.finditer(line):
             mm = re.match(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})", line[m.end() :])
             if mm and len(_segments(mm.group(1))) == 1:
-                left = _side(_tokens_after(mm.group(1)), stats, False, 2)
-                if left is not None and _clean_phrase(mm.group(1)) == left:  # X is all of it
-                    pair(left, _side(_tokens_after(mm.group(2)), stats, False, 2))
+                out.append(("between", _choices(_tokens_after(mm.group(1)), False), _clean_phrase(mm.group(1)),
+                            _choices(_tokens_after(mm.group(2)), False)))
         # "X, also known as Y", "X (also known as Y)", "X is also called Y"
         for m in _ALIAS_CUE.finditer(line):
             if not (m.group("pre") or m.group("adv") or m.group("aka")):
                 continue  # "This is called ...", "known for": not a naming
-            x = _side(_tokens_before(line[: m.start()].rstrip()), stats, True, 1)
             ys = _named_after(line[m.end() :])
-            if x and ys:
-                kx = g.add(x, "named")
-                for y in ys:
-                    g.union(kx, g.add(y, "named"))
+            if ys:
+                out.append(("named", _choices(_tokens_before(line[: m.start()].rstrip()), True), ys))
         # abbreviations: "long form (ABBR)", "ABBR (long form)", "(long form – ABBR)"
         for m in _PAREN.finditer(line):
             inner = m.group(1).strip()
@@ -453,16 +541,71 @@ def _discover(texts: list[str], stats: _Stats) -> _Groups:
             if len(halves) == 2:
                 for abbr, long in (halves, halves[::-1]):
                     if is_abbreviation(abbr) and abbreviates(abbr, long):
-                        g.union(g.add(abbr, "abbreviation"), g.add(long, "abbreviation"))
+                        out.append(("same", abbr, long))
             before = _tokens_before(line[: m.start()].rstrip())
             if is_abbreviation(inner):
                 for n in range(min(len(before), len(inner) + 3), 0, -1):
                     if abbreviates(inner, " ".join(before[-n:])):
-                        g.union(g.add(inner, "abbreviation"), g.add(" ".join(before[-n:]), "abbreviation"))
+                        out.append(("same", inner, " ".join(before[-n:])))
                         break
             elif before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
-                g.union(g.add(before[-1], "abbreviation"), g.add(inner, "abbreviation"))
-    return g
+                out.append(("same", before[-1], inner))
+    return out
+
+
+def _cue_phrases(cues: list[tuple]) -> Iterator[str]:
+    """Every phrase whose corpus count a cue may ask for."""
+    for c in cues:
+        if c[0] == "pair":
+            yield from c[1] + c[2]
+        elif c[0] == "between":
+            yield from c[1] + c[3]
+        elif c[0] == "named":
+            yield from c[1]
+
+
+def _title_phrases(title: str) -> Iterator[str]:
+    """Every phrase of a title whose corpus count `_title_subject` may ask for."""
+    for seg in _segments(title):
+        run: list[str] = []
+        for t in seg + [""]:
+            if t and _content(t):
+                run.append(t)
+                continue
+            for i in range(len(run)):
+                for j in range(i + 1, min(len(run), i + 4) + 1):
+                    yield " ".join(run[i:j])
+            run = []
+
+
+def _discover(texts: list[str], titles: Iterable[str] = ()) -> tuple[_Groups, _Stats]:
+    """Candidate names, grouped by the naming and comparing patterns of the articles; and the
+    corpus counts of the phrases of those patterns and of `titles` (for `_title_subject`)."""
+    cues = _cues(texts)
+    stats = _Stats(texts, chain(_cue_phrases(cues), chain.from_iterable(map(_title_phrases, titles))))
+    g = _Groups()
+
+    def pair(left: str | None, right: str | None) -> None:
+        if left and right and key(left) != key(right):
+            g.add(left, "compared")
+            g.add(right, "compared")
+
+    for c in cues:
+        if c[0] == "pair":
+            pair(_pick(c[1], stats, 2), _pick(c[2], stats, 2))
+        elif c[0] == "between":
+            left = _pick(c[1], stats, 2)
+            if left is not None and c[2] == left:  # X is all of it
+                pair(left, _pick(c[3], stats, 2))
+        elif c[0] == "named":
+            x = _pick(c[1], stats, 1)
+            if x:
+                kx = g.add(x, "named")
+                for y in c[2]:
+                    g.union(kx, g.add(y, "named"))
+        else:
+            g.union(g.add(c[1], "abbreviation"), g.add(c[2], "abbreviation"))
+    return g, stats
 
 
 def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
@@ -530,8 +673,7 @@ def build(index: Index, glossary: dict | None = None) -> Subjects:
     """Discover the subjects of an index, then apply a parsed glossary."""
     texts = _corpus_texts(index)
     ptexts = [index.docs[p.doc_id].text[p.start : p.end] for p in index.passages]
-    stats = _Stats(texts)
-    g = _discover(texts, stats)
+    g, stats = _discover(texts, (d.title for d in index.docs.values()))
     _merge_heads(g, ptexts)
 
     def candidates() -> list[tuple[set, Counter]]:
@@ -574,18 +716,26 @@ def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter
             subjects.append(Subject(len(subjects), label or aliases[0], aliases, np.zeros(0, np.int64),
                                     {x for x in srcs if not x.startswith("name:")}))
     probe = Subjects(subjects, [], [])
-    body = [{m.subject for m in probe.find(t)} for t in ptexts]
+    body = []
+    surface: dict[int, Counter] = defaultdict(Counter)
+    for t in ptexts:
+        found = probe.find(t)
+        body.append({m.subject for m in found})
+        for m in found:
+            surface[m.subject][m.text] += 1
     # what a passage is about besides what it names: its section heading, and the title of its
     # article when that names a single subject (an article about one thing)
     about_doc = {}
     for d in index.docs.values():
         named = {m.subject for m in probe.find(d.title)}
         about_doc[d.doc_id] = named if len(named) == 1 else set()
-    heads = [{m.subject for m in probe.find(p.heading or "")} | about_doc.get(p.doc_id, set()) for p in index.passages]
-    surface: dict[int, Counter] = defaultdict(Counter)
-    for t in ptexts:
-        for m in probe.find(t):
-            surface[m.subject][m.text] += 1
+    in_heading: dict[str, set[int]] = {}  # a heading is shared by the passages of its section
+    heads = []
+    for p in index.passages:
+        h = p.heading or ""
+        if h not in in_heading:
+            in_heading[h] = {m.subject for m in probe.find(h)}
+        heads.append(in_heading[h] | about_doc.get(p.doc_id, set()))
     rows_of: dict[int, list[int]] = defaultdict(list)
     for r in range(len(ptexts)):
         for s in body[r] | heads[r]:
@@ -910,8 +1060,7 @@ def _introduced(index: Index, first_new: int, known: list[Subject]) -> list[tupl
         return []
     docs = [index.docs[d] for d in doc_ids]
     texts = [d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}" for d in docs]
-    stats = _Stats(texts)
-    g = _discover(texts, stats)
+    g, stats = _discover(texts, (d.title for d in docs))
     known_keys = {key(a) for s in known for a in s.aliases}
     probe = Subjects(known, [], [])
 
