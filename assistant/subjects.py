@@ -84,6 +84,11 @@ _ALIAS_CUE = re.compile(
 _BETWEEN = re.compile(r"\b(?:between|comparing|compare|compared)\s+", re.I)
 _PAREN = re.compile(r"\(([^()]{1,80})\)")
 _ABBR = re.compile(r"^[A-Za-z][A-Za-z0-9&]*$")
+_NAMED_RUN = re.compile(r"(?:\([^()]{1,80}\)|[^,.;:!?()\[\]\"“”])*")  # _PAREN groups or non-stops
+# a line can hold an _ALIAS_CUE only if it holds one of these words (the cue is slow to look for)
+_ALIAS_WORD = re.compile(r"known|referred|called|termed|nicknamed|dubbed|aka|a\.k\.a", re.I)
+_ALIAS_WORD_LOW = re.compile(_ALIAS_WORD.pattern)  # in a lower-cased ASCII line (faster than re.I)
+_AND = re.compile(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})")  # after "between"
 
 
 def _norm(word: str) -> str:
@@ -475,14 +480,34 @@ def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max
     return _pick(_choices(tokens, leftwards, max_words), stats, min_count)
 
 
+# A phrase boundary that no other pattern here reads across: splitting a text after one of these
+# splits its segments the same way (no "vs." cue, no " - " dash and no word holds it). So the
+# words before a cue are read from the text after the last of them, not from the whole line (a
+# long paragraph with many cues would be read again for every one).
+_CUT = re.compile(r"[,;:!?()\[\]{}\"“”«»|/]")
+_WINDOW = 256  # characters of a line read first, next to a cue
+
+
 def _tokens_before(text: str) -> list[str]:
+    """The words of the last segment of `text` (none when `text` ends on a boundary)."""
+    if not text or _BOUNDARY.search(text[-1:]):
+        return []
+    if len(text) > _WINDOW and (cut := _CUT.search(text, len(text) - _WINDOW)):
+        segs = _segments(text[cut.end() :])
+        if segs:
+            return segs[-1]
     segs = _segments(text)
-    return segs[-1] if segs and text and not _BOUNDARY.search(text[-1:]) else []
+    return segs[-1] if segs else []
 
 
 def _tokens_after(text: str) -> list[str]:
+    """The words of the first segment of `text` (none when `text` starts on a boundary)."""
     if not text or _BOUNDARY.match(text[:1]):
         return []
+    if len(text) > _WINDOW and (cut := _CUT.search(text)):
+        segs = _segments(text[: cut.end()])
+        if segs:
+            return segs[0]
     segs = _segments(text)
     return segs[0] if segs else []
 
@@ -490,9 +515,11 @@ def _tokens_after(text: str) -> list[str]:
 def _named_after(text: str, max_words: int = 5) -> list[str]:
     """The names after 'also known as': 'the vampire facial) involves' -> ['vampire facial'];
     'bio-revitalization or bio-rejuvenation, is' -> both."""
-    m = re.match(r"[^,.;:!?()\[\]\"“”]*", _PAREN.sub(" ", text))
+    # what precedes the first stop once short parentheses are blanked out (`_PAREN.sub(" ",
+    # text)`), read only up to that stop
+    head = _PAREN.sub(" ", _NAMED_RUN.match(text).group(0))
     out = []
-    for alt in re.split(r"\s+or\s+|\s+and\s+|/", m.group(0) if m else ""):
+    for alt in re.split(r"\s+or\s+|\s+and\s+|/", head):
         toks = _TOKEN.findall(alt)
         while toks and not _content(toks[0]):
             toks = toks[1:]
@@ -517,18 +544,22 @@ def _cues(texts: list[str]) -> list[tuple]:
     ("same", a, b) for an abbreviation and its long form."""
     out: list[tuple] = []
     for line in (line for t in texts for line in t.split("\n") if line.strip()):
+        # most lines hold no cue: in ASCII (where lower() folds case as the patterns' re.I does)
+        # a plain search of the lower-cased line for the cues' words rules them out
+        low = line.lower() if line.isascii() else None
         # "X vs. Y" (and chains: "X vs. Y vs. Z")
-        pieces = re.split(r"\bvs\b", _VS.sub("vs", line))
-        for a, b in zip(pieces, pieces[1:]):
-            out.append(("pair", _choices(_tokens_before(a), True), _choices(_tokens_after(b.lstrip()), False)))
+        if low is None or "vs" in low or "v." in low or "versus" in low:
+            pieces = re.split(r"\bvs\b", _VS.sub("vs", line))
+            for a, b in zip(pieces, pieces[1:]):
+                out.append(("pair", _choices(_tokens_before(a), True), _choices(_tokens_after(b.lstrip()), False)))
         # "between X and Y", "comparing X and/with/to Y"
-        for m in _BETWEEN.finditer(line):
-            mm = re.match(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})", line[m.end() :])
+        for m in _BETWEEN.finditer(line) if low is None or "between" in low or "compar" in low else ():
+            mm = _AND.match(line, m.end())
             if mm and len(_segments(mm.group(1))) == 1:
                 out.append(("between", _choices(_tokens_after(mm.group(1)), False), _clean_phrase(mm.group(1)),
                             _choices(_tokens_after(mm.group(2)), False)))
         # "X, also known as Y", "X (also known as Y)", "X is also called Y"
-        for m in _ALIAS_CUE.finditer(line):
+        for m in _ALIAS_CUE.finditer(line) if (_ALIAS_WORD.search(line) if low is None else _ALIAS_WORD_LOW.search(low)) else ():
             if not (m.group("pre") or m.group("adv") or m.group("aka")):
                 continue  # "This is called ...", "known for": not a naming
             ys = _named_after(line[m.end() :])
