@@ -24,6 +24,7 @@ A discovered subject that names more than `max_subject_rows` passages is dropped
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -228,6 +229,14 @@ def _alias_parts(alias: str) -> tuple[str, str]:
     return (f"(?-i:{body})" if alias.isupper() and alias.lower() in STOPWORDS else body), lead
 
 
+@functools.lru_cache(maxsize=65536)
+def _compiled(alias: str) -> tuple[re.Pattern, str]:
+    """`_alias_parts` with the pattern compiled (re's own cache holds too few for a discovery,
+    which builds several matchers over the same thousands of aliases)."""
+    pattern, lead = _alias_parts(alias)
+    return re.compile(pattern, re.I), lead
+
+
 def _fold(text: str) -> str:
     """Case-folded, one character for one, so offsets stay those of `text` ('İ' -> 'i')."""
     folded = text.casefold()
@@ -250,8 +259,8 @@ class _Matcher:
         self._table: dict[str, list[tuple[int, re.Pattern, int]]] = defaultdict(list)
         odd = set()
         for order, (alias, sid) in enumerate(alts):
-            pattern, lead = _alias_parts(alias)
-            self._table[_fold(lead)[: self.PREFIX]].append((order, re.compile(pattern, re.I), sid))
+            rx, lead = _compiled(alias)
+            self._table[_fold(lead)[: self.PREFIX]].append((order, rx, sid))
             if lead and not re.match(r"\w", lead[0]):
                 odd.add(lead[0])
         self._lengths = sorted({len(k) for k in self._table})
@@ -687,7 +696,7 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
             for i in range(len(run)):
                 for j in range(i + 1, min(len(run), i + 4) + 1):
                     phrase = " ".join(run[i:j])
-                    c = len(re.findall(_alias_pattern(phrase.lower()), low, re.I))
+                    c = len(_compiled(phrase.lower())[0].findall(low))
                     if c < (3 if j - i == 1 else 2):
                         continue
                     share = c / max(stats.count(phrase), c)  # how much of its use is in this article

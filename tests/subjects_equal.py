@@ -88,7 +88,7 @@ def dump(out: Path, work: Path, libs: list[str], extra: list[Path]) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     todo = [(lib, work / f"{lib}-index", work / f"{lib}-corpus") for lib in libs]
-    todo += [(g.parent.parent.name + "-" + g.name if g.parent.name == "index" else g.name, g, None) for g in extra]
+    todo += [("-".join(g.parts[-2:]), g, None) for g in extra]
     for name, where, corpus in todo:
         index = ix.load(where) if (where / "CURRENT").exists() else ix.load(where.parent, path=where)
         gpath = corpus / sj.GLOSSARY_NAME if corpus is not None else None
