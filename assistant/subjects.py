@@ -89,6 +89,7 @@ _NAMED_RUN = re.compile(r"(?:\([^()]{1,80}\)|[^,.;:!?()\[\]\"“”])*")  # _PAR
 # a line can hold an _ALIAS_CUE only if it holds one of these words (the cue is slow to look for)
 _ALIAS_WORD = re.compile(r"known|referred|called|termed|nicknamed|dubbed|aka|a\.k\.a", re.I)
 _ALIAS_WORD_LOW = re.compile(_ALIAS_WORD.pattern)  # in a lower-cased ASCII line (faster than re.I)
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _AND = re.compile(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})")  # after "between"
 
 
@@ -249,18 +250,23 @@ class _Matcher:
     aliases whose literal start (its first few letters) is there are tried. One alternation regex
     of thousands of aliases costs about 0.1 s per passage; this costs microseconds.
 
-    In ASCII text (casefolding keeps every character's class there) one scan of a trie regex of
-    the literal starts stops only at word starts where an alias may begin, so a passage that names
-    nothing costs one C-level scan: a full discovery runs the matcher over every passage."""
+    A full discovery runs matchers over every passage, so the word starts are not visited one by
+    one in Python: one C-level scan of the folded text with a trie regex of the aliases' literal
+    starts stops only where an alias may begin. In ASCII (where folding keeps every character's
+    class, and re.I equals comparing folded letters) an ASCII alias can only begin where its whole
+    first word (or stem) is, and the scan looks for that; at the few places where a non-ASCII
+    character may make the folded text disagree with the text, every word start is visited."""
 
     PREFIX = 4  # letters of an alias's literal start used as its key
 
     def __init__(self, alts: list[tuple[str, int]]) -> None:
-        self._table: dict[str, list[tuple[int, re.Pattern, int]]] = defaultdict(list)
+        # key -> (order, pattern, id, folded first word when ASCII: in ASCII text it must be there)
+        self._table: dict[str, list[tuple[int, re.Pattern, int, str | None]]] = defaultdict(list)
         odd = set()
         for order, (alias, sid) in enumerate(alts):
             rx, lead = _compiled(alias)
-            self._table[_fold(lead)[: self.PREFIX]].append((order, rx, sid))
+            fl = _fold(lead)
+            self._table[fl[: self.PREFIX]].append((order, rx, sid, fl if lead.isascii() else None))
             if lead and not re.match(r"\w", lead[0]):
                 odd.add(lead[0])
         self._lengths = sorted({len(k) for k in self._table})
@@ -269,42 +275,59 @@ class _Matcher:
         extra = "".join(re.escape(c) for c in sorted(odd))
         self._starts = re.compile(rf"(?<![\w\-])(?:\w{'|[' + extra + ']' if extra else ''})")
         self._memo: dict[str, tuple] = {}
-        # the keys a start can hold in ASCII text (where text and its folding agree character by
-        # character): those whose first character passes `_starts`
-        keys = [k for k in self._table if k.isascii() and self._starts.match(k)]
         self._scan = "" not in self._table  # an alias with no literal start ('y') is tried at every start
-        self._ascii = re.compile(rf"(?<![\w\-])(?={_trie(keys)})") if keys else None
+        # what the scans look for, of the keys and words whose first character passes `_starts`
+        # (no other can match where the text is ASCII): in ASCII text each alias's first word
+        # (then what must follow it) when that is ASCII, else its key; elsewhere the keys
+        starts = [(k, "") for k in self._table if k.isascii() and self._starts.match(k)]
+        firsts = [(w, _alias_follow(alias)) for alias, _ in alts
+                  if (w := _compiled(alias)[1]).isascii() and self._starts.match(w)]
+        firsts += [(k, "") for k, es in self._table.items() if any(e[3] is None for e in es) and (k, "") in starts]
+        self._ascii = re.compile(rf"(?<![\w\-])(?={_trie(firsts)})") if firsts else None
+        self._keys = re.compile(rf"(?<![\w\-])(?={_trie(starts)})") if starts else None
 
     def _candidates(self, low: str, i: int) -> tuple:
-        """The aliases whose literal start is at `i` of the folded text, in the given order."""
+        """The aliases whose key is at `i` of the folded text, in the given order."""
         head = low[i : i + self._lengths[-1]]
         got = self._memo.get(head)
         if got is None:
-            cands: list[tuple[int, re.Pattern, int]] = []
+            cands: list = []
             for n in self._lengths:
                 k = head[:n]
                 if len(k) == n and k in self._table:
                     cands += self._table[k]
             cands.sort(key=lambda c: c[0])
-            got = self._memo[head] = tuple((rx, sid) for _, rx, sid in cands)
+            got = self._memo[head] = tuple((rx, sid, full) for _, rx, sid, full in cands)
         return got
 
-    def _positions(self, text: str, low: str):
-        """Where a match may begin, in order."""
-        if self._scan and text.isascii():
-            return (m.start() for m in self._ascii.finditer(low)) if self._ascii is not None else ()
-        return (m.start() for m in self._starts.finditer(text))
+    def _positions(self, text: str, low: str) -> list[int]:
+        """Where a match may begin, in order (a few more places do no harm: nothing matches there)."""
+        if not self._scan:
+            return [m.start() for m in self._starts.finditer(text)]
+        if text.isascii():
+            return [m.start() for m in self._ascii.finditer(low)] if self._ascii is not None else []
+        found = [m.start() for m in self._keys.finditer(low)] if self._keys is not None else []
+        # near a non-ASCII character the folded text may differ from the text in a character's
+        # class or a key's letters: every word start there, as `_starts` tells
+        near = set()
+        for m in _NON_ASCII.finditer(text):
+            j = m.start()
+            near.update(i for i in range(max(0, j - self.PREFIX + 1), j + 2) if self._starts.match(text, i))
+        return sorted(near.union(found)) if near else found
 
     def find(self, text: str) -> list[Mention]:
         if not self._table or not text:
             return []
         low = _fold(text)
+        ascii_ = text.isascii()
         out: list[Mention] = []
         pos = 0
         for i in self._positions(text, low):
             if i < pos:
                 continue
-            for rx, sid in self._candidates(low, i):
+            for rx, sid, full in self._candidates(low, i):
+                if ascii_ and full is not None and not low.startswith(full, i):
+                    continue  # its first word is not there: its pattern cannot match
                 m = rx.match(text, i)
                 if m:
                     out.append(Mention(sid, i, m.end(), m.group()))
@@ -319,29 +342,52 @@ class _Matcher:
         if not self._table or not text:
             return out
         low = _fold(text)
+        ascii_ = text.isascii()
         for i in self._positions(text, low):
-            for rx, sid in self._candidates(low, i):
-                if sid not in out and rx.match(text, i):
+            for rx, sid, full in self._candidates(low, i):
+                if sid in out or ascii_ and full is not None and not low.startswith(full, i):
+                    continue
+                if rx.match(text, i):
                     out.add(sid)
         return out
 
 
-def _trie(words: list[str]) -> str:
-    """A regex matching where any of `words` (literal strings) starts a text, one branch per character."""
+def _trie(words: list[tuple[str, str]]) -> str:
+    """A regex matching where any of `words` (literal strings, each with a regex of what must
+    follow it, "" for nothing) starts a text, one branch per character."""
     root: dict = {}
-    for w in words:
+    for w, follow in words:
         node = root
         for c in w:
             node = node.setdefault(c, {})
-        node[""] = {}
+        node.setdefault(None, set()).add(follow)
 
     def pattern(node: dict) -> str:
-        if "" in node:  # a word ends here: any longer one starts with it
+        ends = node.get(None, set())
+        if "" in ends:  # a word ends here with nothing to follow: any longer one starts with it
             return ""
-        alts = [re.escape(c) + pattern(sub) for c, sub in sorted(node.items())]
+        alts = [re.escape(c) + pattern(sub) for c, sub in sorted(node.items(), key=lambda x: x[0] or "") if c is not None]
+        alts += sorted(ends)
         return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
 
     return pattern(root)
+
+
+def _alias_follow(alias: str) -> str:
+    """What must follow the literal start of `alias`'s pattern (`_alias_parts`) in a text for
+    the pattern to match, as a regex over the lower-cased text ("" for nothing known)."""
+    words = [w for w in re.split(r"[\s\-–]+", alias) if w]
+    last = words[-1]
+    if not last[-1:].isalpha() or alias.isupper():
+        stem, after = last, r"(?!\w)" if not last[-1:].isalpha() else r"(?:['’es]|(?!\w))"
+    else:
+        one = _norm(last) if last.lower().startswith(_norm(last)[:-1]) else last.lower()
+        stem, after = (one[:-1], "[yi]") if one.endswith("y") else (one, r"(?:['’es]|(?!\w))")
+    if len(words) == 1:
+        return after
+    # separators, then the next word (or the last one's stem) as written
+    then = words[1] if len(words) > 2 else stem
+    return r"[\s\-–]*" + re.escape(then.lower()) if then and then.isascii() else ""
 
 
 # --- discovery -------------------------------------------------------------------------------
