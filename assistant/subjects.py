@@ -33,6 +33,7 @@ import re
 import threading
 import tomllib
 import weakref
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -177,6 +178,7 @@ class Subjects:
         self._matcher = _Matcher(sorted(((a, s.id) for s in subjects for a in s.aliases),
                                         key=lambda x: (-len(x[0]), x[0])))
         self.memo: dict = {}  # facts about this index's passages that answering remembers (see conversation)
+        self.found: _Found | None = None  # where discovery found them (build only; not saved)
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -774,7 +776,7 @@ def build(index: Index, glossary: dict | None = None) -> Subjects:
         return out
 
     # an article whose title names none of them: its title's most repeated noun phrase
-    probe = _subjects_of(index, ptexts, candidates(), min_passages=0)
+    probe = _subjects_of(index, ptexts, candidates(), min_passages=0, keep=True)
     by_title: dict[str, list[str]] = defaultdict(list)  # articles split in parts share a title
     for d in index.docs.values():
         if not probe.find(d.title):
@@ -786,11 +788,78 @@ def build(index: Index, glossary: dict | None = None) -> Subjects:
     cands = candidates()
     if glossary:
         cands = _apply_glossary(cands, glossary)
-    return _subjects_of(index, ptexts, cands)
+    return _subjects_of(index, ptexts, cands, previous=probe.found)
 
 
-def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter]], min_passages: int = 1) -> Subjects:
-    """Subjects from candidate alias groups: where the passages name them, and a label for each."""
+class _Found:
+    """Where a matcher found which subject in every passage, kept compact (three int arrays) so
+    that the next step of a discovery, whose aliases differ from these by a few, reads again only
+    the passages that those few name, and takes the rest from here: the same mentions, in the
+    same order, as a full pass would find."""
+
+    def __init__(self, alias_sid: dict[str, int]) -> None:
+        self.alias_sid = alias_sid  # alias -> subject id (-1: several subjects hold it)
+        self.sid, self.start, self.end = array("l"), array("l"), array("l")
+        self.offsets = array("q", [0])  # passage r's mentions are [offsets[r], offsets[r + 1])
+
+    @staticmethod
+    def aliases_of(subjects: list[Subject]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in subjects:
+            for a in s.aliases:
+                out[a] = s.id if out.get(a, s.id) == s.id else -1
+        return out
+
+
+def _placed(probe: Subjects, ptexts: list[str], previous: _Found | None = None,
+            keep: bool = False) -> tuple[list[set[int]], dict[int, Counter], _Found | None]:
+    """What `probe` finds in each passage: its subjects, and each subject's surface forms with
+    their counts (in order of first mention); `previous` (a `_Found` of other aliases) is reused
+    where it must agree, and with `keep` this pass's `_Found` is returned too."""
+    alias_sid = _Found.aliases_of(probe.subjects)
+    found = _Found(alias_sid) if keep else None
+    redo: set[int] | None = None
+    same: dict[int, int] = {}  # previous subject id -> this one's
+    if previous is not None:
+        # A passage in which no alias that changed (added, gone, or moved to another subject)
+        # matches anywhere is read the same by both matchers: the others keep their order
+        # (longest first, then by text) and their subject.
+        changed = set()
+        for a in alias_sid.keys() | previous.alias_sid.keys():
+            was, now = previous.alias_sid.get(a, -1), alias_sid.get(a, -1)
+            if was < 0 or now < 0 or same.setdefault(was, now) != now:
+                changed.add(a)
+        look = _Matcher([(a, 0) for a in sorted(changed)])
+        redo = {r for r, t in enumerate(ptexts) if look.present(t)} if changed else set()
+        log.debug("%d aliases changed: %d of %d passages read again", len(changed), len(redo), len(ptexts))
+    body: list[set[int]] = []
+    surface: dict[int, Counter] = defaultdict(Counter)
+    for r, t in enumerate(ptexts):
+        ms: list[tuple[int, int, int]] | None = None
+        if redo is not None and r not in redo:
+            lo, hi = previous.offsets[r], previous.offsets[r + 1]
+            ms = [(same.get(x, -1), a, b) for x, a, b in
+                  zip(previous.sid[lo:hi], previous.start[lo:hi], previous.end[lo:hi])]
+            if any(x < 0 for x, _, _ in ms):
+                ms = None  # (cannot be: its aliases did not change) read it
+        if ms is None:
+            ms = [(m.subject, m.start, m.end) for m in probe.find(t)]
+        body.append({x for x, _, _ in ms})
+        for x, a, b in ms:
+            surface[x][t[a:b]] += 1
+        if found is not None:
+            for x, a, b in ms:
+                found.sid.append(x)
+                found.start.append(a)
+                found.end.append(b)
+            found.offsets.append(len(found.sid))
+    return body, surface, found
+
+
+def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter]], min_passages: int = 1,
+                 previous: _Found | None = None, keep: bool = False) -> Subjects:
+    """Subjects from candidate alias groups: where the passages name them, and a label for each.
+    (`previous`, `keep`: see `_placed`; with `keep` the result's `found` is this pass's `_Found`.)"""
     subjects = []
     labels: dict[int, str] = {}
     for srcs, forms in cands:
@@ -802,13 +871,7 @@ def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter
             subjects.append(Subject(len(subjects), label or aliases[0], aliases, np.zeros(0, np.int64),
                                     {x for x in srcs if not x.startswith("name:")}))
     probe = Subjects(subjects, [], [])
-    body = []
-    surface: dict[int, Counter] = defaultdict(Counter)
-    for t in ptexts:
-        found = probe.find(t)
-        body.append({m.subject for m in found})
-        for m in found:
-            surface[m.subject][m.text] += 1
+    body, surface, found = _placed(probe, ptexts, previous, keep)
     # what a passage is about besides what it names: its section heading, and the title of its
     # article when that names a single subject (an article about one thing)
     about_doc = {}
@@ -844,11 +907,13 @@ def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter
     remap = {s.id: i for i, s in enumerate(keep)}
     for s in keep:
         s.id = remap[s.id]
-    return Subjects(
+    out = Subjects(
         keep,
         [frozenset(remap[x] for x in b if x in remap) for b in body],
         [frozenset(remap[x] for x in h if x in remap) for h in heads],
     )
+    out.found = found
+    return out
 
 
 def _aliases(forms: Counter) -> list[str]:
