@@ -73,8 +73,10 @@ typically however while whereas although though because since until unless wheth
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’]*(?:-[A-Za-z0-9][A-Za-z0-9'’]*)*")
 _PARTS = re.compile(r"[a-z0-9]+")
 # punctuation that ends a phrase ("vs." is protected first: a cue, not a full stop)
-_BOUNDARY = re.compile(r"[,.;:!?()\[\]{}\"“”«»|/]|\s[–—-]\s|[–—]")
-_VS = re.compile(r"\b(?:vs\.?|versus|v\.)(?=\s)", re.I)
+# (written so that re scans fast: `[,.;:!?()\[\]{}\"“”«»|/]|\s[–—-]\s|[–—]` and
+# `\b(?:vs\.?|versus|v\.)(?=\s)`, the same matches)
+_BOUNDARY = re.compile(r"[,.;:!?()\[\]{}\"“”«»|/–—]|\s[–—-]\s")
+_VS = re.compile(r"v(?<!\w.)(?:s\.?|ersus|\.)(?=\s)", re.I)
 _ALIAS_CUE = re.compile(
     r"(?P<pre>[,(]\s*)?(?:\b(?:is|are|was|were)\s+)?"
     r"(?P<adv>\b(?:also|commonly|often|sometimes|otherwise|popularly|better|more\s+commonly|generally|usually|widely|"
@@ -90,6 +92,8 @@ _NAMED_RUN = re.compile(r"(?:\([^()]{1,80}\)|[^,.;:!?()\[\]\"“”])*")  # _PAR
 # a line can hold an _ALIAS_CUE only if it holds one of these words (the cue is slow to look for)
 _ALIAS_WORD = re.compile(r"known|referred|called|termed|nicknamed|dubbed|aka|a\.k\.a", re.I)
 _ALIAS_WORD_LOW = re.compile(_ALIAS_WORD.pattern)  # in a lower-cased ASCII line (faster than re.I)
+_HALVES = re.compile(r"\s[–—-]\s|[–—]|,|;")  # "(long form – ABBR)"
+_WORDS = re.compile(r"[\s\-–]+")  # between the words whose initials an abbreviation holds
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _AND = re.compile(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})")  # after "between"
 
@@ -140,7 +144,7 @@ def is_abbreviation(word: str) -> bool:
 def abbreviates(abbr: str, phrase: str) -> bool:
     """True when the letters of `abbr` are the initials of `phrase`'s words (function words optional)."""
     letters = [c.lower() for c in abbr if c.isalnum()]
-    words = [w for w in re.split(r"[\s\-–]+", phrase.strip()) if w]
+    words = [w for w in _WORDS.split(phrase.strip()) if w]
     if not words or not letters or words[0][0].lower() != letters[0]:
         return False
     strict = [w[0].lower() for w in words]
@@ -452,19 +456,20 @@ def _segments(text: str) -> list[list[str]]:
 class _Stats:
     """Counts of word n-grams over the corpus, to validate phrase boundaries: of the n-grams of
     `phrases` only (the phrases discovery will ask about), so its memory is theirs, not the
-    corpus's. One pass in batches of texts, at C speed (a text's words are split, folded and
-    counted by regex, dict and Counter calls over whole batches, not word by word in Python)."""
+    corpus's. One pass over the texts in batches, without a Python step per word: a batch is
+    split and folded by a few regex calls over all of it (as `_segments` then `parts` would read
+    each text), its words become numbers (those of the phrases' words, 0 for any other) and the
+    n-grams are matched as packed integers by numpy."""
 
     BATCH = 2000  # texts per pass step
-    MAX_WORDS = 2_000_000  # distinct words whose parts are remembered
+    MAX_WORDS = 2_000_000  # distinct words whose number is remembered
     _SEP = "\x00"  # ends a segment (never part of a word)
-    _WORD_OR_SEP = re.compile(_TOKEN.pattern + "|\x00")
+    _PART_OR_SEP = re.compile(r"[a-z0-9]+|\x00")
 
     def __init__(self, texts: list[str], phrases: Iterable[str] = (), max_n: int = 4) -> None:
         self.texts, self.max_n = texts, max_n
         self.counts: Counter = Counter()
         self.want: set[tuple[str, ...]] = set()
-        self._parts = _PartsCache()
         self._add(phrases)
 
     def _key(self, phrase: str) -> tuple[str, ...]:
@@ -472,24 +477,64 @@ class _Stats:
 
     def _add(self, phrases: Iterable[str]) -> None:
         new = {k for ph in phrases if 1 <= len(k := self._key(ph)) <= self.max_n} - self.want
-        if not new:
-            return
-        self.want |= new
-        by_n = {n: {k for k in new if len(k) == n} for n in {len(k) for k in new}}
-        for i in range(0, len(self.texts), self.BATCH):
-            ps = self._folded(self.texts[i : i + self.BATCH])
-            for n, want_n in by_n.items():
-                self.counts.update(filter(want_n.__contains__, zip(*(ps[j:] for j in range(n)))))
+        if new:
+            self.want |= new
+            self._count(sorted(new))
 
-    def _folded(self, texts: list[str]) -> list[str]:
-        """The parts of the texts' words, segment after segment, a separator after each segment
-        (n-grams never span one): what `_segments` then `parts` make of each text, in one run.
-        (A NUL in a text is neither word nor boundary; so is the \\x01 it becomes here.)"""
+    def _count(self, grams: list[tuple[str, ...]]) -> None:
+        """Count `grams` over the texts, in one pass (in several when they hold too many words
+        to pack an n-gram of their numbers in 63 bits)."""
+        vocab = {w: i + 1 for i, w in enumerate(sorted({w for g in grams for w in g}))}
+        bits = len(vocab).bit_length()
+        if bits * self.max_n > 63 and len(grams) > 1:
+            self._count(grams[: len(grams) // 2])
+            self._count(grams[len(grams) // 2 :])
+            return
+        keys: dict[int, np.ndarray] = {}
+        of_key: dict[int, list[tuple[str, ...]]] = {}
+        for n in sorted({len(g) for g in grams}):
+            gs = [g for g in grams if len(g) == n]
+            packed = np.array([sum(vocab[w] << (bits * j) for j, w in enumerate(g)) for g in gs], dtype=np.int64)
+            order = np.argsort(packed)
+            keys[n], of_key[n] = packed[order], [gs[i] for i in order]
+        totals = {n: np.zeros(len(k), dtype=np.int64) for n, k in keys.items()}
+        number = _WordNumbers(vocab, self.MAX_WORDS)
+        for i in range(0, len(self.texts), self.BATCH):
+            words = self._words(self.texts[i : i + self.BATCH])
+            ids = np.fromiter(map(number.__getitem__, words), dtype=np.int64, count=len(words))
+            for n, k in keys.items():
+                m = len(ids) - n + 1
+                if m <= 0:
+                    continue
+                packed = ids[:m].copy()
+                ok = ids[:m] > 0
+                for j in range(1, n):
+                    packed |= ids[j : j + m] << (bits * j)
+                    ok &= ids[j : j + m] > 0
+                packed = packed[ok]
+                at = np.minimum(np.searchsorted(k, packed), len(k) - 1)
+                totals[n] += np.bincount(at[k[at] == packed], minlength=len(k))
+        for n, t in totals.items():
+            for g, c in zip(of_key[n], t.tolist()):
+                if c:
+                    self.counts[g] = c
+
+    def _words(self, texts: list[str]) -> list[str]:
+        """The word parts of the texts, before plural folding, segment after segment, with a
+        separator after each segment (n-grams never span one): what `_segments` then `parts`
+        read in each text. (A NUL in a text is neither word nor boundary: so is the \\x01 it
+        becomes here; 'İ' and the Kelvin sign, the only letters that lower() makes ASCII, are
+        not word characters for `_TOKEN` either.)"""
         joined = self._SEP.join(t.replace("\x00", "\x01") if "\x00" in t else t for t in texts)
-        words = self._WORD_OR_SEP.findall(_BOUNDARY.sub(self._SEP, _VS.sub(" vs ", joined)))
-        if len(self._parts) > self.MAX_WORDS:  # memory bounded whatever the vocabulary
-            self._parts.clear()
-        return list(chain.from_iterable(map(self._parts.__getitem__, words)))
+        text = _BOUNDARY.sub(self._SEP, _VS.sub(" vs ", joined))
+        if "\u0130" in text or "\u212a" in text:
+            text = text.replace("\u0130", "\x01").replace("\u212a", "\x01")
+        text = text.lower()
+        if "’" in text:
+            text = text.replace("’", "'")
+        if "'s" in text:
+            text = _APOS_S.sub(_in_word_dropped, text)
+        return self._PART_OR_SEP.findall(text)
 
     def count(self, phrase: str) -> int:
         k = self._key(phrase)
@@ -501,11 +546,33 @@ class _Stats:
         return self.counts.get(k, 0)
 
 
-class _PartsCache(dict):
-    """word -> its parts (`parts`), computed once per distinct word; the separator stays itself."""
+_APOS_S = re.compile("'s")
+_WORD_OR_APOS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789'")
 
-    def __missing__(self, word: str) -> tuple[str, ...]:
-        got = self[word] = (word,) if word == _Stats._SEP else tuple(parts(word))
+
+def _in_word_dropped(m: re.Match) -> str:
+    """An "'s" of lower-cased text goes when it is inside a word (`parts` drops it there): when a
+    letter or digit precedes it, apostrophes between them (a word starts with one of those)."""
+    text, i = m.string, m.start() - 1
+    while i >= 0 and text[i] in _WORD_OR_APOS:
+        if text[i] != "'":
+            return ""
+        i -= 1
+    return "'s"
+
+
+class _WordNumbers(dict):
+    """word part -> the number of its plural-folded form in `vocab` (0: not there, or the
+    separator), computed once per distinct part."""
+
+    def __init__(self, vocab: dict[str, int], limit: int) -> None:
+        super().__init__()
+        self.vocab, self.limit = vocab, limit
+
+    def __missing__(self, word: str) -> int:
+        if len(self) > self.limit:  # memory bounded whatever the vocabulary
+            self.clear()
+        got = self[word] = 0 if word == _Stats._SEP else self.vocab.get(_norm(word), 0)
         return got
 
 
@@ -623,21 +690,23 @@ def _cues(texts: list[str]) -> list[tuple]:
             if ys:
                 out.append(("named", _choices(_tokens_before(line[: m.start()].rstrip()), True), ys))
         # abbreviations: "long form (ABBR)", "ABBR (long form)", "(long form – ABBR)"
-        for m in _PAREN.finditer(line):
+        for m in _PAREN.finditer(line) if "(" in line else ():
             inner = m.group(1).strip()
-            halves = [p.strip() for p in re.split(r"\s[–—-]\s|[–—]|,|;", inner) if p.strip()]
+            halves = [p.strip() for p in _HALVES.split(inner) if p.strip()]
             if len(halves) == 2:
                 for abbr, long in (halves, halves[::-1]):
                     if is_abbreviation(abbr) and abbreviates(abbr, long):
                         out.append(("same", abbr, long))
-            before = _tokens_before(line[: m.start()].rstrip())
             if is_abbreviation(inner):
+                before = _tokens_before(line[: m.start()].rstrip())
                 for n in range(min(len(before), len(inner) + 3), 0, -1):
                     if abbreviates(inner, " ".join(before[-n:])):
                         out.append(("same", inner, " ".join(before[-n:])))
                         break
-            elif before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
-                out.append(("same", before[-1], inner))
+            elif len([w for w in _WORDS.split(inner) if w]) >= 2:  # a long form has two words or more
+                before = _tokens_before(line[: m.start()].rstrip())
+                if before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
+                    out.append(("same", before[-1], inner))
     return out
 
 
