@@ -657,10 +657,6 @@ def _named_after(text: str, max_words: int = 5) -> list[str]:
     return out[:3]
 
 
-def _corpus_texts(index: Index) -> list[str]:
-    return [d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}" for d in index.docs.values()]
-
-
 def _cues(texts: list[str]) -> list[tuple]:
     """The naming and comparing patterns of the articles, in reading order, each with the phrases
     its sides may be (the corpus counts that choose among them are taken afterwards, in one pass):
@@ -692,18 +688,18 @@ def _cues(texts: list[str]) -> list[tuple]:
         # abbreviations: "long form (ABBR)", "ABBR (long form)", "(long form – ABBR)"
         for m in _PAREN.finditer(line) if "(" in line else ():
             inner = m.group(1).strip()
-            halves = [p.strip() for p in _HALVES.split(inner) if p.strip()]
+            halves = [p.strip() for p in _HALVES.split(inner) if p.strip()] if _HALVES.search(inner) else ()
             if len(halves) == 2:
                 for abbr, long in (halves, halves[::-1]):
                     if is_abbreviation(abbr) and abbreviates(abbr, long):
                         out.append(("same", abbr, long))
-            if is_abbreviation(inner):
+            if len(inner) <= 10 and is_abbreviation(inner):
                 before = _tokens_before(line[: m.start()].rstrip())
                 for n in range(min(len(before), len(inner) + 3), 0, -1):
                     if abbreviates(inner, " ".join(before[-n:])):
                         out.append(("same", inner, " ".join(before[-n:])))
                         break
-            elif len([w for w in _WORDS.split(inner) if w]) >= 2:  # a long form has two words or more
+            elif _WORDS.search(inner) and len([w for w in _WORDS.split(inner) if w]) >= 2:  # a long form: two words or more
                 before = _tokens_before(line[: m.start()].rstrip())
                 if before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
                     out.append(("same", before[-1], inner))
@@ -804,6 +800,7 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
     """The noun phrase of a title that its article keeps returning to ('Hydrafacial: What to Expect')."""
     best, best_score = None, 0.0
     low = text.lower()
+    ascii_ = low.isascii()
     for seg in _segments(title):
         run: list[str] = []
         for t in seg + [""]:
@@ -813,7 +810,9 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
             for i in range(len(run)):
                 for j in range(i + 1, min(len(run), i + 4) + 1):
                     phrase = " ".join(run[i:j])
-                    c = len(_compiled(phrase.lower())[0].findall(low))
+                    rx, lead = _compiled(phrase.lower())
+                    # (in ASCII every match holds its literal start: most phrases are not there)
+                    c = 0 if ascii_ and lead not in low else len(rx.findall(low))
                     if c < (3 if j - i == 1 else 2):
                         continue
                     share = c / max(stats.count(phrase), c)  # how much of its use is in this article
@@ -826,11 +825,38 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
     return best
 
 
+@dataclass
+class _Library:
+    """What a full discovery reads of an index, read once (an index of format 4 parses an article
+    or passage record at each access)."""
+
+    docs: list[tuple[str, str, str]]  # doc_id, title, text
+    ptexts: list[str]  # passage row -> its text
+    row_doc: list[str]  # passage row -> its article
+    row_heading: list[str]  # passage row -> its section heading ("" for none)
+
+    @classmethod
+    def of(cls, index: Index) -> "_Library":
+        docs = [(d.doc_id, d.title, d.text) for d in index.docs.values()]
+        text_of = {doc_id: text for doc_id, _, text in docs}
+        ptexts, row_doc, row_heading = [], [], []
+        for p in index.passages:
+            ptexts.append(text_of[p.doc_id][p.start : p.end])
+            row_doc.append(p.doc_id)
+            row_heading.append(p.heading or "")
+        return cls(docs, ptexts, row_doc, row_heading)
+
+    def texts(self) -> list[str]:
+        """The articles' texts, each with its title in front unless it starts with it."""
+        return [text if title in text[: len(title) + 200] else f"{title}\n{text}" for _, title, text in self.docs]
+
+
 def build(index: Index, glossary: dict | None = None) -> Subjects:
     """Discover the subjects of an index, then apply a parsed glossary."""
-    texts = _corpus_texts(index)
-    ptexts = [index.docs[p.doc_id].text[p.start : p.end] for p in index.passages]
-    g, stats = _discover(texts, (d.title for d in index.docs.values()))
+    lib = _Library.of(index)
+    texts = lib.texts()
+    ptexts = lib.ptexts
+    g, stats = _discover(texts, (title for _, title, _ in lib.docs))
     _merge_heads(g, ptexts)
 
     def candidates() -> list[tuple[set, Counter]]:
@@ -845,11 +871,11 @@ def build(index: Index, glossary: dict | None = None) -> Subjects:
         return out
 
     # an article whose title names none of them: its title's most repeated noun phrase
-    probe = _subjects_of(index, ptexts, candidates(), min_passages=0, keep=True)
+    probe = _subjects_of(lib, candidates(), min_passages=0, keep=True)
     by_title: dict[str, list[str]] = defaultdict(list)  # articles split in parts share a title
-    for d in index.docs.values():
-        if not probe.find(d.title):
-            by_title[d.title].append(d.text)
+    for _, title, text in lib.docs:
+        if not probe.find(title):
+            by_title[title].append(text)
     for title, bodies in by_title.items():
         phrase = _title_subject(title, "\n".join(bodies), stats)
         if phrase:
@@ -857,7 +883,7 @@ def build(index: Index, glossary: dict | None = None) -> Subjects:
     cands = candidates()
     if glossary:
         cands = _apply_glossary(cands, glossary)
-    return _subjects_of(index, ptexts, cands, previous=probe.found)
+    return _subjects_of(lib, cands, previous=probe.found)
 
 
 class _Found:
@@ -925,7 +951,7 @@ def _placed(probe: Subjects, ptexts: list[str], previous: _Found | None = None,
     return body, surface, found
 
 
-def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter]], min_passages: int = 1,
+def _subjects_of(lib: _Library, cands: list[tuple[set, Counter]], min_passages: int = 1,
                  previous: _Found | None = None, keep: bool = False) -> Subjects:
     """Subjects from candidate alias groups: where the passages name them, and a label for each.
     (`previous`, `keep`: see `_placed`; with `keep` the result's `found` is this pass's `_Found`.)"""
@@ -940,20 +966,20 @@ def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter
             subjects.append(Subject(len(subjects), label or aliases[0], aliases, np.zeros(0, np.int64),
                                     {x for x in srcs if not x.startswith("name:")}))
     probe = Subjects(subjects, [], [])
+    ptexts = lib.ptexts
     body, surface, found = _placed(probe, ptexts, previous, keep)
     # what a passage is about besides what it names: its section heading, and the title of its
     # article when that names a single subject (an article about one thing)
     about_doc = {}
-    for d in index.docs.values():
-        named = {m.subject for m in probe.find(d.title)}
-        about_doc[d.doc_id] = named if len(named) == 1 else set()
+    for doc_id, title, _ in lib.docs:
+        named = {m.subject for m in probe.find(title)}
+        about_doc[doc_id] = named if len(named) == 1 else set()
     in_heading: dict[str, set[int]] = {}  # a heading is shared by the passages of its section
     heads = []
-    for p in index.passages:
-        h = p.heading or ""
+    for doc_id, h in zip(lib.row_doc, lib.row_heading):
         if h not in in_heading:
             in_heading[h] = {m.subject for m in probe.find(h)}
-        heads.append(in_heading[h] | about_doc.get(p.doc_id, set()))
+        heads.append(in_heading[h] | about_doc.get(doc_id, set()))
     rows_of: dict[int, list[int]] = defaultdict(list)
     for r in range(len(ptexts)):
         for s in body[r] | heads[r]:

@@ -235,14 +235,13 @@ def test_a_discovery_finds_what_the_plain_algorithm_found():
 
 
 def test_the_second_placing_pass_reuses_the_first_only_where_it_must_agree():
-    index = generated_index(seed=2)
-    ptexts = [index.docs[p.doc_id].text[p.start : p.end] for p in index.passages]
-    first = sj._subjects_of(index, ptexts, [({"compared"}, Counter({"microneedling": 1, "PRP": 1})),
+    lib = sj._Library.of(generated_index(seed=2))
+    first = sj._subjects_of(lib, [({"compared"}, Counter({"microneedling": 1, "PRP": 1})),
                                             ({"compared"}, Counter({"exosome therapy": 1}))], min_passages=0, keep=True)
     later = [({"compared"}, Counter({"microneedling": 1, "PRP": 1, "platelet-rich plasma": 1})),
              ({"compared"}, Counter({"therapy": 1})), ({"named"}, Counter({"exosome therapy": 1}))]
-    reused = sj._subjects_of(index, ptexts, later, previous=first.found)
-    fresh = sj._subjects_of(index, ptexts, later)
+    reused = sj._subjects_of(lib, later, previous=first.found)
+    fresh = sj._subjects_of(lib, later)
     assert sj.to_json(reused, None) == sj.to_json(fresh, None)
     assert any(s.name == "therapy" for s in fresh)  # the changed aliases did change what is found
     assert np.diff(np.asarray(first.found.offsets)).sum() == len(first.found.sid) > 0
