@@ -119,6 +119,10 @@ def test_words_near_a_cue_are_read_as_from_the_whole_line():
             assert sj._tokens_after(line[cut:]) == plain_after(line[cut:]), (line, cut)
             assert sj._PAREN.sub(" ", sj._NAMED_RUN.match(line[cut:]).group(0)) == plain_named_head(line[cut:]), line
         assert sj._segments(line) == plain_segments(line)
+    # a long stretch without words next to the cue: the words are further away
+    quiet = " ' ; ' " * 80
+    assert sj._tokens_before("alpha beta, gamma delta," + quiet) == ["gamma", "delta"] == plain_before("alpha beta, gamma delta," + quiet)
+    assert sj._tokens_after(quiet + ", alpha beta. gamma") == ["alpha", "beta"] == plain_after(quiet + ", alpha beta. gamma")
 
 
 def test_ngram_counts_are_those_of_every_ngram():
@@ -150,7 +154,8 @@ def test_the_scan_for_first_words_finds_what_every_word_start_finds():
     rng, found = random.Random(3), 0
     letters = "aeioubdklmnprsty"
     for _ in range(30):
-        names = {"".join(rng.choice(letters) for _ in range(rng.randint(1, 7))) for _ in range(60)}
+        names = {"".join(rng.choice(letters + ("éıßİ" if rng.random() < 0.2 else "")) for _ in range(rng.randint(1, 7)))
+                 for _ in range(60)}
         aliases = []
         for i, n in enumerate(sorted(names)):
             form = rng.choice([n, n.upper(), f"{n}-{rng.choice(sorted(names))}", f"{n} {rng.choice(sorted(names))}y",
@@ -160,7 +165,7 @@ def test_the_scan_for_first_words_finds_what_every_word_start_finds():
         m, plain = sj._Matcher(alts), PlainMatcher(alts)
         for _ in range(20):
             words = [rng.choice([a for a, _ in aliases]) if rng.random() < 0.3 else
-                     "".join(rng.choice(letters + "İıKſ’'-") for _ in range(rng.randint(1, 8))) for _ in range(40)]
+                     "".join(rng.choice(letters + "İıKſ’'-éßͅ") for _ in range(rng.randint(1, 8))) for _ in range(40)]
             text = "".join(w + rng.choice([" ", " ", "-", ", ", "'s ", "ies ", "s. ", " – "]) for w in words)
             if rng.random() < 0.5:
                 text = text.encode("ascii", "ignore").decode()
