@@ -119,6 +119,10 @@ def test_words_near_a_cue_are_read_as_from_the_whole_line():
             assert sj._tokens_after(line[cut:]) == plain_after(line[cut:]), (line, cut)
             assert sj._PAREN.sub(" ", sj._NAMED_RUN.match(line[cut:]).group(0)) == plain_named_head(line[cut:]), line
         assert sj._segments(line) == plain_segments(line)
+        cued = line.replace("PRP", rng.choice(["between", "Between", "comparing", "compared", "Compare", "betweenx"]))
+        if cued.isascii():
+            assert ([m.span() for m in sj._at_words(sj._BETWEEN, cued, cued.lower(), ("between", "compar"))]
+                    == [m.span() for m in sj._BETWEEN.finditer(cued)]), cued
     # a long stretch without words next to the cue: the words are further away
     quiet = " ' ; ' " * 80
     assert sj._tokens_before("alpha beta, gamma delta," + quiet) == ["gamma", "delta"] == plain_before("alpha beta, gamma delta," + quiet)
