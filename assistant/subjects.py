@@ -372,7 +372,7 @@ def _trie(words: list[tuple[str, str]]) -> str:
         ends = node.get(None, set())
         if "" in ends:  # a word ends here with nothing to follow: any longer one starts with it
             return ""
-        alts = [re.escape(c) + pattern(sub) for c, sub in sorted(node.items(), key=lambda x: x[0] or "") if c is not None]
+        alts = [re.escape(c) + pattern(sub) for c, sub in sorted((c, sub) for c, sub in node.items() if c is not None)]
         alts += sorted(ends)
         return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
 
@@ -700,7 +700,7 @@ def _cues(texts: list[str]) -> list[tuple]:
                     if abbreviates(inner, " ".join(before[-n:])):
                         out.append(("same", inner, " ".join(before[-n:])))
                         break
-            elif _WORDS.search(inner) and len([w for w in _WORDS.split(inner) if w]) >= 2:  # a long form: two words or more
+            elif _WORDS.search(inner) and len([w for w in _WORDS.split(inner) if w]) >= 2:  # a long form: 2 words+
                 before = _tokens_before(line[: m.start()].rstrip())
                 if before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
                     out.append(("same", before[-1], inner))
@@ -815,6 +815,17 @@ def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
                 g.union(k, g.add(core if is_abbreviation(core) else core.lower(), "core"))
 
 
+def _count_at(rx: re.Pattern, lead: str, low: str) -> int:
+    """`len(rx.findall(low))` for an alias pattern and its literal start `lead`, both ASCII: every
+    match starts where `lead` is, so only those places are tried."""
+    c, end, i = 0, 0, low.find(lead)
+    while i >= 0:
+        if i >= end and (m := rx.match(low, i)):
+            c, end = c + 1, m.end()
+        i = low.find(lead, i + 1)
+    return c
+
+
 def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
     """The noun phrase of a title that its article keeps returning to ('Hydrafacial: What to Expect')."""
     best, best_score = None, 0.0
@@ -830,8 +841,7 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
                 for j in range(i + 1, min(len(run), i + 4) + 1):
                     phrase = " ".join(run[i:j])
                     rx, lead = _compiled(phrase.lower())
-                    # (in ASCII every match holds its literal start: most phrases are not there)
-                    c = 0 if ascii_ and lead not in low else len(rx.findall(low))
+                    c = _count_at(rx, lead, low) if ascii_ and lead and lead.isascii() else len(rx.findall(low))
                     if c < (3 if j - i == 1 else 2):
                         continue
                     share = c / max(stats.count(phrase), c)  # how much of its use is in this article

@@ -129,6 +129,16 @@ def test_words_near_a_cue_are_read_as_from_the_whole_line():
     assert sj._tokens_after(quiet + ", alpha beta. gamma") == ["alpha", "beta"] == plain_after(quiet + ", alpha beta. gamma")
 
 
+def test_a_title_phrase_is_counted_as_findall_counts_it():
+    rng = random.Random(9)
+    for _ in range(200):
+        low = gen_text(rng, rng.randint(0, 200)).lower().encode("ascii", "ignore").decode()
+        for phrase in rng.sample(WORDS, 5) + ["platelet-rich plasma", "peel", "therapy", "e-light", "x"]:
+            rx, lead = sj._compiled(phrase.lower())
+            if lead and lead.isascii():
+                assert sj._count_at(rx, lead, low) == len(rx.findall(low)), (phrase, low)
+
+
 def test_ngram_counts_are_those_of_every_ngram():
     rng = random.Random(5)
     texts = [gen_text(rng, rng.randint(0, 300)) for _ in range(60)]
