@@ -923,7 +923,7 @@ class _Found:
 
     def __init__(self, alias_sid: dict[str, int]) -> None:
         self.alias_sid = alias_sid  # alias -> subject id (-1: several subjects hold it)
-        self.sid, self.start, self.end = array("l"), array("l"), array("l")
+        self.sid, self.start, self.end = array("i"), array("i"), array("i")  # 12 bytes a mention
         self.offsets = array("q", [0])  # passage r's mentions are [offsets[r], offsets[r + 1])
 
     @staticmethod
