@@ -24,6 +24,7 @@ A discovered subject that names more than `max_subject_rows` passages is dropped
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +33,11 @@ import re
 import threading
 import tomllib
 import weakref
+from array import array
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +73,10 @@ typically however while whereas although though because since until unless wheth
 _TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’]*(?:-[A-Za-z0-9][A-Za-z0-9'’]*)*")
 _PARTS = re.compile(r"[a-z0-9]+")
 # punctuation that ends a phrase ("vs." is protected first: a cue, not a full stop)
-_BOUNDARY = re.compile(r"[,.;:!?()\[\]{}\"“”«»|/]|\s[–—-]\s|[–—]")
-_VS = re.compile(r"\b(?:vs\.?|versus|v\.)(?=\s)", re.I)
+# (written so that re scans fast: `[,.;:!?()\[\]{}\"“”«»|/]|\s[–—-]\s|[–—]` and
+# `\b(?:vs\.?|versus|v\.)(?=\s)`, the same matches)
+_BOUNDARY = re.compile(r"[,.;:!?()\[\]{}\"“”«»|/–—]|\s[–—-]\s")
+_VS = re.compile(r"v(?<!\w.)(?:s\.?|ersus|\.)(?=\s)", re.I)
 _ALIAS_CUE = re.compile(
     r"(?P<pre>[,(]\s*)?(?:\b(?:is|are|was|were)\s+)?"
     r"(?P<adv>\b(?:also|commonly|often|sometimes|otherwise|popularly|better|more\s+commonly|generally|usually|widely|"
@@ -82,6 +88,14 @@ _ALIAS_CUE = re.compile(
 _BETWEEN = re.compile(r"\b(?:between|comparing|compare|compared)\s+", re.I)
 _PAREN = re.compile(r"\(([^()]{1,80})\)")
 _ABBR = re.compile(r"^[A-Za-z][A-Za-z0-9&]*$")
+_NAMED_RUN = re.compile(r"(?:\([^()]{1,80}\)|[^,.;:!?()\[\]\"“”])*")  # _PAREN groups or non-stops
+# a line can hold an _ALIAS_CUE only if it holds one of these words (the cue is slow to look for)
+_ALIAS_WORD = re.compile(r"known|referred|called|termed|nicknamed|dubbed|aka|a\.k\.a", re.I)
+_ALIAS_WORDS = ("known", "referred", "called", "termed", "nicknamed", "dubbed", "aka", "a.k.a")  # (faster than it)
+_HALVES = re.compile(r"\s[–—-]\s|[–—]|,|;")  # "(long form – ABBR)"
+_WORDS = re.compile(r"[\s\-–]+")  # between the words whose initials an abbreviation holds
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_AND = re.compile(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})")  # after "between"
 
 
 def _norm(word: str) -> str:
@@ -130,7 +144,7 @@ def is_abbreviation(word: str) -> bool:
 def abbreviates(abbr: str, phrase: str) -> bool:
     """True when the letters of `abbr` are the initials of `phrase`'s words (function words optional)."""
     letters = [c.lower() for c in abbr if c.isalnum()]
-    words = [w for w in re.split(r"[\s\-–]+", phrase.strip()) if w]
+    words = [w for w in _WORDS.split(phrase.strip()) if w]
     if not words or not letters or words[0][0].lower() != letters[0]:
         return False
     strict = [w[0].lower() for w in words]
@@ -168,6 +182,7 @@ class Subjects:
         self._matcher = _Matcher(sorted(((a, s.id) for s in subjects for a in s.aliases),
                                         key=lambda x: (-len(x[0]), x[0])))
         self.memo: dict = {}  # facts about this index's passages that answering remembers (see conversation)
+        self.found: _Found | None = None  # where discovery found them (build only; not saved)
 
     def __len__(self) -> int:
         return len(self.subjects)
@@ -221,6 +236,14 @@ def _alias_parts(alias: str) -> tuple[str, str]:
     return (f"(?-i:{body})" if alias.isupper() and alias.lower() in STOPWORDS else body), lead
 
 
+@functools.lru_cache(maxsize=65536)
+def _compiled(alias: str) -> tuple[re.Pattern, str]:
+    """`_alias_parts` with the pattern compiled (re's own cache holds too few for a discovery,
+    which builds several matchers over the same thousands of aliases)."""
+    pattern, lead = _alias_parts(alias)
+    return re.compile(pattern, re.I), lead
+
+
 def _fold(text: str) -> str:
     """Case-folded, one character for one, so offsets stay those of `text` ('İ' -> 'i')."""
     folded = text.casefold()
@@ -231,16 +254,25 @@ class _Matcher:
     """Finds aliases as one alternation of all of them would (leftmost match first, then the
     earliest alias in the given order), in time linear in the text: at each word start only the
     aliases whose literal start (its first few letters) is there are tried. One alternation regex
-    of thousands of aliases costs about 0.1 s per passage; this costs microseconds."""
+    of thousands of aliases costs about 0.1 s per passage; this costs microseconds.
+
+    A full discovery runs matchers over every passage, so the word starts are not visited one by
+    one in Python: one C-level scan of the folded text with a trie regex of the aliases' literal
+    starts stops only where an alias may begin. In ASCII (where folding keeps every character's
+    class, and re.I equals comparing folded letters) an ASCII alias can only begin where its whole
+    first word (or stem) is, and the scan looks for that; at the few places where a non-ASCII
+    character may make the folded text disagree with the text, every word start is visited."""
 
     PREFIX = 4  # letters of an alias's literal start used as its key
 
     def __init__(self, alts: list[tuple[str, int]]) -> None:
-        self._table: dict[str, list[tuple[int, re.Pattern, int]]] = defaultdict(list)
+        # key -> (order, pattern, id, folded first word when ASCII: in ASCII text it must be there)
+        self._table: dict[str, list[tuple[int, re.Pattern, int, str | None]]] = defaultdict(list)
         odd = set()
         for order, (alias, sid) in enumerate(alts):
-            pattern, lead = _alias_parts(alias)
-            self._table[_fold(lead)[: self.PREFIX]].append((order, re.compile(pattern, re.I), sid))
+            rx, lead = _compiled(alias)
+            fl = _fold(lead)
+            self._table[fl[: self.PREFIX]].append((order, rx, sid, fl if lead.isascii() else None))
             if lead and not re.match(r"\w", lead[0]):
                 odd.add(lead[0])
         self._lengths = sorted({len(k) for k in self._table})
@@ -248,28 +280,60 @@ class _Matcher:
         # the first character of an alias that starts with punctuation)
         extra = "".join(re.escape(c) for c in sorted(odd))
         self._starts = re.compile(rf"(?<![\w\-])(?:\w{'|[' + extra + ']' if extra else ''})")
+        self._memo: dict[str, tuple] = {}
+        self._scan = "" not in self._table  # an alias with no literal start ('y') is tried at every start
+        # what the scans look for, of the keys and words whose first character passes `_starts`
+        # (no other can match where the text is ASCII): in ASCII text each alias's first word
+        # (then what must follow it) when that is ASCII, else its key; elsewhere the keys
+        starts = [(k, "") for k in self._table if k.isascii() and self._starts.match(k)]
+        firsts = [(w, _alias_follow(alias)) for alias, _ in alts
+                  if (w := _compiled(alias)[1]).isascii() and self._starts.match(w)]
+        firsts += [(k, "") for k, es in self._table.items() if any(e[3] is None for e in es) and (k, "") in starts]
+        self._ascii = re.compile(rf"(?<![\w\-])(?={_trie(firsts)})") if firsts else None
+        self._keys = re.compile(rf"(?<![\w\-])(?={_trie(starts)})") if starts else None
 
-    def _candidates(self, low: str, i: int) -> list[tuple[int, re.Pattern, int]]:
-        """The aliases whose literal start is at `i` of the folded text, in the given order."""
-        cands: list[tuple[int, re.Pattern, int]] = []
-        for n in self._lengths:
-            k = low[i : i + n]
-            if len(k) == n and k in self._table:
-                cands += self._table[k]
-        cands.sort(key=lambda c: c[0])
-        return cands
+    def _candidates(self, low: str, i: int) -> tuple:
+        """The aliases whose key is at `i` of the folded text, in the given order."""
+        head = low[i : i + self._lengths[-1]]
+        got = self._memo.get(head)
+        if got is None:
+            cands: list = []
+            for n in self._lengths:
+                k = head[:n]
+                if len(k) == n and k in self._table:
+                    cands += self._table[k]
+            cands.sort(key=lambda c: c[0])
+            got = self._memo[head] = tuple((rx, sid, full) for _, rx, sid, full in cands)
+        return got
+
+    def _positions(self, text: str, low: str) -> list[int]:
+        """Where a match may begin, in order (a few more places do no harm: nothing matches there)."""
+        if not self._scan:
+            return [m.start() for m in self._starts.finditer(text)]
+        if text.isascii():
+            return [m.start() for m in self._ascii.finditer(low)] if self._ascii is not None else []
+        found = [m.start() for m in self._keys.finditer(low)] if self._keys is not None else []
+        # near a non-ASCII character the folded text may differ from the text in a character's
+        # class or a key's letters: every word start there, as `_starts` tells
+        near = set()
+        for m in _NON_ASCII.finditer(text):
+            j = m.start()
+            near.update(i for i in range(max(0, j - self.PREFIX + 1), j + 2) if self._starts.match(text, i))
+        return sorted(near.union(found)) if near else found
 
     def find(self, text: str) -> list[Mention]:
         if not self._table or not text:
             return []
         low = _fold(text)
+        ascii_ = text.isascii()
         out: list[Mention] = []
         pos = 0
-        for s in self._starts.finditer(text):
-            i = s.start()
+        for i in self._positions(text, low):
             if i < pos:
                 continue
-            for _, rx, sid in self._candidates(low, i):
+            for rx, sid, full in self._candidates(low, i):
+                if ascii_ and full is not None and not low.startswith(full, i):
+                    continue  # its first word is not there: its pattern cannot match
                 m = rx.match(text, i)
                 if m:
                     out.append(Mention(sid, i, m.end(), m.group()))
@@ -284,11 +348,52 @@ class _Matcher:
         if not self._table or not text:
             return out
         low = _fold(text)
-        for s in self._starts.finditer(text):
-            for _, rx, sid in self._candidates(low, s.start()):
-                if sid not in out and rx.match(text, s.start()):
+        ascii_ = text.isascii()
+        for i in self._positions(text, low):
+            for rx, sid, full in self._candidates(low, i):
+                if sid in out or ascii_ and full is not None and not low.startswith(full, i):
+                    continue
+                if rx.match(text, i):
                     out.add(sid)
         return out
+
+
+def _trie(words: list[tuple[str, str]]) -> str:
+    """A regex matching where any of `words` (literal strings, each with a regex of what must
+    follow it, "" for nothing) starts a text, one branch per character."""
+    root: dict = {}
+    for w, follow in words:
+        node = root
+        for c in w:
+            node = node.setdefault(c, {})
+        node.setdefault(None, set()).add(follow)
+
+    def pattern(node: dict) -> str:
+        ends = node.get(None, set())
+        if "" in ends:  # a word ends here with nothing to follow: any longer one starts with it
+            return ""
+        alts = [re.escape(c) + pattern(sub) for c, sub in sorted((c, sub) for c, sub in node.items() if c is not None)]
+        alts += sorted(ends)
+        return alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+
+    return pattern(root)
+
+
+def _alias_follow(alias: str) -> str:
+    """What must follow the literal start of `alias`'s pattern (`_alias_parts`) in a text for
+    the pattern to match, as a regex over the lower-cased text ("" for nothing known)."""
+    words = [w for w in re.split(r"[\s\-–]+", alias) if w]
+    last = words[-1]
+    if not last[-1:].isalpha() or alias.isupper():
+        stem, after = last, r"(?!\w)" if not last[-1:].isalpha() else r"(?:['’es]|(?!\w))"
+    else:
+        one = _norm(last) if last.lower().startswith(_norm(last)[:-1]) else last.lower()
+        stem, after = (one[:-1], "[yi]") if one.endswith("y") else (one, r"(?:['’es]|(?!\w))")
+    if len(words) == 1:
+        return after
+    # separators, then the next word (or the last one's stem) as written
+    then = words[1] if len(words) > 2 else stem
+    return r"[\s\-–]*" + re.escape(then.lower()) if then and then.isascii() else ""
 
 
 # --- discovery -------------------------------------------------------------------------------
@@ -349,23 +454,130 @@ def _segments(text: str) -> list[list[str]]:
 
 
 class _Stats:
-    """Counts of word n-grams over the corpus, to validate phrase boundaries."""
+    """Counts of word n-grams over the corpus, to validate phrase boundaries: of the n-grams of
+    `phrases` only (the phrases discovery will ask about), so its memory is theirs, not the
+    corpus's. One pass over the texts in batches, without a Python step per word: a batch is
+    split and folded by a few regex calls over all of it (as `_segments` then `parts` would read
+    each text), its words become numbers (those of the phrases' words, 0 for any other) and the
+    n-grams are matched as packed integers by numpy."""
 
-    def __init__(self, texts: list[str], max_n: int = 4) -> None:
+    BATCH = 2000  # texts per pass step
+    MAX_WORDS = 2_000_000  # distinct words whose number is remembered
+    _SEP = "\x00"  # ends a segment (never part of a word)
+    _PART_OR_SEP = re.compile(r"[a-z0-9]+|\x00")
+
+    def __init__(self, texts: list[str], phrases: Iterable[str] = (), max_n: int = 4) -> None:
+        self.texts, self.max_n = texts, max_n
         self.counts: Counter = Counter()
-        for text in texts:
-            for seg in _segments(text):
-                ps = [p for tok in seg for p in parts(tok)]
-                for n in range(1, max_n + 1):
-                    for i in range(len(ps) - n + 1):
-                        self.counts[" ".join(ps[i : i + n])] += 1
+        self.want: set[tuple[str, ...]] = set()
+        self._add(phrases)
+
+    def _key(self, phrase: str) -> tuple[str, ...]:
+        return tuple(parts(phrase))
+
+    def _add(self, phrases: Iterable[str]) -> None:
+        new = {k for ph in phrases if 1 <= len(k := self._key(ph)) <= self.max_n} - self.want
+        if new:
+            self.want |= new
+            self._count(sorted(new))
+
+    def _count(self, grams: list[tuple[str, ...]]) -> None:
+        """Count `grams` over the texts, in one pass (in several when they hold too many words
+        to pack an n-gram of their numbers in 63 bits)."""
+        vocab = {w: i + 1 for i, w in enumerate(sorted({w for g in grams for w in g}))}
+        bits = len(vocab).bit_length()
+        if bits * self.max_n > 63 and len(grams) > 1:
+            self._count(grams[: len(grams) // 2])
+            self._count(grams[len(grams) // 2 :])
+            return
+        keys: dict[int, np.ndarray] = {}
+        of_key: dict[int, list[tuple[str, ...]]] = {}
+        for n in sorted({len(g) for g in grams}):
+            gs = [g for g in grams if len(g) == n]
+            packed = np.array([sum(vocab[w] << (bits * j) for j, w in enumerate(g)) for g in gs], dtype=np.int64)
+            order = np.argsort(packed)
+            keys[n], of_key[n] = packed[order], [gs[i] for i in order]
+        totals = {n: np.zeros(len(k), dtype=np.int64) for n, k in keys.items()}
+        number = _WordNumbers(vocab, self.MAX_WORDS)
+        for i in range(0, len(self.texts), self.BATCH):
+            words = self._words(self.texts[i : i + self.BATCH])
+            ids = np.fromiter(map(number.__getitem__, words), dtype=np.int64, count=len(words))
+            for n, k in keys.items():
+                m = len(ids) - n + 1
+                if m <= 0:
+                    continue
+                packed = ids[:m].copy()
+                ok = ids[:m] > 0
+                for j in range(1, n):
+                    packed |= ids[j : j + m] << (bits * j)
+                    ok &= ids[j : j + m] > 0
+                packed = packed[ok]
+                at = np.minimum(np.searchsorted(k, packed), len(k) - 1)
+                totals[n] += np.bincount(at[k[at] == packed], minlength=len(k))
+        for n, t in totals.items():
+            for g, c in zip(of_key[n], t.tolist()):
+                if c:
+                    self.counts[g] = c
+
+    def _words(self, texts: list[str]) -> list[str]:
+        """The word parts of the texts, before plural folding, segment after segment, with a
+        separator after each segment (n-grams never span one): what `_segments` then `parts`
+        read in each text. (A NUL in a text is neither word nor boundary: so is the \\x01 it
+        becomes here; 'İ' and the Kelvin sign, the only letters that lower() makes ASCII, are
+        not word characters for `_TOKEN` either.)"""
+        joined = self._SEP.join(t.replace("\x00", "\x01") if "\x00" in t else t for t in texts)
+        text = _BOUNDARY.sub(self._SEP, _VS.sub(" vs ", joined))
+        if "\u0130" in text or "\u212a" in text:
+            text = text.replace("\u0130", "\x01").replace("\u212a", "\x01")
+        text = text.lower()
+        if "’" in text:
+            text = text.replace("’", "'")
+        if "'s" in text:
+            text = _APOS_S.sub(_in_word_dropped, text)
+        return self._PART_OR_SEP.findall(text)
 
     def count(self, phrase: str) -> int:
-        return self.counts.get(" ".join(parts(phrase)), 0)
+        k = self._key(phrase)
+        if not 1 <= len(k) <= self.max_n:
+            return 0
+        if k not in self.want:  # a phrase not announced: one more pass (discovery announces all)
+            log.debug("n-gram %r counted on demand", phrase)
+            self._add([phrase])
+        return self.counts.get(k, 0)
 
 
-def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max_words: int = 4) -> str | None:
-    """The phrase next to a cue: the longest run of content words that the corpus repeats."""
+_APOS_S = re.compile("'s")
+_WORD_OR_APOS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789'")
+
+
+def _in_word_dropped(m: re.Match) -> str:
+    """An "'s" of lower-cased text goes when it is inside a word (`parts` drops it there): when a
+    letter or digit precedes it, apostrophes between them (a word starts with one of those)."""
+    text, i = m.string, m.start() - 1
+    while i >= 0 and text[i] in _WORD_OR_APOS:
+        if text[i] != "'":
+            return ""
+        i -= 1
+    return "'s"
+
+
+class _WordNumbers(dict):
+    """word part -> the number of its plural-folded form in `vocab` (0: not there, or the
+    separator), computed once per distinct part."""
+
+    def __init__(self, vocab: dict[str, int], limit: int) -> None:
+        super().__init__()
+        self.vocab, self.limit = vocab, limit
+
+    def __missing__(self, word: str) -> int:
+        if len(self) > self.limit:  # memory bounded whatever the vocabulary
+            self.clear()
+        got = self[word] = 0 if word == _Stats._SEP else self.vocab.get(_norm(word), 0)
+        return got
+
+
+def _run(tokens: list[str], leftwards: bool, max_words: int = 4) -> list[str]:
+    """The content words next to a cue (at most `max_words`)."""
     run: list[str] = []
     for t in reversed(tokens) if leftwards else tokens:
         if not _content(t) or t.lower() in ("vs", "versus") or len(run) >= max_words:
@@ -373,21 +585,53 @@ def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max
         run.append(t)
     if leftwards:
         run.reverse()
-    for n in range(len(run), 0, -1):
-        phrase = " ".join(run[-n:] if leftwards else run[:n])
-        if stats.count(phrase) >= min_count:
-            return phrase
-    return None
+    return run
+
+
+def _choices(tokens: list[str], leftwards: bool, max_words: int = 4) -> tuple[str, ...]:
+    """The phrases a side of a cue may be, longest first."""
+    run = _run(tokens, leftwards, max_words)
+    return tuple(" ".join(run[-n:] if leftwards else run[:n]) for n in range(len(run), 0, -1))
+
+
+def _pick(choices: tuple[str, ...], stats: _Stats, min_count: int) -> str | None:
+    """The longest of `choices` that the corpus repeats (`min_count` times)."""
+    return next((phrase for phrase in choices if stats.count(phrase) >= min_count), None)
+
+
+def _side(tokens: list[str], stats: _Stats, leftwards: bool, min_count: int, max_words: int = 4) -> str | None:
+    """The phrase next to a cue: the longest run of content words that the corpus repeats."""
+    return _pick(_choices(tokens, leftwards, max_words), stats, min_count)
+
+
+# A phrase boundary that no other pattern here reads across: splitting a text after one of these
+# splits its segments the same way (no "vs." cue, no " - " dash and no word holds it). So the
+# words before a cue are read from the text after the last of them, not from the whole line (a
+# long paragraph with many cues would be read again for every one).
+_CUT = re.compile(r"[,;:!?()\[\]{}\"“”«»|/]")
+_WINDOW = 256  # characters of a line read first, next to a cue
 
 
 def _tokens_before(text: str) -> list[str]:
+    """The words of the last segment of `text` (none when `text` ends on a boundary)."""
+    if not text or _BOUNDARY.search(text[-1:]):
+        return []
+    if len(text) > _WINDOW and (cut := _CUT.search(text, len(text) - _WINDOW)):
+        segs = _segments(text[cut.end() :])
+        if segs:
+            return segs[-1]
     segs = _segments(text)
-    return segs[-1] if segs and text and not _BOUNDARY.search(text[-1:]) else []
+    return segs[-1] if segs else []
 
 
 def _tokens_after(text: str) -> list[str]:
+    """The words of the first segment of `text` (none when `text` starts on a boundary)."""
     if not text or _BOUNDARY.match(text[:1]):
         return []
+    if len(text) > _WINDOW and (cut := _CUT.search(text)):
+        segs = _segments(text[: cut.end()])
+        if segs:
+            return segs[0]
     segs = _segments(text)
     return segs[0] if segs else []
 
@@ -395,9 +639,11 @@ def _tokens_after(text: str) -> list[str]:
 def _named_after(text: str, max_words: int = 5) -> list[str]:
     """The names after 'also known as': 'the vampire facial) involves' -> ['vampire facial'];
     'bio-revitalization or bio-rejuvenation, is' -> both."""
-    m = re.match(r"[^,.;:!?()\[\]\"“”]*", _PAREN.sub(" ", text))
+    # what precedes the first stop once short parentheses are blanked out (`_PAREN.sub(" ",
+    # text)`), read only up to that stop
+    head = _PAREN.sub(" ", _NAMED_RUN.match(text).group(0))
     out = []
-    for alt in re.split(r"\s+or\s+|\s+and\s+|/", m.group(0) if m else ""):
+    for alt in re.split(r"\s+or\s+|\s+and\s+|/", head):
         toks = _TOKEN.findall(alt)
         while toks and not _content(toks[0]):
             toks = toks[1:]
@@ -411,12 +657,104 @@ def _named_after(text: str, max_words: int = 5) -> list[str]:
     return out[:3]
 
 
-def _corpus_texts(index: Index) -> list[str]:
-    return [d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}" for d in index.docs.values()]
+def _cues(texts: list[str]) -> list[tuple]:
+    """The naming and comparing patterns of the articles, in reading order, each with the phrases
+    its sides may be (the corpus counts that choose among them are taken afterwards, in one pass):
+    ("pair", left, right), ("between", left, left's whole text, right), ("named", x, [y, ...]),
+    ("same", a, b) for an abbreviation and its long form."""
+    out: list[tuple] = []
+    for line in (line for t in texts for line in t.split("\n") if line.strip()):
+        # most lines hold no cue: in ASCII (where lower() folds case as the patterns' re.I does)
+        # a plain search of the lower-cased line for the cues' words rules them out
+        low = line.lower() if line.isascii() else None
+        # "X vs. Y" (and chains: "X vs. Y vs. Z")
+        if low is None or "vs" in low or "v." in low or "versus" in low:
+            pieces = re.split(r"\bvs\b", _VS.sub("vs", line))
+            for a, b in zip(pieces, pieces[1:]):
+                out.append(("pair", _choices(_tokens_before(a), True), _choices(_tokens_after(b.lstrip()), False)))
+        # "between X and Y", "comparing X and/with/to Y"
+        for m in _BETWEEN.finditer(line) if low is None else _at_words(_BETWEEN, line, low, ("between", "compar")):
+            mm = _AND.match(line, m.end())
+            if mm and len(_segments(mm.group(1))) == 1:
+                out.append(("between", _choices(_tokens_after(mm.group(1)), False), _clean_phrase(mm.group(1)),
+                            _choices(_tokens_after(mm.group(2)), False)))
+        # "X, also known as Y", "X (also known as Y)", "X is also called Y"
+        for m in _ALIAS_CUE.finditer(line) if (_ALIAS_WORD.search(line) if low is None else
+                                               any(w in low for w in _ALIAS_WORDS)) else ():
+            if not (m.group("pre") or m.group("adv") or m.group("aka")):
+                continue  # "This is called ...", "known for": not a naming
+            ys = _named_after(line[m.end() :])
+            if ys:
+                out.append(("named", _choices(_tokens_before(line[: m.start()].rstrip()), True), ys))
+        # abbreviations: "long form (ABBR)", "ABBR (long form)", "(long form – ABBR)"
+        for m in _PAREN.finditer(line) if "(" in line else ():
+            inner = m.group(1).strip()
+            halves = [p.strip() for p in _HALVES.split(inner) if p.strip()] if _HALVES.search(inner) else ()
+            if len(halves) == 2:
+                for abbr, long in (halves, halves[::-1]):
+                    if is_abbreviation(abbr) and abbreviates(abbr, long):
+                        out.append(("same", abbr, long))
+            if len(inner) <= 10 and is_abbreviation(inner):
+                before = _tokens_before(line[: m.start()].rstrip())
+                for n in range(min(len(before), len(inner) + 3), 0, -1):
+                    if abbreviates(inner, " ".join(before[-n:])):
+                        out.append(("same", inner, " ".join(before[-n:])))
+                        break
+            elif _WORDS.search(inner) and len([w for w in _WORDS.split(inner) if w]) >= 2:  # a long form: 2 words+
+                before = _tokens_before(line[: m.start()].rstrip())
+                if before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
+                    out.append(("same", before[-1], inner))
+    return out
 
 
-def _discover(texts: list[str], stats: _Stats) -> _Groups:
-    """Candidate names, grouped by the naming and comparing patterns of the articles."""
+def _at_words(rx: re.Pattern, line: str, low: str, words: tuple[str, ...]) -> Iterator[re.Match]:
+    """`rx.finditer(line)` for a pattern whose every match starts with one of `words` (in the
+    lower-cased ASCII `low`): tried only where those are, not at every character."""
+    starts = sorted(i for w in words for i in _occurrences(low, w))
+    end = 0
+    for i in starts:
+        if i >= end and (m := rx.match(line, i)):
+            end = m.end()
+            yield m
+
+
+def _occurrences(text: str, word: str) -> Iterator[int]:
+    i = text.find(word)
+    while i >= 0:
+        yield i
+        i = text.find(word, i + 1)
+
+
+def _cue_phrases(cues: list[tuple]) -> Iterator[str]:
+    """Every phrase whose corpus count a cue may ask for."""
+    for c in cues:
+        if c[0] == "pair":
+            yield from c[1] + c[2]
+        elif c[0] == "between":
+            yield from c[1] + c[3]
+        elif c[0] == "named":
+            yield from c[1]
+
+
+def _title_phrases(title: str) -> Iterator[str]:
+    """Every phrase of a title whose corpus count `_title_subject` may ask for."""
+    for seg in _segments(title):
+        run: list[str] = []
+        for t in seg + [""]:
+            if t and _content(t):
+                run.append(t)
+                continue
+            for i in range(len(run)):
+                for j in range(i + 1, min(len(run), i + 4) + 1):
+                    yield " ".join(run[i:j])
+            run = []
+
+
+def _discover(texts: list[str], titles: Iterable[str] = ()) -> tuple[_Groups, _Stats]:
+    """Candidate names, grouped by the naming and comparing patterns of the articles; and the
+    corpus counts of the phrases of those patterns and of `titles` (for `_title_subject`)."""
+    cues = _cues(texts)
+    stats = _Stats(texts, chain(_cue_phrases(cues), chain.from_iterable(map(_title_phrases, titles))))
     g = _Groups()
 
     def pair(left: str | None, right: str | None) -> None:
@@ -424,45 +762,22 @@ def _discover(texts: list[str], stats: _Stats) -> _Groups:
             g.add(left, "compared")
             g.add(right, "compared")
 
-    for line in (line for t in texts for line in t.split("\n") if line.strip()):
-        # "X vs. Y" (and chains: "X vs. Y vs. Z")
-        pieces = re.split(r"\bvs\b", _VS.sub("vs", line))
-        for a, b in zip(pieces, pieces[1:]):
-            pair(_side(_tokens_before(a), stats, True, 2), _side(_tokens_after(b.lstrip()), stats, False, 2))
-        # "between X and Y", "comparing X and/with/to Y"
-        for m in _BETWEEN.finditer(line):
-            mm = re.match(r"(.{1,80}?)\s+(?:and|with|to|&)\s+(.{1,80})", line[m.end() :])
-            if mm and len(_segments(mm.group(1))) == 1:
-                left = _side(_tokens_after(mm.group(1)), stats, False, 2)
-                if left is not None and _clean_phrase(mm.group(1)) == left:  # X is all of it
-                    pair(left, _side(_tokens_after(mm.group(2)), stats, False, 2))
-        # "X, also known as Y", "X (also known as Y)", "X is also called Y"
-        for m in _ALIAS_CUE.finditer(line):
-            if not (m.group("pre") or m.group("adv") or m.group("aka")):
-                continue  # "This is called ...", "known for": not a naming
-            x = _side(_tokens_before(line[: m.start()].rstrip()), stats, True, 1)
-            ys = _named_after(line[m.end() :])
-            if x and ys:
+    for c in cues:
+        if c[0] == "pair":
+            pair(_pick(c[1], stats, 2), _pick(c[2], stats, 2))
+        elif c[0] == "between":
+            left = _pick(c[1], stats, 2)
+            if left is not None and c[2] == left:  # X is all of it
+                pair(left, _pick(c[3], stats, 2))
+        elif c[0] == "named":
+            x = _pick(c[1], stats, 1)
+            if x:
                 kx = g.add(x, "named")
-                for y in ys:
+                for y in c[2]:
                     g.union(kx, g.add(y, "named"))
-        # abbreviations: "long form (ABBR)", "ABBR (long form)", "(long form – ABBR)"
-        for m in _PAREN.finditer(line):
-            inner = m.group(1).strip()
-            halves = [p.strip() for p in re.split(r"\s[–—-]\s|[–—]|,|;", inner) if p.strip()]
-            if len(halves) == 2:
-                for abbr, long in (halves, halves[::-1]):
-                    if is_abbreviation(abbr) and abbreviates(abbr, long):
-                        g.union(g.add(abbr, "abbreviation"), g.add(long, "abbreviation"))
-            before = _tokens_before(line[: m.start()].rstrip())
-            if is_abbreviation(inner):
-                for n in range(min(len(before), len(inner) + 3), 0, -1):
-                    if abbreviates(inner, " ".join(before[-n:])):
-                        g.union(g.add(inner, "abbreviation"), g.add(" ".join(before[-n:]), "abbreviation"))
-                        break
-            elif before and is_abbreviation(before[-1]) and abbreviates(before[-1], inner):
-                g.union(g.add(before[-1], "abbreviation"), g.add(inner, "abbreviation"))
-    return g
+        else:
+            g.union(g.add(c[1], "abbreviation"), g.add(c[2], "abbreviation"))
+    return g, stats
 
 
 def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
@@ -500,10 +815,22 @@ def _merge_heads(g: _Groups, passage_texts: list[str]) -> None:
                 g.union(k, g.add(core if is_abbreviation(core) else core.lower(), "core"))
 
 
+def _count_at(rx: re.Pattern, lead: str, low: str) -> int:
+    """`len(rx.findall(low))` for an alias pattern and its literal start `lead`, both ASCII: every
+    match starts where `lead` is, so only those places are tried."""
+    c, end, i = 0, 0, low.find(lead)
+    while i >= 0:
+        if i >= end and (m := rx.match(low, i)):
+            c, end = c + 1, m.end()
+        i = low.find(lead, i + 1)
+    return c
+
+
 def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
     """The noun phrase of a title that its article keeps returning to ('Hydrafacial: What to Expect')."""
     best, best_score = None, 0.0
     low = text.lower()
+    ascii_ = low.isascii()
     for seg in _segments(title):
         run: list[str] = []
         for t in seg + [""]:
@@ -513,7 +840,8 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
             for i in range(len(run)):
                 for j in range(i + 1, min(len(run), i + 4) + 1):
                     phrase = " ".join(run[i:j])
-                    c = len(re.findall(_alias_pattern(phrase.lower()), low, re.I))
+                    rx, lead = _compiled(phrase.lower())
+                    c = _count_at(rx, lead, low) if ascii_ and lead and lead.isascii() else len(rx.findall(low))
                     if c < (3 if j - i == 1 else 2):
                         continue
                     share = c / max(stats.count(phrase), c)  # how much of its use is in this article
@@ -526,12 +854,38 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
     return best
 
 
+@dataclass
+class _Library:
+    """What a full discovery reads of an index, read once (an index of format 4 parses an article
+    or passage record at each access)."""
+
+    docs: list[tuple[str, str, str]]  # doc_id, title, text
+    ptexts: list[str]  # passage row -> its text
+    row_doc: list[str]  # passage row -> its article
+    row_heading: list[str]  # passage row -> its section heading ("" for none)
+
+    @classmethod
+    def of(cls, index: Index) -> "_Library":
+        docs = [(d.doc_id, d.title, d.text) for d in index.docs.values()]
+        text_of = {doc_id: text for doc_id, _, text in docs}
+        ptexts, row_doc, row_heading = [], [], []
+        for p in index.passages:
+            ptexts.append(text_of[p.doc_id][p.start : p.end])
+            row_doc.append(p.doc_id)
+            row_heading.append(p.heading or "")
+        return cls(docs, ptexts, row_doc, row_heading)
+
+    def texts(self) -> list[str]:
+        """The articles' texts, each with its title in front unless it starts with it."""
+        return [text if title in text[: len(title) + 200] else f"{title}\n{text}" for _, title, text in self.docs]
+
+
 def build(index: Index, glossary: dict | None = None) -> Subjects:
     """Discover the subjects of an index, then apply a parsed glossary."""
-    texts = _corpus_texts(index)
-    ptexts = [index.docs[p.doc_id].text[p.start : p.end] for p in index.passages]
-    stats = _Stats(texts)
-    g = _discover(texts, stats)
+    lib = _Library.of(index)
+    texts = lib.texts()
+    ptexts = lib.ptexts
+    g, stats = _discover(texts, (title for _, title, _ in lib.docs))
     _merge_heads(g, ptexts)
 
     def candidates() -> list[tuple[set, Counter]]:
@@ -546,11 +900,11 @@ def build(index: Index, glossary: dict | None = None) -> Subjects:
         return out
 
     # an article whose title names none of them: its title's most repeated noun phrase
-    probe = _subjects_of(index, ptexts, candidates(), min_passages=0)
+    probe = _subjects_of(lib, candidates(), min_passages=0, keep=True)
     by_title: dict[str, list[str]] = defaultdict(list)  # articles split in parts share a title
-    for d in index.docs.values():
-        if not probe.find(d.title):
-            by_title[d.title].append(d.text)
+    for _, title, text in lib.docs:
+        if not probe.find(title):
+            by_title[title].append(text)
     for title, bodies in by_title.items():
         phrase = _title_subject(title, "\n".join(bodies), stats)
         if phrase:
@@ -558,11 +912,78 @@ def build(index: Index, glossary: dict | None = None) -> Subjects:
     cands = candidates()
     if glossary:
         cands = _apply_glossary(cands, glossary)
-    return _subjects_of(index, ptexts, cands)
+    return _subjects_of(lib, cands, previous=probe.found)
 
 
-def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter]], min_passages: int = 1) -> Subjects:
-    """Subjects from candidate alias groups: where the passages name them, and a label for each."""
+class _Found:
+    """Where a matcher found which subject in every passage, kept compact (three int arrays) so
+    that the next step of a discovery, whose aliases differ from these by a few, reads again only
+    the passages that those few name, and takes the rest from here: the same mentions, in the
+    same order, as a full pass would find."""
+
+    def __init__(self, alias_sid: dict[str, int]) -> None:
+        self.alias_sid = alias_sid  # alias -> subject id (-1: several subjects hold it)
+        self.sid, self.start, self.end = array("i"), array("i"), array("i")  # 12 bytes a mention
+        self.offsets = array("q", [0])  # passage r's mentions are [offsets[r], offsets[r + 1])
+
+    @staticmethod
+    def aliases_of(subjects: list[Subject]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in subjects:
+            for a in s.aliases:
+                out[a] = s.id if out.get(a, s.id) == s.id else -1
+        return out
+
+
+def _placed(probe: Subjects, ptexts: list[str], previous: _Found | None = None,
+            keep: bool = False) -> tuple[list[set[int]], dict[int, Counter], _Found | None]:
+    """What `probe` finds in each passage: its subjects, and each subject's surface forms with
+    their counts (in order of first mention); `previous` (a `_Found` of other aliases) is reused
+    where it must agree, and with `keep` this pass's `_Found` is returned too."""
+    alias_sid = _Found.aliases_of(probe.subjects)
+    found = _Found(alias_sid) if keep else None
+    redo: set[int] | None = None
+    same: dict[int, int] = {}  # previous subject id -> this one's
+    if previous is not None:
+        # A passage in which no alias that changed (added, gone, or moved to another subject)
+        # matches anywhere is read the same by both matchers: the others keep their order
+        # (longest first, then by text) and their subject.
+        changed = set()
+        for a in alias_sid.keys() | previous.alias_sid.keys():
+            was, now = previous.alias_sid.get(a, -1), alias_sid.get(a, -1)
+            if was < 0 or now < 0 or same.setdefault(was, now) != now:
+                changed.add(a)
+        look = _Matcher([(a, 0) for a in sorted(changed)])
+        redo = {r for r, t in enumerate(ptexts) if look.present(t)} if changed else set()
+        log.debug("%d aliases changed: %d of %d passages read again", len(changed), len(redo), len(ptexts))
+    body: list[set[int]] = []
+    surface: dict[int, Counter] = defaultdict(Counter)
+    for r, t in enumerate(ptexts):
+        ms: list[tuple[int, int, int]] | None = None
+        if redo is not None and r not in redo:
+            lo, hi = previous.offsets[r], previous.offsets[r + 1]
+            ms = [(same.get(x, -1), a, b) for x, a, b in
+                  zip(previous.sid[lo:hi], previous.start[lo:hi], previous.end[lo:hi])]
+            if any(x < 0 for x, _, _ in ms):
+                ms = None  # (cannot be: its aliases did not change) read it
+        if ms is None:
+            ms = [(m.subject, m.start, m.end) for m in probe.find(t)]
+        body.append({x for x, _, _ in ms})
+        for x, a, b in ms:
+            surface[x][t[a:b]] += 1
+        if found is not None:
+            for x, a, b in ms:
+                found.sid.append(x)
+                found.start.append(a)
+                found.end.append(b)
+            found.offsets.append(len(found.sid))
+    return body, surface, found
+
+
+def _subjects_of(lib: _Library, cands: list[tuple[set, Counter]], min_passages: int = 1,
+                 previous: _Found | None = None, keep: bool = False) -> Subjects:
+    """Subjects from candidate alias groups: where the passages name them, and a label for each.
+    (`previous`, `keep`: see `_placed`; with `keep` the result's `found` is this pass's `_Found`.)"""
     subjects = []
     labels: dict[int, str] = {}
     for srcs, forms in cands:
@@ -574,18 +995,20 @@ def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter
             subjects.append(Subject(len(subjects), label or aliases[0], aliases, np.zeros(0, np.int64),
                                     {x for x in srcs if not x.startswith("name:")}))
     probe = Subjects(subjects, [], [])
-    body = [{m.subject for m in probe.find(t)} for t in ptexts]
+    ptexts = lib.ptexts
+    body, surface, found = _placed(probe, ptexts, previous, keep)
     # what a passage is about besides what it names: its section heading, and the title of its
     # article when that names a single subject (an article about one thing)
     about_doc = {}
-    for d in index.docs.values():
-        named = {m.subject for m in probe.find(d.title)}
-        about_doc[d.doc_id] = named if len(named) == 1 else set()
-    heads = [{m.subject for m in probe.find(p.heading or "")} | about_doc.get(p.doc_id, set()) for p in index.passages]
-    surface: dict[int, Counter] = defaultdict(Counter)
-    for t in ptexts:
-        for m in probe.find(t):
-            surface[m.subject][m.text] += 1
+    for doc_id, title, _ in lib.docs:
+        named = {m.subject for m in probe.find(title)}
+        about_doc[doc_id] = named if len(named) == 1 else set()
+    in_heading: dict[str, set[int]] = {}  # a heading is shared by the passages of its section
+    heads = []
+    for doc_id, h in zip(lib.row_doc, lib.row_heading):
+        if h not in in_heading:
+            in_heading[h] = {m.subject for m in probe.find(h)}
+        heads.append(in_heading[h] | about_doc.get(doc_id, set()))
     rows_of: dict[int, list[int]] = defaultdict(list)
     for r in range(len(ptexts)):
         for s in body[r] | heads[r]:
@@ -608,11 +1031,13 @@ def _subjects_of(index: Index, ptexts: list[str], cands: list[tuple[set, Counter
     remap = {s.id: i for i, s in enumerate(keep)}
     for s in keep:
         s.id = remap[s.id]
-    return Subjects(
+    out = Subjects(
         keep,
         [frozenset(remap[x] for x in b if x in remap) for b in body],
         [frozenset(remap[x] for x in h if x in remap) for h in heads],
     )
+    out.found = found
+    return out
 
 
 def _aliases(forms: Counter) -> list[str]:
@@ -819,8 +1244,8 @@ def discover_for_build(index: Index, corpus_dir: Path | None) -> dict | None:
 # articles are placed by the same matcher, the subjects those articles introduce (their own
 # comparisons, namings and titles) are added and placed over the passages that hold their words
 # (found through the BM25 postings, not by reading the library), subjects no passage names any
-# more are dropped. Cost: the change. A full discovery (it reads every passage: about 10 ms per
-# passage on this machine) runs below INCREMENTAL_MIN_PASSAGES, where it costs under a few
+# more are dropped. Cost: the change. A full discovery (it reads every passage: about 0.5 ms of
+# CPU per passage on this machine, linear) runs below INCREMENTAL_MIN_PASSAGES, where it costs under a few
 # seconds, and again once the passages changed since the last one reach REDISCOVER_SHARE of the
 # library (so its cost, spread over the changes that led to it, stays proportional to them).
 INCREMENTAL_MIN_PASSAGES = 1_000
@@ -910,8 +1335,7 @@ def _introduced(index: Index, first_new: int, known: list[Subject]) -> list[tupl
         return []
     docs = [index.docs[d] for d in doc_ids]
     texts = [d.text if d.title in d.text[: len(d.title) + 200] else f"{d.title}\n{d.text}" for d in docs]
-    stats = _Stats(texts)
-    g = _discover(texts, stats)
+    g, stats = _discover(texts, (d.title for d in docs))
     known_keys = {key(a) for s in known for a in s.aliases}
     probe = Subjects(known, [], [])
 
