@@ -427,7 +427,7 @@ def reindex(
             "vector_search": {
                 "passages": passage_store.describe(), "sentences": sentence_store.describe(),
                 "ann_min_vectors": ix.ANN_MIN_VECTORS,
-                "why": "exact (flat) search below ann_min_vectors vectors per level, HNSW from there up; "
+                "why": "exact (flat) search below ann_min_vectors vectors per level, IVF (or HNSW) from there up; "
                        "candidates are always rescored exactly",
             },
             "model": MODEL_NAME,
@@ -673,7 +673,9 @@ def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray,
     articles become tombstones and new rows go to its small exact delta (cost: the change, not
     the library; the file is linked into the new generation, not rewritten), until the
     tombstones reach MAX_TOMBSTONE_SHARE of its vectors or the delta DELTA_MAX_VECTORS, or the
-    level crosses ANN_MIN_VECTORS; then it is rebuilt from the rows (flat: a copy; HNSW: a new
+    level crosses ANN_MIN_VECTORS, or its kind is no longer the one chosen (an HNSW level of an
+    older build becomes IVF once, on the first reindex that changes it); then it is rebuilt
+    from the rows (flat: a copy; IVF: cells trained on a sample, rows assigned; HNSW: a new
     graph)."""
     n = len(kept) + len(new)
     kind = ix.choose_kind(n)
@@ -686,6 +688,9 @@ def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray,
             store.add(new, progress=progress, desc=desc)
             return store
     store = ix.FaissStore.create(dim, kind, dtype)
+    if kind == "ivf":  # k-means cells from a sample of the whole level (kept rows and new)
+        parts = ([(prev.matrix(), kept)] if prev is not None and len(kept) else []) + [new]
+        store.train(ix.training_sample(parts, ix.ivf_nlist(n) * ix.IVF_TRAIN_PER_CELL), n)
     if prev is not None and len(kept):
         m = prev.matrix()
         for i in range(0, len(kept), 65_536):
