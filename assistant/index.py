@@ -48,6 +48,7 @@ CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
 LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the id of each row
 DELTA_SUFFIX = ".delta.faiss"  # beside an HNSW store: the rows added since its graph was written
+SCAN_SUFFIX = ".pq.faiss"  # beside a 'pq' store's flat file: its product-quantised codes, by row
 # A reindex rebuilds an HNSW level (graph of every row, no tombstones, no delta) once its
 # tombstones reach this share of its vectors, or its delta this many vectors (the delta is
 # searched exactly: 50,000 float16 vectors cost ~5 ms per question).
@@ -99,10 +100,21 @@ DELTA_MAX_VECTORS = _env_int("ASSISTANT_DELTA_MAX_VECTORS", 50_000)
 # library", tests/bench_ann.py): IVF reaches recall 0.98 at a fraction of a flat scan's time
 # from a few tens of thousands of vectors up.
 ANN_MIN_VECTORS = _env_int("ASSISTANT_ANN_MIN_VECTORS", 200_000)
-# 'ivf' (inverted lists: k-means cells, `nprobe` of them scanned per search) for new levels;
-# 'hnsw' graphs are still read and served, and can still be built (ASSISTANT_ANN_KIND=hnsw).
-ANN_KINDS = ("ivf", "hnsw")
-ANN_KIND = _env_choice("ASSISTANT_ANN_KIND", ANN_KINDS, "ivf")
+# The approximate kind of each level, chosen by measurement (README "A large library"):
+# - sentences 'ivf' (inverted lists: k-means cells, IVF_NPROBE of them scanned): the sentence
+#   vectors come in clusters, and IVF reaches recall 0.98 scanning a few percent of them;
+# - passages 'pq' (every passage's 48-byte product-quantised code scanned, the PQ_RESCORE best
+#   rescored exactly from the flat vectors): passage vectors are spread evenly, and no partition
+#   (IVF cells, HNSW graph) finds 0.98 of their exact top 50 without reading most of them.
+# 'hnsw' graphs (older builds) are still read and served. ASSISTANT_ANN_KIND forces one kind
+# for both levels.
+ANN_KINDS = ("pq", "ivf", "hnsw")
+ANN_KIND: str | None = _env_choice("ASSISTANT_ANN_KIND", ANN_KINDS, "") or None
+LEVEL_ANN_KIND = {"passages": "pq", "sentences": "ivf"}
+# pq: dimensions per 4-bit sub-quantiser (384-d: 96 of them, 48 bytes a vector), and the
+# candidates rescored exactly per search
+PQ_DIMS_PER_CODE = 4
+PQ_RESCORE = _env_int("ASSISTANT_PQ_RESCORE", 800)
 # IVF: cells per level (0: IVF_CELLS_PER_SQRT * sqrt(vectors), a power of two) and cells scanned
 # per search; a level is trained (k-means) on a sample of IVF_TRAIN_PER_CELL vectors per cell.
 IVF_NLIST = _env_int("ASSISTANT_IVF_NLIST", 0, minimum=0)
@@ -145,9 +157,10 @@ class VectorStore(Protocol):
     def load(cls, path: Path) -> "VectorStore": ...
 
 
-def choose_kind(n: int) -> str:
-    """'flat' (exact) for small levels, ANN_KIND ('ivf') from ANN_MIN_VECTORS vectors up."""
-    return ANN_KIND if n >= ANN_MIN_VECTORS else "flat"
+def choose_kind(n: int, level: str = "sentences") -> str:
+    """'flat' (exact) for small levels; from ANN_MIN_VECTORS vectors up, the level's approximate
+    kind (passages 'pq', sentences 'ivf'; ANN_KIND if set)."""
+    return (ANN_KIND or LEVEL_ANN_KIND[level]) if n >= ANN_MIN_VECTORS else "flat"
 
 
 def ivf_nlist(n: int) -> int:
@@ -196,7 +209,7 @@ class FaissStore:
     """
 
     def __init__(self, index, kind: str, dtype: str, live: np.ndarray | None = None, delta=None,
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, scan=None) -> None:
         self.index = index
         self.kind = kind
         self.dtype = dtype
@@ -205,6 +218,7 @@ class FaissStore:
         self.delta = delta  # a flat FAISS index of rows added since the graph was written, or None
         self.source = source  # the file the graph was read from (unchanged: linked, not rewritten)
         self._selector = None
+        self.scan = scan  # kind 'pq': the product-quantised codes scanned first (IndexPQFastScan)
 
     @classmethod
     def create(cls, dim: int, kind: str = "flat", dtype: str = "float32") -> "FaissStore":
@@ -217,6 +231,8 @@ class FaissStore:
             index = _flat_index(dim, dtype)
         elif kind == "ivf":  # untrained: train() (or the first add) sizes and trains it
             index = _ivf_index(dim, dtype, 1)
+        elif kind == "pq":  # the vectors in a flat index (rescoring), their codes beside it (scan)
+            return cls(_flat_index(dim, dtype), kind, dtype, scan=_pq_index(dim))
         elif kind == "hnsw":
             index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_M, ip) if fp16
                      else faiss.IndexHNSWFlat(dim, HNSW_M, ip))
@@ -241,10 +257,19 @@ class FaissStore:
         (IVF_TRAIN_PER_CELL rows per cell are enough; training_sample draws them)."""
         import faiss
 
-        if self.kind != "ivf" or self.index.ntotal:
-            raise ValueError("only an empty IVF store is trained")
+        if self.kind not in ("ivf", "pq") or self.index.ntotal:
+            raise ValueError("only an empty IVF or PQ store is trained")
         check_env()
         sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if self.kind == "pq":  # 16 centroids per sub-quantiser: a tiny level's rows are repeated
+            sample = np.tile(sample, (-(-256 // max(1, len(sample))), 1)) if len(sample) < 256 else sample
+            self.scan = _pq_index(self.dim)
+            faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+            try:
+                self.scan.train(sample)
+            finally:
+                faiss.omp_set_num_threads(1)
+            return
         nlist = max(1, min(ivf_nlist(n), len(sample)))
         self.index = _ivf_index(self.dim, self.dtype, nlist)
         faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
@@ -294,12 +319,14 @@ class FaissStore:
             self.delta = _flat_index(self.dim, self.dtype)
         if not to_delta and self.kind == "ivf" and not self.index.is_trained:
             self.train(training_sample([vectors], ivf_nlist(n) * IVF_TRAIN_PER_CELL), n)  # not trained yet
+        if not to_delta and self.kind == "pq" and not self.scan.is_trained:
+            self.train(training_sample([vectors], PQ_TRAIN), n)
         target = self.delta if to_delta else self.index
         step = 20_000
         # inserting into a graph or assigning to cells is the one long FAISS job: it may use every
         # core (no model runs meanwhile); searching goes back to the one thread beside torch
         # (embedder._limit_threads)
-        wide = self.kind in ("hnsw", "ivf") and not to_delta and n >= step
+        wide = self.kind in ("hnsw", "ivf", "pq") and not to_delta and n >= step
         if wide:
             faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
         try:
@@ -308,6 +335,8 @@ class FaissStore:
                 for i in range(0, n, step):
                     chunk = np.ascontiguousarray(vectors[i : i + step], dtype=np.float32)
                     target.add(chunk)
+                    if self.kind == "pq" and not to_delta:
+                        self.scan.add(chunk)
                     bar.update(len(chunk))
         finally:
             if wide:
@@ -364,6 +393,9 @@ class FaissStore:
                 self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
             elif self.kind == "ivf":
                 self.index.nprobe = IVF_NPROBE
+            elif self.kind == "pq":
+                ids, scores = self._scan(q[0], k, None)
+                return ids, scores
             scores, ids = self.index.search(q, k)
             keep = ids[0] >= 0
             return ids[0][keep].astype(np.int64), scores[0][keep]
@@ -381,7 +413,11 @@ class FaissStore:
             self._selector = (sel, bits, row_of, delta_live)
         sel, _, row_of, delta_live = self._selector
         ids_all, scores_all = [], []
-        if n_main:
+        if n_main and self.kind == "pq":
+            ids, scores = self._scan(q[0], k, None if sel is None else row_of[:n_main] >= 0)
+            ids_all.append(ids)
+            scores_all.append(scores)
+        elif n_main:
             if self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k)) if sel is not None \
                     else faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
@@ -404,6 +440,22 @@ class FaissStore:
         best = topk(scores, k)
         return rows[best], scores[best]
 
+    def _scan(self, q: np.ndarray, k: int, alive: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """kind 'pq': the PQ_RESCORE best ids by their codes (more while tombstones are among
+        them), rescored exactly from the flat vectors; the k best (ids of the file, scores)."""
+        n = int(self.index.ntotal)
+        want = max(PQ_RESCORE, k)
+        if alive is not None:  # tombstones are skipped after the scan: ask for their share more
+            want = int(want * n / max(1, int(alive.sum()))) + 1
+        _, cand = self.scan.search(q.reshape(1, -1), min(want, n))
+        cand = cand[0][cand[0] >= 0]
+        if alive is not None:
+            cand = cand[alive[cand]]
+        cand = np.sort(cand)  # ascending rows: the mapped file read in order
+        exact = np.asarray(self._view(self.index)[cand], dtype=np.float32) @ q
+        best = topk(exact, k)
+        return cand[best].astype(np.int64), exact[best]
+
     def exact_search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by reading every vector (what 'flat' does; the reference for an HNSW store)."""
         return exact_topk(self.matrix(), query, k)
@@ -415,6 +467,8 @@ class FaissStore:
             d.update(M=int(h.nb_neighbors(1)), ef_construction=int(h.efConstruction), ef_search=HNSW_EF_SEARCH)
         elif self.kind == "ivf":  # the cells it was trained with; cells scanned per search now
             d.update(nlist=int(self.index.nlist), nprobe=IVF_NPROBE)
+        elif self.kind == "pq":  # bytes of code per vector; candidates rescored exactly per search
+            d.update(code_bytes=int(self.scan.code_size), rescored=PQ_RESCORE)
         if self.dead or self.pending:
             d.update(tombstones=self.dead, delta=self.pending)
         return d
@@ -432,6 +486,15 @@ class FaissStore:
                 shutil.copyfile(self.source, path)
         else:
             faiss.write_index(self.index, str(path))
+        if self.scan is not None:
+            scan_source = Path(str(self.source) + SCAN_SUFFIX) if self.source is not None else None
+            if scan_source is not None and scan_source.exists():
+                try:
+                    os.link(scan_source, str(path) + SCAN_SUFFIX)
+                except OSError:
+                    shutil.copyfile(scan_source, str(path) + SCAN_SUFFIX)
+            else:
+                faiss.write_index(self.scan, str(path) + SCAN_SUFFIX)
         if self.delta is not None:
             faiss.write_index(self.delta, str(path) + DELTA_SUFFIX)
         if self.live is not None:  # which ids are rows (the rest are tombstones)
@@ -458,7 +521,9 @@ class FaissStore:
         live_path, delta_path = Path(str(path) + LIVE_SUFFIX), Path(str(path) + DELTA_SUFFIX)
         live = np.load(live_path, allow_pickle=False) if live_path.exists() else None
         delta = faiss_downcast(faiss.read_index(str(delta_path))) if delta_path.exists() else None
-        return cls(index, kind, dtype, live, delta, source=Path(path))
+        scan_path = Path(str(path) + SCAN_SUFFIX)
+        scan = faiss_downcast(faiss.read_index(str(scan_path))) if kind == "flat" and scan_path.exists() else None
+        return cls(index, "pq" if scan is not None else kind, dtype, live, delta, source=Path(path), scan=scan)
 
 
 def _flat_index(dim: int, dtype: str):
@@ -470,6 +535,18 @@ def _flat_index(dim: int, dtype: str):
         index.train(np.zeros((1, dim), dtype=np.float32))
         return index
     return faiss.IndexFlatIP(dim)
+
+
+PQ_TRAIN = 65_536  # vectors a PQ level's codebooks are trained on
+
+
+def _pq_index(dim: int):
+    """Untrained 4-bit product quantiser codes of PQ_DIMS_PER_CODE dimensions each, scanned
+    with SIMD lookup tables (IndexPQFastScan): 48 bytes per 384-d vector."""
+    import faiss
+
+    m = dim // PQ_DIMS_PER_CODE if dim % PQ_DIMS_PER_CODE == 0 else dim
+    return faiss.IndexPQFastScan(dim, m, 4, faiss.METRIC_INNER_PRODUCT)
 
 
 def _ivf_index(dim: int, dtype: str, nlist: int):

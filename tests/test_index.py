@@ -325,10 +325,11 @@ def test_vector_stores_flat_and_hnsw_hold_each_vector_once_by_row(small_assistan
             assert got[0] == row and abs(scores[0] - 1.0) < 2e-3
             ex, _ = loaded.exact_search(q, 10)
             assert ex.tolist() == want.tolist()
-    assert ix.choose_kind(ix.ANN_MIN_VECTORS - 1) == "flat" and ix.choose_kind(ix.ANN_MIN_VECTORS) == ix.ANN_KIND == "ivf"
+    assert ix.choose_kind(ix.ANN_MIN_VECTORS - 1) == "flat" and ix.choose_kind(ix.ANN_MIN_VECTORS) == "ivf"
+    assert ix.choose_kind(ix.ANN_MIN_VECTORS, "passages") == "pq" and ix.ANN_KIND is None
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["pq", "ivf", "hnsw"])
 def test_above_the_threshold_ann_is_chosen_recorded_extended_and_answers_alike(tmp_path, embedder, monkeypatch, kind):
     exact_corpus = write_corpus(tmp_path / "c1", SMALL_CORPUS)
     exact = open_assistant(exact_corpus, tmp_path / "i1")
@@ -341,6 +342,8 @@ def test_above_the_threshold_ann_is_chosen_recorded_extended_and_answers_alike(t
     assert m["sentences"]["dtype"] == ix.SENTENCE_DTYPE
     if kind == "hnsw":
         assert m["passages"]["M"] == ix.HNSW_M
+    elif kind == "pq":
+        assert m["passages"]["rescored"] == ix.PQ_RESCORE and m["passages"]["code_bytes"] == 96
     else:
         assert m["passages"]["nprobe"] == ix.IVF_NPROBE and m["passages"]["nlist"] >= 1
     for q in (QUESTION, "How long should the frostleaf mask stay on the skin?", "What is the frostleaf mask made from?"):
@@ -576,3 +579,49 @@ def test_bad_vector_settings_are_said_clearly(monkeypatch):
         ix.check_env()
     with pytest.raises(AssistantError):
         ix.FaissStore.create(8, "flat")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_pq_store_scans_codes_rescores_exactly_and_survives_save_and_load(tmp_path, monkeypatch, dtype):
+    """PQ: the vectors are a flat file (rows read back as a flat store's), the codes beside it;
+    a search rescores its candidates exactly, so scores are exact and every row finds itself;
+    with fewer candidates rescored than rows, results can differ from exact search, and with
+    enough they do not; tombstones and a delta work as for the other kinds."""
+    monkeypatch.setattr(ix, "PQ_RESCORE", 60)
+    vecs = _clustered(3000, dim=64, centres=300)
+    store = ix.FaissStore.build(vecs, "pq", dtype)
+    assert store.describe() == {"kind": "pq", "dtype": dtype, "vectors": 3000, "code_bytes": 8, "rescored": 60}
+    store.save(tmp_path / "p.faiss")
+    assert (tmp_path / ("p.faiss" + ix.SCAN_SUFFIX)).exists()
+    loaded = ix.FaissStore.load(tmp_path / "p.faiss")
+    assert loaded.kind == "pq" and loaded.dtype == dtype and len(loaded) == 3000
+    flat = ix.FaissStore.build(vecs, "flat", dtype)
+    m = loaded.matrix()
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(flat.matrix()))
+    recall = []
+    for row in range(0, 3000, 29):
+        q = np.asarray(m[row], dtype=np.float32)
+        rows, scores = loaded.search(q, 20)
+        want_rows, want_scores = flat.search(q, 20)
+        assert rows[0] == row
+        np.testing.assert_allclose(scores, np.asarray(m[rows], np.float32) @ q, rtol=1e-5, atol=1e-5)  # exact scores
+        recall.append(len(np.intersect1d(rows, want_rows)) / 20)
+    assert 0.8 < np.mean(recall) < 1.0  # approximate: 60 of 3,000 rescored
+    monkeypatch.setattr(ix, "PQ_RESCORE", 3000)
+    for row in range(0, 3000, 97):
+        q = np.asarray(m[row], dtype=np.float32)
+        assert loaded.search(q, 20)[0].tolist() == flat.search(q, 20)[0].tolist()
+    monkeypatch.setattr(ix, "PQ_RESCORE", 60)
+    extra = _clustered(30, dim=64, centres=300, seed=9)
+    loaded.keep_rows(np.arange(100, 3000))
+    loaded.add(extra)
+    assert len(loaded) == 2930 and loaded.dead == 100 and loaded.pending == 30
+    m2 = loaded.matrix()
+    for row in (0, 1234, 2899, 2900, 2929):
+        rows, _ = loaded.search(np.asarray(m2[row], dtype=np.float32), 5)
+        assert rows[0] == row and rows.max() < 2930
+    loaded.save(tmp_path / "q.faiss")
+    for suffix in ("", ix.SCAN_SUFFIX):  # both files linked, not rewritten
+        assert (tmp_path / ("q.faiss" + suffix)).stat().st_ino == (tmp_path / ("p.faiss" + suffix)).stat().st_ino
+    again = ix.FaissStore.load(tmp_path / "q.faiss")
+    assert again.kind == "pq" and again.search(np.asarray(m2[2929], np.float32), 1)[0][0] == 2929

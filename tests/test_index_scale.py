@@ -40,10 +40,10 @@ def _rows_find_themselves(index) -> None:
         assert store.exact_search(np.asarray(m[0], dtype=np.float32), 1)[0][0] == 0
 
 
-@pytest.fixture(params=["ivf", "hnsw"])
+@pytest.fixture(params=["pq", "ivf", "hnsw"])
 def hnsw(monkeypatch, request):
-    """Every level approximate (of the kind given: IVF, the default, and HNSW, still served and
-    buildable); records the stores created (a rebuild creates one)."""
+    """Every level approximate (of the kind given: PQ and IVF, the defaults of passages and
+    sentences, and HNSW, still served and buildable); records the stores created (a rebuild creates one)."""
     monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
     monkeypatch.setattr(ix, "ANN_KIND", request.param)
     created = []
@@ -401,16 +401,16 @@ def test_a_loaded_generation_keeps_its_records_when_pruned(tmp_path, embedder):
     assert all(index.docs[d].text for d in index.docs)
 
 
-def test_an_hnsw_generation_is_served_and_becomes_ivf_at_the_next_change(tmp_path, embedder, monkeypatch):
+def test_an_hnsw_generation_is_served_and_becomes_pq_and_ivf_at_the_next_change(tmp_path, embedder, monkeypatch):
     """Generations written before IVF have HNSW levels: a server reads and searches them as they
-    are; the first reindex that changes the library rebuilds them as IVF (once), and the answers
+    are; the first reindex that changes the library rebuilds them as PQ and IVF (once), and the answers
     stay those of an exact build from nothing."""
     monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
     monkeypatch.setattr(ix, "ANN_KIND", "hnsw")
     corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
     open_assistant(corpus, tmp_path / "i")
     old = ix.current_generation(tmp_path / "i")
-    monkeypatch.setattr(ix, "ANN_KIND", "ivf")
+    monkeypatch.setattr(ix, "ANN_KIND", None)  # the defaults: passages pq, sentences ivf
     a = open_assistant(corpus, tmp_path / "i", build=False)  # a server of the new code on the old generation
     index = a._current().index
     assert index.passage_store.kind == index.sentence_store.kind == "hnsw"
@@ -424,7 +424,7 @@ def test_an_hnsw_generation_is_served_and_becomes_ivf_at_the_next_change(tmp_pat
     a.reindex()
     index = ix.load(tmp_path / "i")
     m = index.manifest["vector_search"]
-    assert m["passages"]["kind"] == m["sentences"]["kind"] == "ivf"
+    assert m["passages"]["kind"] == "pq" and m["sentences"]["kind"] == "ivf"
     assert index.passage_store.live is None and index.passage_store.pending == 0  # rebuilt, not patched
     assert (index.path / ix.SENTENCE_STORE).stat().st_ino != (old / ix.SENTENCE_STORE).stat().st_ino
     _rows_find_themselves(index)
