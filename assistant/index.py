@@ -262,7 +262,7 @@ class FaissStore:
         check_env()
         sample = np.ascontiguousarray(sample, dtype=np.float32)
         if self.kind == "pq":  # 16 centroids per sub-quantiser: a tiny level's rows are repeated
-            sample = np.tile(sample, (-(-256 // max(1, len(sample))), 1)) if len(sample) < 256 else sample
+            sample = np.tile(sample, (-(-640 // max(1, len(sample))), 1)) if len(sample) < 640 else sample
             self.scan = _pq_index(self.dim)
             faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
             try:

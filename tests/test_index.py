@@ -343,7 +343,7 @@ def test_above_the_threshold_ann_is_chosen_recorded_extended_and_answers_alike(t
     if kind == "hnsw":
         assert m["passages"]["M"] == ix.HNSW_M
     elif kind == "pq":
-        assert m["passages"]["rescored"] == ix.PQ_RESCORE and m["passages"]["code_bytes"] == 96
+        assert m["passages"]["rescored"] == ix.PQ_RESCORE and m["passages"]["code_bytes"] == 48
     else:
         assert m["passages"]["nprobe"] == ix.IVF_NPROBE and m["passages"]["nlist"] >= 1
     for q in (QUESTION, "How long should the frostleaf mask stay on the skin?", "What is the frostleaf mask made from?"):
