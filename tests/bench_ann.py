@@ -150,10 +150,11 @@ def build(config: str, level: Level, fp16: bool):
                    "vectors_per_s": round(n / t_all)}
 
 
-def sweep(index, config: str, q: np.ndarray, ref: np.ndarray, k: int, nprobe: list[int], full=None) -> list[dict]:
+def sweep(index, config: str, q: np.ndarray, ref: np.ndarray, k: int, nprobe: list[int], full=None,
+          rescore: tuple[int, ...] = (100, 200, 400, 800, 1600, 3200)) -> list[dict]:
     """Recall and time per search for each efSearch / nprobe (pq: candidates rescored exactly)."""
     pq = config.startswith("pq")
-    values = [128, 192, 256, 384, 512, 768] if config.startswith("hnsw") else [100, 200, 400, 800, 1600, 3200] if pq else nprobe
+    values = [128, 192, 256, 384, 512, 768] if config.startswith("hnsw") else list(rescore) if pq else nprobe
     rows = []
     for v in values:
         if config.startswith("hnsw"):
@@ -190,6 +191,7 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=0,
                     help="shrink the levels to this many passages (rows drawn at random, sentences in proportion)")
     ap.add_argument("--nprobe", default="8,16,24,32,48,64,96,128", help="IVF cells scanned per search, swept")
+    ap.add_argument("--rescore", default="100,200,400,800,1600,3200", help="PQ candidates rescored exactly, swept")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -244,7 +246,8 @@ def main() -> None:
             index, info = build(config, level, dtype == np.float16)
             print(f"  {config}: {info}", flush=True)
             full = np.concatenate([b for _, b in level.blocks()]).astype(dtype) if config.startswith("pq") else None
-            info["sweep"] = sweep(index, config, q, ref, k, [int(x) for x in args.nprobe.split(",")], full)
+            info["sweep"] = sweep(index, config, q, ref, k, [int(x) for x in args.nprobe.split(",")], full,
+                                  tuple(int(x) for x in args.rescore.split(",")))
             del full
             res["configs"][config] = info
             del index
