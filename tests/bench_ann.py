@@ -104,7 +104,9 @@ def build(config: str, level: Level, fp16: bool):
     t0 = time.perf_counter()
     if config.startswith("pq"):  # product-quantised codes (4-bit fast scan), every one scanned
         index = faiss.IndexPQFastScan(dim, int(config[2:]), 4, ip)
-        index.train(level.sample(65_536))
+        faiss.omp_set_num_threads(1)  # as FaissStore.train does (small k-means: threads only wait)
+        index.train(level.sample(ix.PQ_TRAIN))
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
         t_train = time.perf_counter() - t0
     elif config.startswith("hnsw"):
         m, efc = (32, 128) if config == "hnsw32" else (16, 64)
