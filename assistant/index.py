@@ -201,7 +201,10 @@ class FaissStore:
     approximate search (IVF_NPROBE cells scanned), exact vectors in its lists, a direct map
     (row -> list, offset) to read rows; trained on a sample before the first add.
     kind 'hnsw': IndexHNSWFlat / IndexHNSWSQ fp16 — approximate search, exact vectors in its
-    storage (still read and served; new levels are IVF unless ASSISTANT_ANN_KIND=hnsw).
+    storage (still read and served; new levels are PQ / IVF unless ASSISTANT_ANN_KIND=hnsw).
+    kind 'pq': a flat index (the vectors, as kind 'flat') and beside it (`SCAN_SUFFIX`) 4-bit
+    product-quantised codes (IndexPQFastScan); a search scans every code and rescores the
+    PQ_RESCORE best exactly from the flat vectors.
     Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
 
     A store read from a file changes without touching it: rows of removed articles become
@@ -258,7 +261,8 @@ class FaissStore:
 
     def train(self, sample: np.ndarray, n: int) -> None:
         """An empty IVF store's cells for a level of about n vectors: k-means on `sample`
-        (IVF_TRAIN_PER_CELL rows per cell are enough; training_sample draws them)."""
+        (IVF_TRAIN_PER_CELL rows per cell are enough; training_sample draws them); or an empty
+        PQ store's codebooks (PQ_TRAIN rows)."""
         import faiss
 
         if self.kind not in ("ivf", "pq") or self.index.ntotal:
