@@ -55,9 +55,11 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log wha
     for noisy in ("torch", "onnxscript", "onnx_ir"):  # the one-time ONNX export's chatter
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
     from .config import encoder_name, encoder_threads
+    from .index import check_env
 
-    try:  # ASSISTANT_ENCODER / ASSISTANT_THREADS: a typo is said before any work
+    try:  # ASSISTANT_ENCODER / ASSISTANT_THREADS / the vector settings: a typo is said before any work
         encoder_threads(encoder_name())
+        check_env()
     except AssistantError as e:
         _fail(str(e))
 

@@ -49,31 +49,94 @@ CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
 LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the id of each row
 DELTA_SUFFIX = ".delta.faiss"  # beside an HNSW store: the rows added since its graph was written
+SCAN_SUFFIX = ".pq.faiss"  # beside a 'pq' store's flat file: its product-quantised codes, by row
 # A reindex rebuilds an HNSW level (graph of every row, no tombstones, no delta) once its
 # tombstones reach this share of its vectors, or its delta this many vectors (the delta is
 # searched exactly: 50,000 float16 vectors cost ~5 ms per question).
 MAX_TOMBSTONE_SHARE = 0.2
-DELTA_MAX_VECTORS = int(os.environ.get("ASSISTANT_DELTA_MAX_VECTORS", "50000"))
+
+
+# --- settings from the environment -----------------------------------------------------------
+# Read once at import; a value that is not a number is kept aside (the default used meanwhile)
+# and said by check_env(): the CLI exits 2 with the message, and building a store raises it.
+ENV_ERRORS: list[str] = []
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        ENV_ERRORS.append(f"{name}={raw!r} must be a whole number of at least {minimum}.")
+        return default
+    return int(raw)
+
+
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        ENV_ERRORS.append(f"{name}={raw!r} is not one of {', '.join(choices)}.")
+        return default
+    return raw
+
+
+def check_env() -> None:
+    """Raise AssistantError naming every ASSISTANT_* vector setting that could not be read."""
+    from .errors import AssistantError
+
+    if ENV_ERRORS:
+        raise AssistantError(" ".join(ENV_ERRORS))
+
+
+DELTA_MAX_VECTORS = _env_int("ASSISTANT_DELTA_MAX_VECTORS", 50_000)
 
 
 # --- vector store ----------------------------------------------------------------------------
 
-# Exact search reads every vector per question; above this many vectors a level (passages or
-# sentences) gets an HNSW graph instead. Measured on this 2-core machine (tests/bench_scale.py,
-# README "Scale"): flat inner product over 384-d float32 costs about 0.1 ms per 1,000 vectors, so
-# 200k vectors is ~20 ms per search, where HNSW stays at ~1-2 ms with recall@100 >= 0.99.
-ANN_MIN_VECTORS = int(os.environ.get("ASSISTANT_ANN_MIN_VECTORS", "200000"))
+# Exact search reads every vector per question; from this many vectors a level (passages or
+# sentences) gets an approximate store instead, candidates still rescored exactly. Measured on
+# the 100k bench library's own vectors with its 240 real XQuAD questions (tests/bench_ann.py,
+# README "A large library"): at 25,000 passages the PQ scan finds 0.992 of the exact top 50 in
+# 0.5 ms against 6.7 ms for flat; at 109,000 sentences IVF finds 0.981 of the top 100 against
+# 34 ms for flat (loaded machine).
+ANN_MIN_VECTORS = _env_int("ASSISTANT_ANN_MIN_VECTORS", 25_000)
+# The approximate kind of each level, chosen by measurement (README "A large library"):
+# - sentences 'ivf' (inverted lists: k-means cells, IVF_NPROBE of them scanned): the sentence
+#   vectors come in clusters, and IVF reaches recall 0.98 scanning a few percent of them;
+# - passages 'pq' (every passage's 48-byte product-quantised code scanned, the PQ_RESCORE best
+#   rescored exactly from the flat vectors): passage vectors are spread evenly, and no partition
+#   (IVF cells, HNSW graph) finds 0.98 of their exact top 50 without reading most of them.
+# 'hnsw' graphs (older builds) are still read and served. ASSISTANT_ANN_KIND forces one kind
+# for both levels.
+ANN_KINDS = ("pq", "ivf", "hnsw")
+ANN_KIND: str | None = _env_choice("ASSISTANT_ANN_KIND", ANN_KINDS, "") or None
+LEVEL_ANN_KIND = {"passages": "pq", "sentences": "ivf"}
+# pq: dimensions per 4-bit sub-quantiser (384-d: 96 of them, 48 bytes a vector), and the
+# candidates rescored exactly per search (1,000: recall@50 0.985 at 1M passages, 6 ms; 800 gave
+# 0.992 / 0.988 / 0.979 at 25k / 92k / 1M; past ~1,000 FAISS's fast scan keeps its candidates
+# another way, 10-20 ms slower)
+PQ_DIMS_PER_CODE = 4
+PQ_RESCORE = _env_int("ASSISTANT_PQ_RESCORE", 1000)
+# IVF: cells per level (0: IVF_CELLS_PER_SQRT * sqrt(vectors), a power of two) and cells scanned
+# per search (96: recall@100 0.981 at 109k sentences, 64 gave 0.968 there and 0.980 at 402k);
+# a level is trained (k-means) on a sample of IVF_TRAIN_PER_CELL vectors per cell.
+IVF_NLIST = _env_int("ASSISTANT_IVF_NLIST", 0, minimum=0)
+IVF_CELLS_PER_SQRT = 2
+IVF_NPROBE = _env_int("ASSISTANT_IVF_NPROBE", 96)
+IVF_TRAIN_PER_CELL = 40
 # Graph degree and construction effort of new graphs, and candidates explored per search (a
 # graph keeps the M and efConstruction it was built with; the manifest records them). Measured
 # (README "A large library"): efSearch alone stops short of recall 0.98 on a graph of M 16.
-HNSW_M = int(os.environ.get("ASSISTANT_HNSW_M", "16"))
-HNSW_EF_CONSTRUCTION = int(os.environ.get("ASSISTANT_HNSW_EF_CONSTRUCTION", "64"))
-HNSW_EF_SEARCH = int(os.environ.get("ASSISTANT_HNSW_EF_SEARCH", "192"))
+HNSW_M = _env_int("ASSISTANT_HNSW_M", 16, minimum=2)
+HNSW_EF_CONSTRUCTION = _env_int("ASSISTANT_HNSW_EF_CONSTRUCTION", 64)
+HNSW_EF_SEARCH = _env_int("ASSISTANT_HNSW_EF_SEARCH", 192)
 DTYPES = {"float32": np.float32, "float16": np.float16}
 # Passage vectors stay float32 (they decide the dense passage score); sentence vectors, five
 # times as many, are float16: the same top answer on XQuAD and COVID-QA (README "Scale").
 PASSAGE_DTYPE = "float32"
-SENTENCE_DTYPE = os.environ.get("ASSISTANT_SENTENCE_DTYPE", "float16")
+SENTENCE_DTYPE = _env_choice("ASSISTANT_SENTENCE_DTYPE", tuple(DTYPES), "float16")
 
 
 class VectorStore(Protocol):
@@ -99,17 +162,51 @@ class VectorStore(Protocol):
     def load(cls, path: Path) -> "VectorStore": ...
 
 
-def choose_kind(n: int) -> str:
-    """'flat' (exact) for small levels, 'hnsw' from ANN_MIN_VECTORS vectors up."""
-    return "hnsw" if n >= ANN_MIN_VECTORS else "flat"
+def choose_kind(n: int, level: str = "sentences") -> str:
+    """'flat' (exact) for small levels; from ANN_MIN_VECTORS vectors up, the level's approximate
+    kind (passages 'pq', sentences 'ivf'; ANN_KIND if set)."""
+    return (ANN_KIND or LEVEL_ANN_KIND[level]) if n >= ANN_MIN_VECTORS else "flat"
+
+
+def ivf_nlist(n: int) -> int:
+    """Cells of an IVF level of n vectors: IVF_NLIST, or IVF_CELLS_PER_SQRT * sqrt(n) rounded to
+    a power of two (at least 16), never more than n / IVF_TRAIN_PER_CELL (k-means needs samples)."""
+    if IVF_NLIST:
+        return IVF_NLIST
+    want = 2 ** round(np.log2(max(1.0, IVF_CELLS_PER_SQRT * np.sqrt(max(n, 1)))))
+    return int(max(1, min(max(16, want), n // IVF_TRAIN_PER_CELL)))
+
+
+def training_sample(parts: list, n: int, seed: int = 0) -> np.ndarray:
+    """Up to n rows drawn evenly at random from `parts`, float32: what an IVF level's k-means is
+    trained on. A part is an array (or row view) or (source, rows): the rows `rows` of source,
+    read in ascending order (a memory-mapped source is read where the sample falls, not whole)."""
+    parts = [p if isinstance(p, tuple) else (p, None) for p in parts]
+    sizes = [len(src) if rows is None else len(rows) for src, rows in parts]
+    total = sum(sizes)
+    pick = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    out, start = [], 0
+    for (src, rows), size in zip(parts, sizes):
+        mine = pick[(pick >= start) & (pick < start + size)] - start
+        if len(mine):
+            out.append(np.asarray(src[mine if rows is None else np.asarray(rows)[mine]], dtype=np.float32))
+        start += size
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 class FaissStore:
     """Vectors by row in one FAISS index that is also their only copy (no side `.npy`).
 
     kind 'flat': IndexFlatIP (float32) or IndexScalarQuantizer fp16 — exact search.
+    kind 'ivf': IndexIVFFlat / IndexIVFScalarQuantizer fp16 over a flat k-means quantizer —
+    approximate search (IVF_NPROBE cells scanned), exact vectors in its lists, a direct map
+    (row -> list, offset) to read rows; trained on a sample before the first add.
     kind 'hnsw': IndexHNSWFlat / IndexHNSWSQ fp16 — approximate search, exact vectors in its
-    storage. Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
+    storage (still read and served; new levels are PQ / IVF unless ASSISTANT_ANN_KIND=hnsw).
+    kind 'pq': a flat index (the vectors, as kind 'flat') and beside it (`SCAN_SUFFIX`) 4-bit
+    product-quantised codes (IndexPQFastScan); a search scans every code and rescores the
+    PQ_RESCORE best exactly from the flat vectors.
+    Loaded with IO_FLAG_MMAP_IFC: the vector codes stay on disk, paged in as read.
 
     A store read from a file changes without touching it: rows of removed articles become
     tombstones (`live[row]` is the id of each row; searches skip the others) and added rows go to
@@ -120,7 +217,7 @@ class FaissStore:
     """
 
     def __init__(self, index, kind: str, dtype: str, live: np.ndarray | None = None, delta=None,
-                 source: Path | None = None) -> None:
+                 source: Path | None = None, scan=None) -> None:
         self.index = index
         self.kind = kind
         self.dtype = dtype
@@ -129,15 +226,21 @@ class FaissStore:
         self.delta = delta  # a flat FAISS index of rows added since the graph was written, or None
         self.source = source  # the file the graph was read from (unchanged: linked, not rewritten)
         self._selector = None
+        self.scan = scan  # kind 'pq': the product-quantised codes scanned first (IndexPQFastScan)
 
     @classmethod
     def create(cls, dim: int, kind: str = "flat", dtype: str = "float32") -> "FaissStore":
         import faiss
 
+        check_env()
         ip = faiss.METRIC_INNER_PRODUCT
         fp16 = dtype == "float16"
         if kind == "flat":
             index = _flat_index(dim, dtype)
+        elif kind == "ivf":  # untrained: train() (or the first add) sizes and trains it
+            index = _ivf_index(dim, dtype, 1)
+        elif kind == "pq":  # the vectors in a flat index (rescoring), their codes beside it (scan)
+            return cls(_flat_index(dim, dtype), kind, dtype, scan=_pq_index(dim))
         elif kind == "hnsw":
             index = (faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_fp16, HNSW_M, ip) if fp16
                      else faiss.IndexHNSWFlat(dim, HNSW_M, ip))
@@ -156,6 +259,33 @@ class FaissStore:
         store = cls.create(vectors.shape[1], kind or choose_kind(len(vectors)), dtype)
         store.add(vectors, progress=progress, desc=desc)
         return store
+
+    def train(self, sample: np.ndarray, n: int) -> None:
+        """An empty IVF store's cells for a level of about n vectors: k-means on `sample`
+        (IVF_TRAIN_PER_CELL rows per cell are enough; training_sample draws them); or an empty
+        PQ store's codebooks (PQ_TRAIN rows)."""
+        import faiss
+
+        if self.kind not in ("ivf", "pq") or self.index.ntotal:
+            raise ValueError("only an empty IVF or PQ store is trained")
+        check_env()
+        sample = np.ascontiguousarray(sample, dtype=np.float32)
+        if self.kind == "pq":  # 16 centroids per sub-quantiser: a tiny level's rows are repeated
+            sample = np.tile(sample, (-(-640 // max(1, len(sample))), 1)) if len(sample) < 640 else sample
+            self.scan = _pq_index(self.dim)
+            # one thread: 96 small k-means (16 centroids each) gain nothing from more, and on a
+            # busy machine OpenMP's waiting made it 10x slower (2.7 s against 28 s for 65,536 rows)
+            faiss.omp_set_num_threads(1)
+            self.scan.train(sample)
+            return
+        nlist = max(1, min(ivf_nlist(n), len(sample)))
+        self.index = _ivf_index(self.dim, self.dtype, nlist)
+        faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
+        try:
+            self.index.train(sample)
+        finally:
+            faiss.omp_set_num_threads(1)
+        self.index.nprobe = IVF_NPROBE
 
     @property
     def _total(self) -> int:
@@ -195,11 +325,16 @@ class FaissStore:
         to_delta = self.source is not None or self.delta is not None
         if to_delta and self.delta is None:
             self.delta = _flat_index(self.dim, self.dtype)
+        if not to_delta and self.kind == "ivf" and not self.index.is_trained:
+            self.train(training_sample([vectors], ivf_nlist(n) * IVF_TRAIN_PER_CELL), n)  # not trained yet
+        if not to_delta and self.kind == "pq" and not self.scan.is_trained:
+            self.train(training_sample([vectors], PQ_TRAIN), n)
         target = self.delta if to_delta else self.index
         step = 20_000
-        # inserting into a graph is the one long FAISS job: it may use every core (no model runs
-        # meanwhile); searching goes back to the one thread beside torch (embedder._limit_threads)
-        wide = self.kind == "hnsw" and not to_delta and n >= step
+        # inserting into a graph or assigning to cells is the one long FAISS job: it may use every
+        # core (no model runs meanwhile); searching goes back to the one thread beside torch
+        # (embedder._limit_threads)
+        wide = self.kind in ("hnsw", "ivf", "pq") and not to_delta and n >= step
         if wide:
             faiss.omp_set_num_threads(max(1, os.cpu_count() or 1))
         try:
@@ -208,6 +343,8 @@ class FaissStore:
                 for i in range(0, n, step):
                     chunk = np.ascontiguousarray(vectors[i : i + step], dtype=np.float32)
                     target.add(chunk)
+                    if self.kind == "pq" and not to_delta:
+                        self.scan.add(chunk)
                     bar.update(len(chunk))
         finally:
             if wide:
@@ -223,6 +360,10 @@ class FaissStore:
 
         inner = self.index.storage if self.kind == "hnsw" else self.index
         return faiss.downcast_index(inner)
+
+    def _main_rows(self):
+        """The file's vectors by id: a zero-copy array (flat, HNSW), or IVFRows (IVF)."""
+        return IVFRows(self) if self.kind == "ivf" else self._view(self._codes())
 
     def _view(self, flat) -> np.ndarray:
         """A zero-copy array over a flat FAISS index's codes (kept alive by the view)."""
@@ -243,7 +384,7 @@ class FaissStore:
         """Every vector, row-aligned: a zero-copy view of the index's own codes (float32 or
         float16), or with tombstones or a delta a RowView that reads the rows asked for. The
         view keeps the store alive; it is invalid once the store is added to."""
-        main = self._view(self._codes())
+        main = self._main_rows()
         if self.live is None and self.delta is None:
             return main
         parts = [main] + ([self._view(self.delta)] if self.delta is not None else [])
@@ -258,6 +399,11 @@ class FaissStore:
         if self.live is None and self.delta is None:
             if self.kind == "hnsw":
                 self.index.hnsw.efSearch = max(HNSW_EF_SEARCH, k)
+            elif self.kind == "ivf":
+                self.index.nprobe = IVF_NPROBE
+            elif self.kind == "pq":
+                ids, scores = self._scan(q[0], k, None)
+                return ids, scores
             scores, ids = self.index.search(q, k)
             keep = ids[0] >= 0
             return ids[0][keep].astype(np.int64), scores[0][keep]
@@ -275,10 +421,17 @@ class FaissStore:
             self._selector = (sel, bits, row_of, delta_live)
         sel, _, row_of, delta_live = self._selector
         ids_all, scores_all = [], []
-        if n_main:
+        if n_main and self.kind == "pq":
+            ids, scores = self._scan(q[0], k, None if sel is None else row_of[:n_main] >= 0)
+            ids_all.append(ids)
+            scores_all.append(scores)
+        elif n_main:
             if self.kind == "hnsw":
                 params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(HNSW_EF_SEARCH, k)) if sel is not None \
                     else faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))
+            elif self.kind == "ivf":
+                params = faiss.SearchParametersIVF(sel=sel, nprobe=IVF_NPROBE) if sel is not None \
+                    else faiss.SearchParametersIVF(nprobe=IVF_NPROBE)
             else:
                 params = faiss.SearchParameters(sel=sel) if sel is not None else None
             scores, ids = self.index.search(q, k, params=params)
@@ -295,6 +448,22 @@ class FaissStore:
         best = topk(scores, k)
         return rows[best], scores[best]
 
+    def _scan(self, q: np.ndarray, k: int, alive: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """kind 'pq': the PQ_RESCORE best ids by their codes (more while tombstones are among
+        them), rescored exactly from the flat vectors; the k best (ids of the file, scores)."""
+        n = int(self.index.ntotal)
+        want = max(PQ_RESCORE, k)
+        if alive is not None:  # tombstones are skipped after the scan: ask for their share more
+            want = int(want * n / max(1, int(alive.sum()))) + 1
+        _, cand = self.scan.search(q.reshape(1, -1), min(want, n))
+        cand = cand[0][cand[0] >= 0]
+        if alive is not None:
+            cand = cand[alive[cand]]
+        cand = np.sort(cand)  # ascending rows: the mapped file read in order
+        exact = np.asarray(self._view(self.index)[cand], dtype=np.float32) @ q
+        best = topk(exact, k)
+        return cand[best].astype(np.int64), exact[best]
+
     def exact_search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by reading every vector (what 'flat' does; the reference for an HNSW store)."""
         return exact_topk(self.matrix(), query, k)
@@ -304,6 +473,10 @@ class FaissStore:
         if self.kind == "hnsw":  # the graph's own parameters (it may predate a change of the defaults)
             h = self.index.hnsw
             d.update(M=int(h.nb_neighbors(1)), ef_construction=int(h.efConstruction), ef_search=HNSW_EF_SEARCH)
+        elif self.kind == "ivf":  # the cells it was trained with; cells scanned per search now
+            d.update(nlist=int(self.index.nlist), nprobe=IVF_NPROBE)
+        elif self.kind == "pq":  # bytes of code per vector; candidates rescored exactly per search
+            d.update(code_bytes=int(self.scan.code_size), rescored=PQ_RESCORE)
         if self.dead or self.pending:
             d.update(tombstones=self.dead, delta=self.pending)
         return d
@@ -321,6 +494,15 @@ class FaissStore:
                 shutil.copyfile(self.source, path)
         else:
             faiss.write_index(self.index, str(path))
+        if self.scan is not None:
+            scan_source = Path(str(self.source) + SCAN_SUFFIX) if self.source is not None else None
+            if scan_source is not None and scan_source.exists():
+                try:
+                    os.link(scan_source, str(path) + SCAN_SUFFIX)
+                except OSError:
+                    shutil.copyfile(scan_source, str(path) + SCAN_SUFFIX)
+            else:
+                faiss.write_index(self.scan, str(path) + SCAN_SUFFIX)
         if self.delta is not None:
             faiss.write_index(self.delta, str(path) + DELTA_SUFFIX)
         if self.live is not None:  # which ids are rows (the rest are tombstones)
@@ -331,20 +513,25 @@ class FaissStore:
         """mmap: vector codes mapped from the file (read-only: rows added later go to a delta)."""
         import faiss
 
+        check_env()
         raw = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
         index = faiss.downcast_index(raw)
         if index is not raw:  # the typed proxy must own the C++ index, or it dies with `raw`
             raw.this.disown()
             index.this.own(True)
-        kind = "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat"
+        kind = "hnsw" if isinstance(index, faiss.IndexHNSW) else "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
         inner = faiss.downcast_index(index.storage) if kind == "hnsw" else index
-        dtype = "float16" if isinstance(inner, faiss.IndexScalarQuantizer) else "float32"
+        dtype = "float16" if isinstance(inner, (faiss.IndexScalarQuantizer, faiss.IndexIVFScalarQuantizer)) else "float32"
         if kind == "hnsw":
             index.hnsw.efSearch = HNSW_EF_SEARCH
+        elif kind == "ivf":
+            index.nprobe = IVF_NPROBE
         live_path, delta_path = Path(str(path) + LIVE_SUFFIX), Path(str(path) + DELTA_SUFFIX)
         live = np.load(live_path, allow_pickle=False) if live_path.exists() else None
         delta = faiss_downcast(faiss.read_index(str(delta_path))) if delta_path.exists() else None
-        return cls(index, kind, dtype, live, delta, source=Path(path))
+        scan_path = Path(str(path) + SCAN_SUFFIX)
+        scan = faiss_downcast(faiss.read_index(str(scan_path))) if kind == "flat" and scan_path.exists() else None
+        return cls(index, "pq" if scan is not None else kind, dtype, live, delta, source=Path(path), scan=scan)
 
 
 def _flat_index(dim: int, dtype: str):
@@ -356,6 +543,71 @@ def _flat_index(dim: int, dtype: str):
         index.train(np.zeros((1, dim), dtype=np.float32))
         return index
     return faiss.IndexFlatIP(dim)
+
+
+PQ_TRAIN = 65_536  # vectors a PQ level's codebooks are trained on
+
+
+def _pq_index(dim: int):
+    """Untrained 4-bit product quantiser codes of PQ_DIMS_PER_CODE dimensions each, scanned
+    with SIMD lookup tables (IndexPQFastScan): 48 bytes per 384-d vector."""
+    import faiss
+
+    m = dim // PQ_DIMS_PER_CODE if dim % PQ_DIMS_PER_CODE == 0 else dim
+    return faiss.IndexPQFastScan(dim, m, 4, faiss.METRIC_INNER_PRODUCT)
+
+
+def _ivf_index(dim: int, dtype: str, nlist: int):
+    """An empty, untrained IVF level (inner product) that keeps row -> (list, offset), so that
+    rows can be read back (exact rescoring, a rebuild) without a second copy of the vectors."""
+    import faiss
+
+    ip = faiss.METRIC_INNER_PRODUCT
+    quantizer = faiss.IndexFlatIP(dim)
+    if dtype == "float16":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, ip)
+        index.by_residual = False  # codes are the vectors' own float16 (as a flat store's), not residuals
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
+    quantizer.this.disown()  # the IVF index owns (and frees) its quantizer
+    index.own_fields = True
+    index.set_direct_map_type(faiss.DirectMap.Array)
+    index.nprobe = IVF_NPROBE
+    return index
+
+
+class IVFRows:
+    """An IVF store's vectors by id, read through its direct map (only the rows asked for; the
+    lists are memory-mapped). Indexing as a 2-d array: an int, a slice, an array of ids."""
+
+    def __init__(self, store: "FaissStore") -> None:
+        self.store, self.index = store, store.index
+        self.dtype = np.dtype(DTYPES[store.dtype])
+        self.shape = (int(self.index.ntotal), store.dim)
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        if isinstance(rows, tuple):
+            head = self[rows[0]]
+            return head[(slice(None),) + rows[1:]] if np.ndim(head) > 1 else head[rows[1:]]
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)), dtype=np.int64)
+        ids = np.asarray(rows, dtype=np.int64)
+        if ids.ndim == 0:
+            return self[ids.reshape(1)][0]
+        flat = ids.ravel()
+        if len(flat) and (flat.min() < -len(self) or flat.max() >= len(self)):
+            raise IndexError("row out of range")
+        flat = np.where(flat < 0, flat + len(self), flat)
+        out = self.index.reconstruct_batch(flat) if len(flat) else np.zeros((0, self.shape[1]), np.float32)
+        return out.astype(self.dtype, copy=False).reshape(ids.shape + (self.shape[1],))
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
 
 
 def faiss_downcast(index):

@@ -376,7 +376,7 @@ def load_version(db: Database, version: Version | None = None, dense: str = "mem
     dtypes = {"passages": (vs.get("passages") or {}).get("dtype") or ix.PASSAGE_DTYPE,
               "sentences": (vs.get("sentences") or {}).get("dtype") or ix.SENTENCE_DTYPE}
     pmem = ix.FaissStore.create(dim, "flat", dtypes["passages"]) if dense == "hnsw" else \
-        ix.FaissStore.create(dim, kinds["passages"] or ix.choose_kind(len(passage_vectors)), dtypes["passages"])
+        ix.FaissStore.create(dim, kinds["passages"] or ix.choose_kind(len(passage_vectors), "passages"), dtypes["passages"])
     smem = ix.FaissStore.create(dim, "flat", dtypes["sentences"]) if dense == "hnsw" else \
         ix.FaissStore.create(dim, kinds["sentences"] or ix.choose_kind(len(sent_vectors)), dtypes["sentences"])
     pmem.add(passage_vectors)

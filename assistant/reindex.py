@@ -389,10 +389,10 @@ def reindex(
         dim = embedder.dim
         passage_store = _store(prev_index.passage_store if prev_index else None, prev_index.path / ix.PASSAGE_STORE
                                if prev_index and prev_index.path else None, kept_rows, p_vecs, dim, ix.PASSAGE_DTYPE,
-                               progress, "Passage vectors")
+                               progress, "Passage vectors", level="passages")
         sentence_store = _store(prev_index.sentence_store if prev_index else None, prev_index.path / ix.SENTENCE_STORE
                                 if prev_index and prev_index.path else None, kept_sent_rows, s_vecs, dim,
-                                ix.SENTENCE_DTYPE, progress, "Sentence vectors")
+                                ix.SENTENCE_DTYPE, progress, "Sentence vectors", level="sentences")
         del vecs, p_vecs, s_vecs
         # per-article centroids (retrieval's article prior): the kept articles' carried over,
         # the new articles' computed from their own passage vectors
@@ -427,7 +427,7 @@ def reindex(
             "vector_search": {
                 "passages": passage_store.describe(), "sentences": sentence_store.describe(),
                 "ann_min_vectors": ix.ANN_MIN_VECTORS,
-                "why": "exact (flat) search below ann_min_vectors vectors per level, HNSW from there up; "
+                "why": "exact (flat) search below ann_min_vectors vectors per level, passages PQ-scanned, sentences IVF (or HNSW) from there up; "
                        "candidates are always rescored exactly",
             },
             "model": MODEL_NAME,
@@ -666,17 +666,19 @@ class EmbedCache:
 
 
 def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray, new: np.ndarray, dim: int,
-           dtype: str, progress: bool, desc: str) -> ix.FaissStore:
+           dtype: str, progress: bool, desc: str, level: str = "sentences") -> ix.FaissStore:
     """The new generation's store for one level: the previous store's `kept` rows, then `new`.
 
     The previous store is read from its file (memory-mapped) and kept: the rows of removed
     articles become tombstones and new rows go to its small exact delta (cost: the change, not
     the library; the file is linked into the new generation, not rewritten), until the
     tombstones reach MAX_TOMBSTONE_SHARE of its vectors or the delta DELTA_MAX_VECTORS, or the
-    level crosses ANN_MIN_VECTORS; then it is rebuilt from the rows (flat: a copy; HNSW: a new
-    graph)."""
+    level crosses ANN_MIN_VECTORS, or its kind is no longer the one chosen (an HNSW level of an
+    older build becomes IVF / PQ once, on the first reindex that changes it); then it is rebuilt
+    from the rows (flat: a copy; IVF: cells trained on a sample, rows assigned; PQ: codebooks
+    trained on a sample, rows coded; HNSW: a new graph)."""
     n = len(kept) + len(new)
-    kind = ix.choose_kind(n)
+    kind = ix.choose_kind(n, level)
     if prev is not None and prev_path is not None and prev.kind == kind and prev.dtype == dtype:
         total = prev.dead + len(prev) + len(new)
         dead = prev.dead + len(prev) - len(kept)
@@ -686,6 +688,10 @@ def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray,
             store.add(new, progress=progress, desc=desc)
             return store
     store = ix.FaissStore.create(dim, kind, dtype)
+    if kind in ("ivf", "pq"):  # cells / codebooks from a sample of the whole level (kept rows and new)
+        parts = ([(prev.matrix(), kept)] if prev is not None and len(kept) else []) + [new]
+        size = ix.ivf_nlist(n) * ix.IVF_TRAIN_PER_CELL if kind == "ivf" else ix.PQ_TRAIN
+        store.train(ix.training_sample(parts, size), n)
     if prev is not None and len(kept):
         m = prev.matrix()
         for i in range(0, len(kept), 65_536):

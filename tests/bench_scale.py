@@ -2,7 +2,7 @@
 
     python tests/bench_scale.py --passages N [--json] [--questions 240] [--workdir DIR]
     python tests/bench_scale.py --plot OUT.png [--workdir DIR]     # ask p50 and memory against N
-    python tests/bench_scale.py --same-answers ../shared/eval/xquad   # float16 / HNSW vs exact float32
+    python tests/bench_scale.py --same-answers ../shared/eval/xquad   # float16 / HNSW / PQ+IVF vs exact float32
 
 What is real and what stands in:
 - Text: real. The 240 XQuAD paragraphs are articles of the library as they are; the rest of the
@@ -430,7 +430,8 @@ def _hit(a, q) -> bool:
 def same_answers(src: Path, workdir: Path) -> dict:
     """Build the eval corpus once with float32 sentence vectors and exact search (the reference,
     what the index stored before), then ask every question again with the default float16
-    sentence store, and with both levels on HNSW. Eval figures and top-1 agreement for each."""
+    sentence store, with both levels on HNSW, and with the approximate kinds chosen from
+    ANN_MIN_VECTORS up (passages PQ, sentences IVF). Eval figures and top-1 agreement for each."""
     from dataclasses import replace
 
     from assistant import Assistant, Settings
@@ -456,6 +457,8 @@ def same_answers(src: Path, workdir: Path) -> dict:
         "default: float16 sentences": (ix.FaissStore.build(p32, "flat", "float32"), ix.FaissStore.build(s32, "flat", "float16")),
         "HNSW both levels, float16 sentences": (ix.FaissStore.build(p32, "hnsw", "float32"),
                                                 ix.FaissStore.build(s32, "hnsw", "float16")),
+        "PQ passages, IVF float16 sentences": (ix.FaissStore.build(p32, "pq", "float32"),
+                                               ix.FaissStore.build(s32, "ivf", "float16")),
     }
     out, ref = {}, None
     for name, (ps, ss) in variants.items():

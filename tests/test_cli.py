@@ -252,3 +252,16 @@ def test_script_reindex_prints_no_debug_logging(script_reindex):
     proc, _ = script_reindex
     assert proc.returncode == 0
     assert "DEBUG" not in proc.stderr and "INFO" not in proc.stderr, proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("name,value", [("ASSISTANT_HNSW_M", "sixteen"), ("ASSISTANT_IVF_NPROBE", "0"),
+                                        ("ASSISTANT_ANN_KIND", "annoy")])
+def test_a_bad_vector_setting_exits_2_with_a_message(tmp_path, name, value):
+    """Read at import by index.py: a value that is not usable is said, not a ValueError traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO), **{name: value})
+    proc = subprocess.run([sys.executable, "-m", "assistant", "reindex", "--corpus", str(tmp_path), "--index",
+                           str(tmp_path / "i")], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{name}={value!r}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "i").exists()

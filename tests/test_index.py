@@ -325,21 +325,30 @@ def test_vector_stores_flat_and_hnsw_hold_each_vector_once_by_row(small_assistan
             assert got[0] == row and abs(scores[0] - 1.0) < 2e-3
             ex, _ = loaded.exact_search(q, 10)
             assert ex.tolist() == want.tolist()
-    assert ix.choose_kind(ix.ANN_MIN_VECTORS - 1) == "flat" and ix.choose_kind(ix.ANN_MIN_VECTORS) == "hnsw"
+    assert ix.choose_kind(ix.ANN_MIN_VECTORS - 1) == "flat" and ix.choose_kind(ix.ANN_MIN_VECTORS) == "ivf"
+    assert ix.choose_kind(ix.ANN_MIN_VECTORS, "passages") == "pq" and ix.ANN_KIND is None
 
 
-def test_above_the_threshold_hnsw_is_chosen_recorded_extended_and_answers_alike(tmp_path, embedder, monkeypatch):
+@pytest.mark.parametrize("kind", ["pq", "ivf", "hnsw"])
+def test_above_the_threshold_ann_is_chosen_recorded_extended_and_answers_alike(tmp_path, embedder, monkeypatch, kind):
     exact_corpus = write_corpus(tmp_path / "c1", SMALL_CORPUS)
     exact = open_assistant(exact_corpus, tmp_path / "i1")
     monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    monkeypatch.setattr(ix, "ANN_KIND", kind)
     corpus = write_corpus(tmp_path / "c2", SMALL_CORPUS)
     ann = open_assistant(corpus, tmp_path / "i2")
     m = ann._current().index.manifest["vector_search"]
-    assert m["passages"]["kind"] == m["sentences"]["kind"] == "hnsw" and m["ann_min_vectors"] == 1
-    assert m["sentences"]["dtype"] == ix.SENTENCE_DTYPE and m["passages"]["M"] == ix.HNSW_M
+    assert m["passages"]["kind"] == m["sentences"]["kind"] == kind and m["ann_min_vectors"] == 1
+    assert m["sentences"]["dtype"] == ix.SENTENCE_DTYPE
+    if kind == "hnsw":
+        assert m["passages"]["M"] == ix.HNSW_M
+    elif kind == "pq":
+        assert m["passages"]["rescored"] == ix.PQ_RESCORE and m["passages"]["code_bytes"] == 48
+    else:
+        assert m["passages"]["nprobe"] == ix.IVF_NPROBE and m["passages"]["nlist"] >= 1
     for q in (QUESTION, "How long should the frostleaf mask stay on the skin?", "What is the frostleaf mask made from?"):
         assert answers(ann.ask(q)) == answers(exact.ask(q))
-    # adding an article extends the HNSW stores (rows appended), it does not rebuild them
+    # adding an article extends the approximate stores (rows appended), it does not rebuild them
     created = []
     real_create = ix.FaissStore.create.__func__
     monkeypatch.setattr(ix.FaissStore, "create", classmethod(lambda cls, *a, **k: created.append(a) or real_create(cls, *a, **k)))
@@ -486,3 +495,133 @@ def test_a_format_2_generation_is_still_read(built):
     np.testing.assert_allclose(old.passage_vectors, loaded.passage_vectors)
     reopened = Assistant.open(settings=a.settings)
     assert answers(reopened.ask(QUESTION)) == want
+
+
+def _clustered(n: int, dim: int = 48, centres: int = 40, seed: int = 7) -> np.ndarray:
+    """Unit vectors in clusters of near-duplicates (as the bench library's stand-ins are)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centres, dim)).astype(np.float32)
+    v = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_an_ivf_store_finds_every_row_reads_rows_back_and_survives_save_and_load(tmp_path, monkeypatch, dtype):
+    """IVF with fewer cells scanned than it has: each row is in the cell nearest to it, so it
+    finds itself; rows read back through the direct map are the vectors a flat store holds
+    (float16: the same codes); recall against exact search is high; tombstones and a delta work as for HNSW."""
+    monkeypatch.setattr(ix, "IVF_NPROBE", 4)
+    vecs = _clustered(4000)
+    store = ix.FaissStore.build(vecs, "ivf", dtype)
+    d = store.describe()
+    assert d["kind"] == "ivf" and d["nlist"] == ix.ivf_nlist(4000) > ix.IVF_NPROBE and d["nprobe"] == 4
+    store.save(tmp_path / "v.faiss")
+    loaded = ix.FaissStore.load(tmp_path / "v.faiss")  # memory-mapped lists
+    assert loaded.kind == "ivf" and loaded.dtype == dtype and len(loaded) == 4000
+    m = loaded.matrix()
+    assert m.shape == vecs.shape and m.dtype == ix.DTYPES[dtype]
+    want = np.array(ix.FaissStore.build(vecs, "flat", dtype).matrix())  # the same codes as a flat store's
+    np.testing.assert_array_equal(m[:], want)
+    np.testing.assert_array_equal(m[[5, 3999, 5]], want[[5, 3999, 5]])
+    np.testing.assert_array_equal(m[17], want[17])
+    np.testing.assert_array_equal(m[10:20, :3], want[10:20, :3])
+    with pytest.raises(IndexError):
+        m[[4000]]
+    recall = []
+    for row in range(0, 4000, 37):
+        q = np.asarray(m[row], dtype=np.float32)
+        rows, scores = loaded.search(q, 20)
+        assert rows[0] == row and abs(scores[0] - float(q @ q)) < 1e-4
+        recall.append(len(np.intersect1d(rows, loaded.exact_search(q, 20)[0])) / 20)
+    assert np.mean(recall) > 0.9
+    # some cells are not scanned: with every cell scanned the results differ for some query
+    monkeypatch.setattr(ix, "IVF_NPROBE", d["nlist"])
+    full = [loaded.search(np.asarray(m[r], np.float32), 20)[0].tolist() for r in range(0, 4000, 37)]
+    monkeypatch.setattr(ix, "IVF_NPROBE", 1)
+    one = [loaded.search(np.asarray(m[r], np.float32), 20)[0].tolist() for r in range(0, 4000, 37)]
+    assert one != full
+    monkeypatch.setattr(ix, "IVF_NPROBE", 4)
+    # tombstones and a delta: rows renumbered, the file untouched
+    extra = _clustered(30, seed=9)
+    loaded.keep_rows(np.arange(100, 4000))
+    loaded.add(extra)
+    assert len(loaded) == 3930 and loaded.dead == 100 and loaded.pending == 30
+    m2 = loaded.matrix()
+    np.testing.assert_array_equal(np.asarray(m2[[0, 3899, 3900, 3929]], np.float32),
+                                  np.concatenate([want[[100, 3999]], ix.FaissStore.build(extra, "flat", dtype).matrix()[[0, 29]]]).astype(np.float32))
+    for row in (0, 1234, 3899, 3900, 3929):
+        rows, _ = loaded.search(np.asarray(m2[row], dtype=np.float32), 5)
+        assert rows[0] == row and rows.max() < 3930
+    loaded.save(tmp_path / "w.faiss")
+    assert (tmp_path / "w.faiss").stat().st_ino == (tmp_path / "v.faiss").stat().st_ino  # linked, not rewritten
+    again = ix.FaissStore.load(tmp_path / "w.faiss")
+    assert again.search(np.asarray(m2[3929], np.float32), 1)[0][0] == 3929
+
+
+def test_ivf_cells_grow_with_the_level_and_train_on_a_sample():
+    assert ix.ivf_nlist(100) == 2  # never fewer than IVF_TRAIN_PER_CELL samples per cell
+    assert ix.ivf_nlist(40_000) == 512 and ix.ivf_nlist(400_000) == 1024 and ix.ivf_nlist(4_400_000) == 4096
+    a, b = np.arange(10, dtype=np.float32)[:, None], np.arange(100, 105, dtype=np.float32)[:, None]
+    s = ix.training_sample([(a, np.array([1, 3, 5])), b], 8)
+    assert sorted(s[:, 0].tolist()) == [1, 3, 5, 100, 101, 102, 103, 104]
+    assert len(ix.training_sample([a, b], 4)) == 4
+
+
+def test_bad_vector_settings_are_said_clearly(monkeypatch):
+    from assistant.errors import AssistantError
+
+    monkeypatch.setenv("ASSISTANT_HNSW_M", "sixteen")
+    monkeypatch.setattr(ix, "ENV_ERRORS", [])
+    assert ix._env_int("ASSISTANT_HNSW_M", 16, minimum=2) == 16
+    monkeypatch.setenv("ASSISTANT_ANN_KIND", "annoy")
+    ix._env_choice("ASSISTANT_ANN_KIND", ix.ANN_KINDS, "ivf")
+    with pytest.raises(AssistantError, match="ASSISTANT_HNSW_M='sixteen'.*ASSISTANT_ANN_KIND='annoy'"):
+        ix.check_env()
+    with pytest.raises(AssistantError):
+        ix.FaissStore.create(8, "flat")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_pq_store_scans_codes_rescores_exactly_and_survives_save_and_load(tmp_path, monkeypatch, dtype):
+    """PQ: the vectors are a flat file (rows read back as a flat store's), the codes beside it;
+    a search rescores its candidates exactly, so scores are exact and every row finds itself;
+    with fewer candidates rescored than rows, results can differ from exact search, and with
+    enough they do not; tombstones and a delta work as for the other kinds."""
+    monkeypatch.setattr(ix, "PQ_RESCORE", 60)
+    vecs = _clustered(3000, dim=64, centres=300)
+    store = ix.FaissStore.build(vecs, "pq", dtype)
+    assert store.describe() == {"kind": "pq", "dtype": dtype, "vectors": 3000, "code_bytes": 8, "rescored": 60}
+    store.save(tmp_path / "p.faiss")
+    assert (tmp_path / ("p.faiss" + ix.SCAN_SUFFIX)).exists()
+    loaded = ix.FaissStore.load(tmp_path / "p.faiss")
+    assert loaded.kind == "pq" and loaded.dtype == dtype and len(loaded) == 3000
+    flat = ix.FaissStore.build(vecs, "flat", dtype)
+    m = loaded.matrix()
+    np.testing.assert_array_equal(np.asarray(m), np.asarray(flat.matrix()))
+    recall = []
+    for row in range(0, 3000, 29):
+        q = np.asarray(m[row], dtype=np.float32)
+        rows, scores = loaded.search(q, 20)
+        want_rows, want_scores = flat.search(q, 20)
+        assert rows[0] == row
+        np.testing.assert_allclose(scores, np.asarray(m[rows], np.float32) @ q, rtol=1e-5, atol=1e-5)  # exact scores
+        recall.append(len(np.intersect1d(rows, want_rows)) / 20)
+    assert 0.8 < np.mean(recall) < 1.0  # approximate: 60 of 3,000 rescored
+    monkeypatch.setattr(ix, "PQ_RESCORE", 3000)
+    for row in range(0, 3000, 97):
+        q = np.asarray(m[row], dtype=np.float32)
+        assert loaded.search(q, 20)[0].tolist() == flat.search(q, 20)[0].tolist()
+    monkeypatch.setattr(ix, "PQ_RESCORE", 60)
+    extra = _clustered(30, dim=64, centres=300, seed=9)
+    loaded.keep_rows(np.arange(100, 3000))
+    loaded.add(extra)
+    assert len(loaded) == 2930 and loaded.dead == 100 and loaded.pending == 30
+    m2 = loaded.matrix()
+    for row in (0, 1234, 2899, 2900, 2929):
+        rows, _ = loaded.search(np.asarray(m2[row], dtype=np.float32), 5)
+        assert rows[0] == row and rows.max() < 2930
+    loaded.save(tmp_path / "q.faiss")
+    for suffix in ("", ix.SCAN_SUFFIX):  # both files linked, not rewritten
+        assert (tmp_path / ("q.faiss" + suffix)).stat().st_ino == (tmp_path / ("p.faiss" + suffix)).stat().st_ino
+    again = ix.FaissStore.load(tmp_path / "q.faiss")
+    assert again.kind == "pq" and again.search(np.asarray(m2[2929], np.float32), 1)[0][0] == 2929

@@ -40,9 +40,12 @@ def _rows_find_themselves(index) -> None:
         assert store.exact_search(np.asarray(m[0], dtype=np.float32), 1)[0][0] == 0
 
 
-@pytest.fixture
-def hnsw(monkeypatch):
+@pytest.fixture(params=["pq", "ivf", "hnsw"])
+def hnsw(monkeypatch, request):
+    """Every level approximate (of the kind given: PQ and IVF, the defaults of passages and
+    sentences, and HNSW, still served and buildable); records the stores created (a rebuild creates one)."""
     monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    monkeypatch.setattr(ix, "ANN_KIND", request.param)
     created = []
     real_create = ix.FaissStore.create.__func__
     monkeypatch.setattr(ix.FaissStore, "create",
@@ -181,7 +184,7 @@ def test_a_full_delta_rebuilds_the_graph_with_every_row(tmp_path, embedder, hnsw
     a.reindex()
     index = ix.load(tmp_path / "i")
     assert index.passage_store.pending == 1 and index.sentence_store.pending == 0  # 3 > 2: rebuilt
-    assert [x[1] for x in hnsw] == ["hnsw"]
+    assert [x[1] for x in hnsw] == [ix.ANN_KIND]
     _rows_find_themselves(index)
     assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
 
@@ -547,3 +550,38 @@ def test_a_format_4_generation_is_served_and_converted_with_records_equal(tmp_pa
     fresh_a.reindex()
     assert _records(later) == _records(ix.load(tmp_path / "i2"))
     _sentences_read_back(later)
+
+
+def test_an_hnsw_generation_is_served_and_becomes_pq_and_ivf_at_the_next_change(tmp_path, embedder, monkeypatch):
+    """Generations written before IVF have HNSW levels: a server reads and searches them as they
+    are; the first reindex that changes the library rebuilds them as PQ and IVF (once), and the answers
+    stay those of an exact build from nothing."""
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    monkeypatch.setattr(ix, "ANN_KIND", "hnsw")
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    open_assistant(corpus, tmp_path / "i")
+    old = ix.current_generation(tmp_path / "i")
+    monkeypatch.setattr(ix, "ANN_KIND", None)  # the defaults: passages pq, sentences ivf
+    a = open_assistant(corpus, tmp_path / "i", build=False)  # a server of the new code on the old generation
+    index = a._current().index
+    assert index.passage_store.kind == index.sentence_store.kind == "hnsw"
+    _rows_find_themselves(index)
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 10**9)
+    fresh = open_assistant(write_corpus(tmp_path / "c2", SMALL_CORPUS), tmp_path / "i2")
+    for q in QUESTIONS[:1] + QUESTIONS[2:]:
+        assert answers(a.ask(q)) == answers(fresh.ask(q)), q
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    a.reindex()
+    index = ix.load(tmp_path / "i")
+    m = index.manifest["vector_search"]
+    assert m["passages"]["kind"] == "pq" and m["sentences"]["kind"] == "ivf"
+    assert index.passage_store.live is None and index.passage_store.pending == 0  # rebuilt, not patched
+    assert (index.path / ix.SENTENCE_STORE).stat().st_ino != (old / ix.SENTENCE_STORE).stat().st_ino
+    _rows_find_themselves(index)
+    (tmp_path / "c2" / "sunmoss.txt").write_text(SUNMOSS)
+    monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 10**9)
+    fresh.reindex()
+    a2 = open_assistant(corpus, tmp_path / "i", build=False)
+    for q in QUESTIONS:
+        assert answers(a2.ask(q)) == answers(fresh.ask(q)), q
