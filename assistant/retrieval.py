@@ -37,6 +37,7 @@ _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
 RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
+PROXIMITY_WINDOW = 3  # tokens (stop words out) between two adjacent question words held as a phrase
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
 # ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
 _NOT_DEFINITION = re.compile(r"\b(?:to|for|of|in|on|at|by|with|from|as|about|after|\w+ed|doing|made|done)\s*$", re.I)
@@ -274,6 +275,32 @@ class Retriever:
             out += bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
         return out / len(terms)
 
+    def _proximity(self, q: Query, first: int, n: int) -> np.ndarray:
+        """Per sentence of one passage: the share of the question's adjacent word pairs (in its
+        order, stop words out) that the sentence holds within PROXIMITY_WINDOW tokens of each
+        other (the sequential-dependence cue of Metzler and Croft: "mother to child transmission"
+        asked and written as a phrase)."""
+        toks = q.tokens
+        pairs = [(a, b) for a, b in zip(toks, toks[1:]) if a != b]
+        out = np.zeros(n, dtype=np.float32)
+        if not pairs:
+            return out
+        eq = q.equivalents or {}
+        for i in range(n):
+            seq = tokenize([self.index.sentence_text(first + i)])[0]
+            at: dict[str, list[int]] = {}
+            for j, t in enumerate(seq):
+                at.setdefault(t, []).append(j)
+            got = 0
+            for a, b in pairs:
+                pa = [j for x in (a, *eq.get(a, ())) for j in at.get(x, ())]
+                if not pa:
+                    continue
+                pb = [j for x in (b, *eq.get(b, ())) for j in at.get(x, ())]
+                got += any(abs(x - y) <= PROXIMITY_WINDOW for x in pa for y in pb)
+            out[i] = got / len(pairs)
+        return out
+
     def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray,
                       bm25_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Passage scores of a follow-up plus a share of its conversation's (CAsT-style query
@@ -353,12 +380,21 @@ class Retriever:
             fused = fused + s.definition_bonus * np.maximum.reduceat(d, offsets)
             s_fused = s_fused + s.definition_bonus * d
         order = np.argsort(-fused)[: max(k, RERANK_DEPTH)]
+        if s.w_prox_passage or s.w_prox_sentence:
+            fused, s_fused = fused.copy(), s_fused.copy()
+            for o in order:
+                a, n = int(offsets[o]), int(lengths[o])
+                first = int(ix.sent_rows[int(cand[o])][0])
+                prox = np.where(np.asarray(ix.sent_is_heading[first : first + n]), 0.0, self._proximity(q, first, n))
+                fused[o] += s.w_prox_passage * float(prox.max()) if n else 0.0
+                s_fused[a : a + n] += s.w_prox_sentence * prox
+            order = order[np.argsort(-fused[order], kind="stable")]
         if q.kind and (s.w_kind_sentence or s.w_kind_passage):
             fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
             order = order[np.argsort(-fused[order], kind="stable")]
         order = order[:k]
-        # the coverage weight adds to the four signals' 1.0: scale back, so a score stays in [0, 1]
-        scale = 1.0 / (1.0 + s.w_cover_passage)
+        # the coverage and proximity weights add to the four signals' 1.0: scale back, so a score stays in [0, 1]
+        scale = 1.0 / (1.0 + s.w_cover_passage + s.w_prox_passage)
         hits = []
         for o in order:
             a = offsets[o]

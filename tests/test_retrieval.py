@@ -331,3 +331,34 @@ def test_a_list_question_lifts_the_sentence_that_lists(list_assistant, monkeypat
     res = list_assistant.ask(question, top_k=1)
     a = res.answers[0]
     assert any("alanine" in a.text[h.start : h.end] for h in a.highlight)
+
+
+def test_proximity_is_the_share_of_the_question_word_pairs_held_close_together(cover_assistant):
+    """Opt-in (settings.w_prox_passage / w_prox_sentence): each sentence gets the share of the
+    question's adjacent word pairs it holds within PROXIMITY_WINDOW tokens of each other. The lamp
+    sentence says "Tarrow kestrel lamp was cast" (all three pairs); the foundry's "lamp trade kept
+    the kestrel foundry" holds one pair three tokens apart; a sentence with one word holds none.
+    Switched on, it lifts the lamp passage by the full weight and the foundry passage by less."""
+    import numpy as np
+
+    loaded = cover_assistant._current()
+    index, r = loaded.index, loaded.retriever
+    question = "What was the Tarrow kestrel lamp cast in?"
+    vec = cover_assistant.embedder.encode_query(question)
+    q = r.prepare(question, vec)
+    prox = {}
+    for doc in ("lamps", "foundry"):
+        row = next(i for i, p in enumerate(index.passages) if p.doc_id == doc)
+        first, last = (int(x) for x in index.sent_rows[row])
+        prox.update(zip((index.sentence_text(j) for j in range(first, last)), r._proximity(q, first, last - first)))
+    assert prox["The Tarrow kestrel lamp was cast in green bronze by the foundry at Wenlow."] == pytest.approx(1.0)
+    assert prox["Bronze came by barge from the north, and the lamp trade kept the kestrel foundry busy."] == pytest.approx(1 / 3)
+    assert prox["Its kestrel emblem was painted over the gate."] == 0.0
+    s = replace(cover_assistant.settings, w_cover_passage=0.0)
+    off_r, on_r = Retriever(index, s), Retriever(index, replace(s, w_prox_passage=0.3))
+    off = {index.passages[h.row].doc_id: h.score for h in off_r.search(off_r.prepare(question, vec), k=5)}
+    # scores are scaled back into [0, 1] by 1 + the proximity weight
+    on = {index.passages[h.row].doc_id: h.score * 1.3 for h in on_r.search(on_r.prepare(question, vec), k=5)}
+    assert on["lamps"] - off["lamps"] == pytest.approx(0.3, abs=1e-5)
+    assert on["foundry"] - off["foundry"] == pytest.approx(0.1, abs=1e-5)
+    assert np.isclose(sum(off.values()) + 0.4, sum(on.values()), atol=1e-5)
