@@ -831,26 +831,18 @@ def _title_subject(title: str, text: str, stats: _Stats) -> str | None:
     best, best_score = None, 0.0
     low = text.lower()
     ascii_ = low.isascii()
-    for seg in _segments(title):
-        run: list[str] = []
-        for t in seg + [""]:
-            if t and _content(t):
-                run.append(t)
-                continue
-            for i in range(len(run)):
-                for j in range(i + 1, min(len(run), i + 4) + 1):
-                    phrase = " ".join(run[i:j])
-                    rx, lead = _compiled(phrase.lower())
-                    c = _count_at(rx, lead, low) if ascii_ and lead and lead.isascii() else len(rx.findall(low))
-                    if c < (3 if j - i == 1 else 2):
-                        continue
-                    share = c / max(stats.count(phrase), c)  # how much of its use is in this article
-                    if share < 0.5:
-                        continue  # a word the other articles use as much: not what this one is about
-                    score = c * share * (j - i) ** 2  # the whole name over a word of it
-                    if score > best_score:
-                        best, best_score = phrase, score
-            run = []
+    for phrase in _title_phrases(title):
+        words = phrase.count(" ") + 1
+        rx, lead = _compiled(phrase.lower())
+        c = _count_at(rx, lead, low) if ascii_ and lead and lead.isascii() else len(rx.findall(low))
+        if c < (3 if words == 1 else 2):
+            continue
+        share = c / max(stats.count(phrase), c)  # how much of its use is in this article
+        if share < 0.5:
+            continue  # a word the other articles use as much: not what this one is about
+        score = c * share * words ** 2  # the whole name over a word of it
+        if score > best_score:
+            best, best_score = phrase, score
     return best
 
 
