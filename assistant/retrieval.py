@@ -286,8 +286,8 @@ class Retriever:
         if not pairs:
             return out
         eq = q.equivalents or {}
-        for i in range(n):
-            seq = tokenize([self.index.sentence_text(first + i)])[0]
+        # one tokenize call per passage (one stemming pass), not one per sentence
+        for i, seq in enumerate(tokenize([self.index.sentence_text(first + i) for i in range(n)])):
             at: dict[str, list[int]] = {}
             for j, t in enumerate(seq):
                 at.setdefault(t, []).append(j)
