@@ -22,6 +22,7 @@ import json
 import secrets
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -85,18 +86,36 @@ class SQLiteLogStore:
         self.busy_timeout = busy_timeout
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn().executescript(SCHEMA)
+        # One immediate transaction: it waits for the lock (busy handler) instead of failing
+        # when another worker creates the tables at the same moment.
+        self._conn().executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
 
     def _conn(self) -> sqlite3.Connection:
         c = getattr(self._local, "conn", None)
         if c is None:
             c = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
             c.row_factory = sqlite3.Row
-            c.execute("PRAGMA journal_mode=WAL")
-            c.execute("PRAGMA synchronous=NORMAL")
             c.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            self._set_wal(c)
+            c.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = c
         return c
+
+    def _set_wal(self, c: sqlite3.Connection) -> None:
+        """Switch to WAL, retrying while another process holds the file: SQLite does not call
+        the busy handler for a journal-mode change, so two workers opening a new log at the
+        same moment would otherwise see "database is locked"."""
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                if c.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                    return
+                c.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.02)
 
     # --- questions ---------------------------------------------------------------------------
 
