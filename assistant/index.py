@@ -133,9 +133,12 @@ HNSW_M = _env_int("ASSISTANT_HNSW_M", 16, minimum=2)
 HNSW_EF_CONSTRUCTION = _env_int("ASSISTANT_HNSW_EF_CONSTRUCTION", 64)
 HNSW_EF_SEARCH = _env_int("ASSISTANT_HNSW_EF_SEARCH", 192)
 DTYPES = {"float32": np.float32, "float16": np.float16}
-# Passage vectors stay float32 (they decide the dense passage score); sentence vectors, five
-# times as many, are float16: the same top answer on XQuAD and COVID-QA (README "Scale").
-PASSAGE_DTYPE = "float32"
+# The dtype of new levels, each kind alike (flat: IndexScalarQuantizer fp16; PQ: its flat file of
+# vectors for rescoring; IVF / HNSW: their SQ fp16 variants). A store read from a file keeps the
+# dtype the file has; a reindex that changes the library converts a level of the other dtype
+# once, from its stored vectors (reindex._store). Sentence vectors, five times as many as the
+# passages, are float16: the same top answer on XQuAD and COVID-QA (README "Scale").
+PASSAGE_DTYPE = _env_choice("ASSISTANT_PASSAGE_DTYPE", tuple(DTYPES), "float32")
 SENTENCE_DTYPE = _env_choice("ASSISTANT_SENTENCE_DTYPE", tuple(DTYPES), "float16")
 
 

@@ -443,22 +443,28 @@ def same_answers(src: Path, workdir: Path) -> dict:
     if not (idx / "CURRENT").exists():
         shutil.rmtree(corpus, ignore_errors=True)
         write_squad_corpus(src, corpus)
-        ix.SENTENCE_DTYPE = "float32"
+        ix.SENTENCE_DTYPE = ix.PASSAGE_DTYPE = "float32"
         a = Assistant(Settings(corpus_dir=corpus, index_dir=idx))
         a.reindex(progress=True)
     a = Assistant(replace(Settings(corpus_dir=corpus, index_dir=idx), abstain_threshold=0.0))
     index = a._current().index
-    assert index.sentence_store.dtype == "float32" and index.passage_store.kind == "flat"
+    assert index.sentence_store.dtype == index.passage_store.dtype == "float32" and index.passage_store.kind == "flat"
     qs = [q for q in eval_jsonl(src / "questions.jsonl", ("question",)) if q.get("answers")]
     p32 = np.asarray(index.passage_vectors, dtype=np.float32).copy()
     s32 = np.asarray(index.sent_vectors, dtype=np.float32).copy()
     variants = {
         "exact float32 (reference)": (ix.FaissStore.build(p32, "flat", "float32"), ix.FaissStore.build(s32, "flat", "float32")),
-        "default: float16 sentences": (ix.FaissStore.build(p32, "flat", "float32"), ix.FaissStore.build(s32, "flat", "float16")),
+        "float32 passages, float16 sentences": (ix.FaissStore.build(p32, "flat", "float32"),
+                                                ix.FaissStore.build(s32, "flat", "float16")),
+        "float16 both levels": (ix.FaissStore.build(p32, "flat", "float16"), ix.FaissStore.build(s32, "flat", "float16")),
         "HNSW both levels, float16 sentences": (ix.FaissStore.build(p32, "hnsw", "float32"),
                                                 ix.FaissStore.build(s32, "hnsw", "float16")),
+        "HNSW both levels, float16 both": (ix.FaissStore.build(p32, "hnsw", "float16"),
+                                           ix.FaissStore.build(s32, "hnsw", "float16")),
         "PQ passages, IVF float16 sentences": (ix.FaissStore.build(p32, "pq", "float32"),
                                                ix.FaissStore.build(s32, "ivf", "float16")),
+        "PQ float16 passages, IVF float16 sentences": (ix.FaissStore.build(p32, "pq", "float16"),
+                                                       ix.FaissStore.build(s32, "ivf", "float16")),
     }
     out, ref = {}, None
     for name, (ps, ss) in variants.items():
