@@ -428,10 +428,12 @@ def _hit(a, q) -> bool:
 # --- same answers: the storage and search choices against exact float32 search ---------------
 
 def same_answers(src: Path, workdir: Path) -> dict:
-    """Build the eval corpus once with float32 sentence vectors and exact search (the reference,
-    what the index stored before), then ask every question again with the default float16
-    sentence store, with both levels on HNSW, and with the approximate kinds chosen from
-    ANN_MIN_VECTORS up (passages PQ, sentences IVF). Eval figures and top-1 agreement for each."""
+    """Build the eval corpus once with float32 vectors on both levels and exact search (the
+    reference, what the index stored before), then ask every question again with float16
+    sentences (float32 passages, as before issue 11's float16 passages), with float16 on both
+    levels (the default), with both levels on HNSW, and with the approximate kinds chosen from
+    ANN_MIN_VECTORS up (passages PQ, sentences IVF), the PQ level's vectors float32 and float16.
+    Eval figures and top-1 agreement (with the reference) for each."""
     from dataclasses import replace
 
     from assistant import Assistant, Settings
@@ -482,7 +484,7 @@ def same_answers(src: Path, workdir: Path) -> dict:
                      "top3": sum(1 for r in ranks if r and r <= 3) / n, "top5": sum(1 for r in ranks if r and r <= 5) / n,
                      "mrr": sum(1 / r for r in ranks if r) / n,
                      "top1_agreement": float(np.mean([x == y for x, y in zip(tops, ref)]))}
-        print(f"{name:40s} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in out[name].items()),
+        print(f"{name:44s} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in out[name].items()),
               flush=True)
     return out
 
