@@ -370,10 +370,12 @@ def load_version(db: Database, version: Version | None = None, dense: str = "mem
     sent_vectors = np.vstack(s_vecs) if s_vecs else np.zeros((0, dim), np.float32)
     sent_passage = np.repeat(np.arange(len(passages), dtype=np.int32), [len(p.sentences) for p in passages])
     # the stores the folder backend's reindex builds: same kind and dtype as the version's manifest
-    # says (float16 sentences widen to float4 in pgvector and narrow back bit for bit)
+    # says (float16 vectors widen to float4 in pgvector and narrow back bit for bit); a version
+    # whose manifest predates the dtypes held float32 passages: served so, whatever the setting
+    # (the next reindex that changes the library converts the level, as for a folder)
     vs = manifest.get("vector_search") or {}
     kinds = {lvl: (vs.get(lvl) or {}).get("kind") for lvl in ("passages", "sentences")}
-    dtypes = {"passages": (vs.get("passages") or {}).get("dtype") or ix.PASSAGE_DTYPE,
+    dtypes = {"passages": (vs.get("passages") or {}).get("dtype") or "float32",
               "sentences": (vs.get("sentences") or {}).get("dtype") or ix.SENTENCE_DTYPE}
     pmem = ix.FaissStore.create(dim, "flat", dtypes["passages"]) if dense == "hnsw" else \
         ix.FaissStore.create(dim, kinds["passages"] or ix.choose_kind(len(passage_vectors), "passages"), dtypes["passages"])

@@ -397,7 +397,10 @@ def reindex(
         # per-article centroids (retrieval's article prior): the kept articles' carried over,
         # the new articles' computed from their own passage vectors
         prev_cent = prev_index.centroids if prev_index is not None else None
-        if prev_cent is not None and len(prev_cent.of_row) == len(prev_index.passages):
+        # (a passage level converted to another dtype: its centroids recomputed from the converted
+        # rows, as a fresh build computes them, not carried over from the other dtype's)
+        if prev_cent is not None and len(prev_cent.of_row) == len(prev_index.passages) \
+                and prev_index.passage_store.dtype == passage_store.dtype:
             centroids = prev_cent.carry(kept_rows, [p.doc_id for p in new_passages],
                                         passage_store.matrix()[n_kept:] if new_passages else np.zeros((0, dim), np.float32))
         else:  # a build from nothing, or an older generation: one pass over the passage vectors

@@ -428,10 +428,12 @@ def _hit(a, q) -> bool:
 # --- same answers: the storage and search choices against exact float32 search ---------------
 
 def same_answers(src: Path, workdir: Path) -> dict:
-    """Build the eval corpus once with float32 sentence vectors and exact search (the reference,
-    what the index stored before), then ask every question again with the default float16
-    sentence store, with both levels on HNSW, and with the approximate kinds chosen from
-    ANN_MIN_VECTORS up (passages PQ, sentences IVF). Eval figures and top-1 agreement for each."""
+    """Build the eval corpus once with float32 vectors on both levels and exact search (the
+    reference, what the index stored before), then ask every question again with float16
+    sentences (float32 passages, as before issue 11's float16 passages), with float16 on both
+    levels (the default), with both levels on HNSW, and with the approximate kinds chosen from
+    ANN_MIN_VECTORS up (passages PQ, sentences IVF), the PQ level's vectors float32 and float16.
+    Eval figures and top-1 agreement (with the reference) for each."""
     from dataclasses import replace
 
     from assistant import Assistant, Settings
@@ -443,22 +445,28 @@ def same_answers(src: Path, workdir: Path) -> dict:
     if not (idx / "CURRENT").exists():
         shutil.rmtree(corpus, ignore_errors=True)
         write_squad_corpus(src, corpus)
-        ix.SENTENCE_DTYPE = "float32"
+        ix.SENTENCE_DTYPE = ix.PASSAGE_DTYPE = "float32"
         a = Assistant(Settings(corpus_dir=corpus, index_dir=idx))
         a.reindex(progress=True)
     a = Assistant(replace(Settings(corpus_dir=corpus, index_dir=idx), abstain_threshold=0.0))
     index = a._current().index
-    assert index.sentence_store.dtype == "float32" and index.passage_store.kind == "flat"
+    assert index.sentence_store.dtype == index.passage_store.dtype == "float32" and index.passage_store.kind == "flat"
     qs = [q for q in eval_jsonl(src / "questions.jsonl", ("question",)) if q.get("answers")]
     p32 = np.asarray(index.passage_vectors, dtype=np.float32).copy()
     s32 = np.asarray(index.sent_vectors, dtype=np.float32).copy()
     variants = {
         "exact float32 (reference)": (ix.FaissStore.build(p32, "flat", "float32"), ix.FaissStore.build(s32, "flat", "float32")),
-        "default: float16 sentences": (ix.FaissStore.build(p32, "flat", "float32"), ix.FaissStore.build(s32, "flat", "float16")),
+        "float32 passages, float16 sentences": (ix.FaissStore.build(p32, "flat", "float32"),
+                                                ix.FaissStore.build(s32, "flat", "float16")),
+        "float16 both levels": (ix.FaissStore.build(p32, "flat", "float16"), ix.FaissStore.build(s32, "flat", "float16")),
         "HNSW both levels, float16 sentences": (ix.FaissStore.build(p32, "hnsw", "float32"),
                                                 ix.FaissStore.build(s32, "hnsw", "float16")),
+        "HNSW both levels, float16 both": (ix.FaissStore.build(p32, "hnsw", "float16"),
+                                           ix.FaissStore.build(s32, "hnsw", "float16")),
         "PQ passages, IVF float16 sentences": (ix.FaissStore.build(p32, "pq", "float32"),
                                                ix.FaissStore.build(s32, "ivf", "float16")),
+        "PQ float16 passages, IVF float16 sentences": (ix.FaissStore.build(p32, "pq", "float16"),
+                                                       ix.FaissStore.build(s32, "ivf", "float16")),
     }
     out, ref = {}, None
     for name, (ps, ss) in variants.items():
@@ -476,7 +484,7 @@ def same_answers(src: Path, workdir: Path) -> dict:
                      "top3": sum(1 for r in ranks if r and r <= 3) / n, "top5": sum(1 for r in ranks if r and r <= 5) / n,
                      "mrr": sum(1 / r for r in ranks if r) / n,
                      "top1_agreement": float(np.mean([x == y for x, y in zip(tops, ref)]))}
-        print(f"{name:40s} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in out[name].items()),
+        print(f"{name:44s} " + "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in out[name].items()),
               flush=True)
     return out
 

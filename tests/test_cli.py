@@ -255,7 +255,7 @@ def test_script_reindex_prints_no_debug_logging(script_reindex):
 
 
 @pytest.mark.parametrize("name,value", [("ASSISTANT_HNSW_M", "sixteen"), ("ASSISTANT_IVF_NPROBE", "0"),
-                                        ("ASSISTANT_ANN_KIND", "annoy")])
+                                        ("ASSISTANT_ANN_KIND", "annoy"), ("ASSISTANT_PASSAGE_DTYPE", "float64")])
 def test_a_bad_vector_setting_exits_2_with_a_message(tmp_path, name, value):
     """Read at import by index.py: a value that is not usable is said, not a ValueError traceback."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}

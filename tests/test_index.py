@@ -63,7 +63,8 @@ def test_loaded_index_holds_exactly_the_chunked_articles(built, embedder):
     assert loaded.passage_vectors.shape == (n_p, embedder.dim)
     assert loaded.sent_vectors.shape == (n_s, embedder.dim)
     assert loaded.sent_passage.tolist() == [i for i, p in enumerate(loaded.passages) for _ in p.sentences]
-    assert np.allclose(np.linalg.norm(loaded.passage_vectors, axis=1), 1.0, atol=1e-4)
+    tol = 1e-4 if ix.PASSAGE_DTYPE == "float32" else 1e-3  # float16: 11 bits of mantissa
+    assert np.allclose(np.linalg.norm(np.asarray(loaded.passage_vectors, np.float32), axis=1), 1.0, atol=tol)
     # each stored vector is the embedding of its own passage / sentence, and FAISS finds it by row
     for row in (0, n_p - 1):
         p = loaded.passages[row]
@@ -101,7 +102,7 @@ def test_manifest_and_layout(built, embedder):
     assert not list(gen.glob("*_vectors.npy"))
     assert len(list(gen.glob("articles-*.rec"))) == 1  # the records, in one segment
     vs = m["vector_search"]
-    assert vs["passages"] == {"kind": "flat", "dtype": "float32", "vectors": len(loaded.passages)}
+    assert vs["passages"] == {"kind": "flat", "dtype": ix.PASSAGE_DTYPE, "vectors": len(loaded.passages)}
     assert vs["sentences"] == {"kind": "flat", "dtype": ix.SENTENCE_DTYPE, "vectors": len(loaded.sent_passage)}
     assert vs["ann_min_vectors"] == ix.ANN_MIN_VECTORS
 
@@ -625,3 +626,124 @@ def test_a_pq_store_scans_codes_rescores_exactly_and_survives_save_and_load(tmp_
         assert (tmp_path / ("q.faiss" + suffix)).stat().st_ino == (tmp_path / ("p.faiss" + suffix)).stat().st_ino
     again = ix.FaissStore.load(tmp_path / "q.faiss")
     assert again.kind == "pq" and again.search(np.asarray(m2[2929], np.float32), 1)[0][0] == 2929
+
+
+# --- the passage dtype (issue 11: memory at a million passages) --------------------------------
+
+def test_the_passage_dtype_is_a_setting_read_at_import_and_checked(monkeypatch):
+    """ASSISTANT_PASSAGE_DTYPE picks the dtype of new passage levels; a bad value is said, not used."""
+    import subprocess
+    import sys
+
+    from assistant.errors import AssistantError
+
+    code = "import assistant.index as ix; print(ix.PASSAGE_DTYPE, ix.ENV_ERRORS)"
+    repo = str(Path(__file__).resolve().parent.parent)
+    for value, want in (("float16", "float16 []"), ("FLOAT32", "float32 []"), ("", ix.PASSAGE_DTYPE + " []")):
+        env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("ASSISTANT_")}
+        env.update(PYTHONPATH=repo, ASSISTANT_PASSAGE_DTYPE=value)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.stdout.strip() == want, (value, out.stderr[-500:])
+    monkeypatch.setenv("ASSISTANT_PASSAGE_DTYPE", "bfloat16")
+    monkeypatch.setattr(ix, "ENV_ERRORS", [])
+    assert ix._env_choice("ASSISTANT_PASSAGE_DTYPE", tuple(ix.DTYPES), "float16") == "float16"
+    with pytest.raises(AssistantError, match="ASSISTANT_PASSAGE_DTYPE='bfloat16' is not one of float32, float16"):
+        ix.check_env()
+
+
+def _file_bytes(index: Path, name: str) -> int:
+    return (ix.current_generation(index) / name).stat().st_size
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq", "ivf", "hnsw"])
+def test_float16_passages_round_trip_search_and_answer_as_float32(tmp_path, embedder, monkeypatch, kind):
+    """A library built with float16 passage vectors: the manifest and the loaded store say
+    float16, the rows are the float32 build's rounded to float16, each row finds itself, the
+    vector file is about half the size, and the answers are the float32 library's."""
+    monkeypatch.setattr(ix, "PASSAGE_DTYPE", "float32")
+    ref = open_assistant(write_corpus(tmp_path / "c32", SMALL_CORPUS), tmp_path / "i32")
+    if kind != "flat":
+        monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+        monkeypatch.setattr(ix, "ANN_KIND", kind)
+    monkeypatch.setattr(ix, "PASSAGE_DTYPE", "float16")
+    half = open_assistant(write_corpus(tmp_path / "c16", SMALL_CORPUS), tmp_path / "i16")
+    m = json.loads((ix.current_generation(tmp_path / "i16") / "manifest.json").read_text())["vector_search"]
+    assert m["passages"]["kind"] == kind and m["passages"]["dtype"] == "float16"
+    loaded, want = ix.load(tmp_path / "i16"), ix.load(tmp_path / "i32")
+    assert loaded.passage_store.dtype == "float16" and loaded.passage_store.kind == kind
+    assert want.passage_store.dtype == "float32"
+    pv = np.asarray(loaded.passage_vectors)
+    assert pv.dtype == np.float16
+    assert [p.id for p in loaded.passages] == [p.id for p in want.passages]
+    np.testing.assert_array_equal(pv, np.asarray(want.passage_vectors, dtype=np.float32).astype(np.float16))
+    for row in range(len(loaded.passages)):
+        rows, scores = loaded.passage_store.search(pv[row].astype(np.float32), 3)
+        assert rows[0] == row and abs(scores[0] - 1.0) < 2e-3
+    if kind in ("flat", "pq"):  # the vectors are the file (PQ's codes are beside it; HNSW adds a graph)
+        p16, p32 = _file_bytes(tmp_path / "i16", ix.PASSAGE_STORE), _file_bytes(tmp_path / "i32", ix.PASSAGE_STORE)
+        assert 2 * len(pv) * embedder.dim <= p16 <= p32 / 2 + 512, (p16, p32)
+    for q in (QUESTION, "How long should the frostleaf mask stay on the skin?", "What is the frostleaf mask made from?",
+              "How often is a glowberry peel session repeated?"):
+        assert answers(half.ask(q)) == answers(ref.ask(q)), q
+
+
+@pytest.mark.parametrize("kind", ["flat", "pq"])
+def test_a_float32_passage_index_is_served_as_it_is_and_converted_once_by_a_changing_reindex(tmp_path, embedder,
+                                                                                           monkeypatch, kind):
+    """An index written before float16 passages (or with ASSISTANT_PASSAGE_DTYPE=float32): its
+    store's dtype is read from the file, so it is served as float32 whatever the setting; a
+    no-op reindex leaves it alone; the first reindex that changes the library rebuilds the
+    passage level in the setting's dtype from its stored vectors (nothing re-embedded), never
+    a float32 file with a float16 delta."""
+    from assistant.reindex import reindex
+
+    if kind != "flat":
+        monkeypatch.setattr(ix, "ANN_MIN_VECTORS", 1)
+        monkeypatch.setattr(ix, "ANN_KIND", kind)
+    monkeypatch.setattr(ix, "PASSAGE_DTYPE", "float32")
+    corpus, index = write_corpus(tmp_path / "c", SMALL_CORPUS), tmp_path / "i"
+    old = open_assistant(corpus, index)
+    before = {q: answers(old.ask(q)) for q in (QUESTION, "What is the frostleaf mask made from?")}
+    old_vecs = np.asarray(ix.load(index).passage_vectors, dtype=np.float32).copy()
+    old_gen = ix.current_generation(index)
+
+    monkeypatch.setattr(ix, "PASSAGE_DTYPE", "float16")  # the new default
+    served = Assistant.open(settings=Settings(corpus_dir=corpus, index_dir=index))
+    idx = served._current().index
+    assert idx.passage_store.dtype == "float32" and idx.manifest["vector_search"]["passages"]["dtype"] == "float32"
+    assert {q: answers(served.ask(q)) for q in before} == before
+    report = reindex(served.settings, embedder)
+    assert not report.touched and ix.current_generation(index) == old_gen  # nothing changed: nothing converted
+
+    embedded = []
+    real_embed = embedder.encode_passages
+    monkeypatch.setattr(embedder, "encode_passages", lambda texts, *a, **k: embedded.extend(texts) or real_embed(texts, *a, **k))
+    (corpus / "sunmoss.txt").write_text("Sunmoss Oil\nSunmoss oil is pressed from the seeds of the sunmoss fern.\n"
+                                        "A sunmoss massage lasts forty-five minutes.\n")
+    report = reindex(served.settings, embedder)
+    assert report.added == ["sunmoss"] and embedded and all("unmoss" in t for t in embedded)  # the old rows are not re-embedded
+    new = ix.load(index)
+    assert new.passage_store.dtype == "float16" and new.passage_store.kind == kind
+    assert new.manifest["vector_search"]["passages"]["dtype"] == "float16"
+    assert new.passage_store.delta is None and new.passage_store.live is None  # one rebuilt file, no mix
+    n_old = len(old_vecs)
+    np.testing.assert_array_equal(np.asarray(new.passage_vectors[:n_old]), old_vecs.astype(np.float16))
+    # the article centroids are those of a fresh float16 build (recomputed, not carried from float32)
+    fresh = tmp_path / "fresh"
+    reindex(Settings(corpus_dir=corpus, index_dir=fresh), embedder)
+    fresh = ix.load(fresh)
+    assert fresh.passage_store.dtype == "float16"
+    row_of = {p.id: r for r, p in enumerate(fresh.passages)}
+    rows = np.array([row_of[p.id] for p in new.passages])
+    np.testing.assert_allclose(new.centroids.vectors(new.centroids.of_row),  # carried float32 ones differ by ~1e-4
+                               fresh.centroids.vectors(fresh.centroids.of_row[rows]), rtol=0, atol=1e-6)
+    reopened = Assistant.open(settings=served.settings)
+    assert {q: answers(reopened.ask(q))[:1] for q in before} == {q: a[:1] for q, a in before.items()}
+    assert "forty-five minutes" in reopened.ask("How long does a sunmoss massage last?").answers[0].text
+
+    # ASSISTANT_PASSAGE_DTYPE=float32 brings float32 back the same way (the rows keep float16's rounding)
+    monkeypatch.setattr(ix, "PASSAGE_DTYPE", "float32")
+    (corpus / "sunmoss.txt").unlink()
+    reindex(served.settings, embedder)
+    back = ix.load(index)
+    assert back.passage_store.dtype == "float32" and back.manifest["vector_search"]["passages"]["dtype"] == "float32"

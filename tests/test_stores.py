@@ -12,6 +12,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from assistant import Assistant
@@ -202,3 +203,40 @@ def test_a_reader_gets_the_subjects_and_citations_found_at_build_time(backend):
                                                                            for s in fresh.subjects]
     assert served.body == fresh.body and served.heading == fresh.heading
     assert idx.docs == backend.assistant._current().index.docs
+
+
+@pytest.mark.parametrize("kind", ["folder", "postgres"])
+def test_float32_passages_are_served_as_stored_and_converted_by_a_changing_reindex(request, tmp_path, embedder,
+                                                                                  monkeypatch, kind):
+    """A library built with float32 passage vectors keeps them when the setting becomes float16:
+    a reader loads float32 (the file's dtype, or the version's manifest) and answers as before;
+    the first reindex that changes the library writes the passage level in float16 whole."""
+    from assistant import index as ix
+
+    monkeypatch.setattr(ix, "PASSAGE_DTYPE", "float32")
+    if kind == "folder":
+        s = Settings(corpus_dir=tmp_path / "corpus", index_dir=tmp_path / "index")
+    else:
+        s = request.getfixturevalue("pg_settings")
+    write_corpus(s.corpus_dir, SMALL_CORPUS)
+    b = Backend(kind, s)
+    b.reindex()
+    want = top(b.reader(), SHARED_QUESTION)
+    assert want[0] in (FROSTLEAF_ID, COOLING_ID) and SHARED_ANSWER in want[1]
+
+    monkeypatch.setattr(ix, "PASSAGE_DTYPE", "float16")
+    reader = b.reader()
+    idx = reader._current().index
+    assert idx.passage_store.dtype == "float32" and idx.manifest["vector_search"]["passages"]["dtype"] == "float32"
+    assert top(reader, SHARED_QUESTION) == want
+    assert b.reindex().touched is False  # nothing changed: nothing converted
+
+    b.write(f"{NEW_ID}.txt", NEW_ARTICLE)
+    b.reindex()
+    reader = b.reader()
+    idx = reader._current().index
+    assert idx.passage_store.dtype == "float16" and idx.manifest["vector_search"]["passages"]["dtype"] == "float16"
+    assert np.asarray(idx.passage_vectors).dtype == np.float16
+    assert top(reader, SHARED_QUESTION) == want
+    doc, text = top(reader, NEW_QUESTION)
+    assert doc == NEW_ID and NEW_ANSWER in text
