@@ -137,6 +137,12 @@ def fingerprints() -> dict:
     }
 
 
+# Taken at import: `inspect` reads the files as they are on disk when asked, so a process asked
+# later would fingerprint an edit made since it started (an upgrade in place under a running
+# server) instead of the code it runs, and its next reindex would re-embed everything.
+fingerprints()
+
+
 # --- the previous generation -----------------------------------------------------------------
 
 def _chunk_params(settings: Settings) -> dict:

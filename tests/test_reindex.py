@@ -334,6 +334,36 @@ def test_changed_tokenising_code_rebuilds_bm25_without_re_embedding(workspace, e
     assert rx.reindex(workspace, embedder).embedded_passages == 0
 
 
+def test_fingerprints_are_of_the_code_a_process_runs(tmp_path):
+    """Files edited under a running process (an upgrade in place) do not change the fingerprints
+    it records: they are taken at import, else its next reindex would re-embed everything."""
+    import json
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "assistant", pkg / "assistant",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import sys, json; sys.path.insert(0, sys.argv[1])\n"
+        "from pathlib import Path\n"
+        "import assistant.reindex as rx\n"
+        "if sys.argv[2] == 'edit':\n"
+        "    for name in ('index.py', 'chunking.py'):\n"
+        "        f = Path(sys.argv[1]) / 'assistant' / name\n"
+        "        f.write_text('# upgraded\\n# in place\\n' + f.read_text())\n"
+        "print(json.dumps(rx.fingerprints()))\n"
+    )
+
+    def prints(mode: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code, str(pkg), mode], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    before = prints("plain")
+    assert prints("edit") == before  # edited after import: the running code's fingerprints
+    assert prints("plain") != before  # a process started on the edited files sees new code
+
+
 def test_unreadable_files_are_skipped_without_rebuilding_each_time(workspace, embedder):
     from assistant import index as ix
     from assistant.reindex import reindex
