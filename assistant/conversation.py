@@ -114,7 +114,10 @@ ASPECT_WEIGHT = 0.5  # share of the aspect-only vector in a comparison's dense s
 CONTRAST_BONUS = 0.05  # among comparisons, one that contrasts the subjects beats one that only names them
 DIRECT_BONUS = 0.05  # ... and more when one sentence sets two of them against each other ('more X than Y')
 COMPARE_FIRST = 0.7
-LEAD = float(__import__('os').environ.get('LEAD', '1.2'))  # a comparison leads when it scores at least this share of the best single-subject passage
+# A taken passage's near-duplicates (its `also_in`) are looked for among this many of the best
+# of its pool, as a plain answer looks among its candidates: a comparison's pool holds every
+# passage naming a subject, tens of thousands in a library of a million (148k checks, 8 s).
+DUPLICATE_WINDOW = 200
 
 
 @dataclass
@@ -664,7 +667,8 @@ def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj
         return h.row not in used and not any(_duplicate(index, S, h.row, u) for u in used)
 
     def take(h: Hit, pool: list[Hit], about: str) -> None:
-        others = [o for o in pool if o.row != h.row and o.row not in used and _duplicate(index, S, h.row, o.row)]
+        others = [o for o in pool[:DUPLICATE_WINDOW]
+                  if o.row != h.row and o.row not in used and _duplicate(index, S, h.row, o.row)]
         answers.append(to_answer(index, h, others, settings, about=about))
         used.extend([h.row] + [o.row for o in others])
 
@@ -690,9 +694,9 @@ def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj
     # 2. side by side: the best passage about each subject (the subjects the question named
     #    always get one; those gathered by "which ...?" only when about as relevant as the best)
     for i in sorted(ids, key=lambda i: -(per[i][0].score if per[i] else 0.0)):
-        cands = [h for h in per[i] if fresh(h)]
-        if cands and (not every or cands[0].score >= 0.5 * best_single):
-            take(cands[0], per[i], S.subjects[i].name)
+        cand = next((h for h in per[i] if fresh(h)), None)  # the first fresh one: not all checked
+        if cand is not None and (not every or cand.score >= 0.5 * best_single):
+            take(cand, per[i], S.subjects[i].name)
     # 3. then the rest by relevance: more comparisons, more about each subject
     best = max([h.score for h in comp_hits[:1]] + [best_single])
     rest = [(h, comp_hits, about(h)) for h in comp_hits] + [(h, per[i], S.subjects[i].name) for i in ids for h in per[i]]
