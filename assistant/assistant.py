@@ -129,6 +129,7 @@ class Assistant:
             loaded = _Loaded(self._db.load(version), self.settings, version.name)
         else:
             loaded = _Loaded(ix.load(self.settings.index_dir), self.settings)
+        self._warm(loaded)
         self._loaded = loaded
         self._checked_at = time.monotonic()
         return loaded
@@ -180,7 +181,7 @@ class Assistant:
                     return loaded
                 if loaded is None or loaded.generation != gen.name:
                     try:
-                        fresh = self._prepare(gen, warm=False)
+                        fresh = self._prepare(gen)
                     except Exception:
                         if loaded is None:
                             raise
@@ -208,22 +209,25 @@ class Assistant:
         finally:
             self._reload_lock.release()
 
-    def _prepare(self, gen: Path, warm: bool = True) -> _Loaded:
-        """Load one generation; `warm`: also build what the first question on it would build
-        (its subjects), when nobody is waiting for the load (the background swap)."""
+    def _prepare(self, gen: Path) -> _Loaded:
+        """Load one generation, and what the first question on it would otherwise load."""
         if self._db is not None:
             fresh = _Loaded(self._db.load(gen), self.settings, gen.name)
         else:
             fresh = _Loaded(ix.load(self.settings.index_dir, path=gen), self.settings)
-        if not warm:
-            return fresh
+        self._warm(fresh)
+        return fresh
+
+    def _warm(self, loaded: _Loaded) -> None:
+        """Read the generation's subjects (stored at build time) now, not on the first question:
+        at a million passages that is seconds of JSON, which start-up or the reindex that made
+        the generation pays instead of a reader."""
         try:
             from . import subjects
 
-            subjects.for_index(fresh.index, self.settings.corpus_dir)
+            subjects.for_index(loaded.index, self.settings.corpus_dir)
         except Exception:  # answering will try again (and report) on its own
-            log.exception("could not prepare the subjects of %s", gen.name)
-        return fresh
+            log.exception("could not prepare the subjects of %s", loaded.generation)
 
     def _load_in_background(self, gen: Path) -> None:
         try:

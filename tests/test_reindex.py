@@ -334,6 +334,25 @@ def test_changed_tokenising_code_rebuilds_bm25_without_re_embedding(workspace, e
     assert rx.reindex(workspace, embedder).embedded_passages == 0
 
 
+def test_subjects_are_read_at_open_and_by_the_reindex_not_on_a_question(workspace, embedder):
+    """The first question after start or after a reindex costs what any other does: the stored
+    subjects (seconds of JSON at a million passages) are read when the generation is loaded."""
+    from assistant import subjects as sj
+
+    def ready(index) -> bool:
+        hit = sj._cache.get(id(index))
+        return hit is not None and hit[0]() is index
+
+    a = open_assistant(workspace, embedder)
+    first = a._current().index
+    assert ready(first)  # before any question
+    (workspace.corpus_dir / "zz-new.md").write_text("# Cryo facials\n\nA cryo facial cools the skin.\n",
+                                                     encoding="utf-8")
+    a.reindex()
+    second = a._current().index
+    assert second is not first and ready(second)
+
+
 def test_fingerprints_are_of_the_code_a_process_runs(tmp_path):
     """Files edited under a running process (an upgrade in place) do not change the fingerprints
     it records: they are taken at import, else its next reindex would re-embed everything."""
