@@ -968,17 +968,19 @@ class Postings:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == self.n_rows:  # rows ascending and unique: all of them, in order
             return self
-        old_to_new = np.full(self.n_rows, -1, dtype=np.int64)
-        old_to_new[rows] = np.arange(len(rows))
+        old_to_new = np.full(self.n_rows, -1, dtype=np.int32)  # int32 like `indices`: half the traffic
+        old_to_new[rows] = np.arange(len(rows), dtype=np.int32)
         indptr = np.asarray(self.indptr, dtype=np.int64)
         new_rows = old_to_new[np.asarray(self.indices)]
         m = new_rows >= 0
-        cm = np.zeros(len(m) + 1, dtype=np.int64)
-        np.cumsum(m, out=cm[1:])
-        counts = cm[indptr[1:]] - cm[indptr[:-1]]
+        # entries dropped per token from the dropped entries' positions (few for a small change),
+        # not a cumulative sum over every entry (68M at a million passages' sentences: 4 s)
+        gone = np.flatnonzero(~m)
+        counts = np.diff(indptr) - np.bincount(np.searchsorted(indptr, gone, side="right") - 1,
+                                               minlength=len(indptr) - 1)
         out_ptr = np.zeros(len(counts) + 1, dtype=np.int64)
         np.cumsum(counts, out=out_ptr[1:])
-        return Postings(list(self.vocab), out_ptr, new_rows[m].astype(np.int32), np.asarray(self.tf)[m],
+        return Postings(list(self.vocab), out_ptr, new_rows[m], np.asarray(self.tf)[m],
                         np.asarray(self.doclen)[rows])
 
     def extend(self, rows: list[list[str]]) -> "Postings":
