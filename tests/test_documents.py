@@ -493,8 +493,16 @@ def test_the_reindex_scan_finds_what_discover_finds(tmp_path):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("Title\nBody.\n")
     (tmp_path / "dir.md").mkdir()
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    (outside / "inner").mkdir(parents=True, exist_ok=True)
+    (outside / "k.md").write_text("Title\nBody.\n")
+    (outside / "inner" / "l.md").write_text("Title\nBody.\n")
+    (tmp_path / "linked.md").symlink_to(outside / "k.md")  # a symlinked file is found
+    (tmp_path / "linkdir").symlink_to(outside / "inner", target_is_directory=True)  # a symlinked folder is not entered
+    (tmp_path / "broken.md").symlink_to(outside / "missing.md")
     assert _discover(tmp_path) == discover(tmp_path)
-    assert len(discover(tmp_path)) == 7
+    assert _discover(str(tmp_path) + "/") == discover(tmp_path)
+    assert len(discover(tmp_path)) == 8
     for f in discover(tmp_path):
         rel = _relative_posix(f, tmp_path)
         assert (rel[: len(rel) - len(f.suffix)] if f.suffix else rel) == doc_id_for(f, tmp_path)
