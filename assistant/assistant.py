@@ -122,14 +122,10 @@ class Assistant:
         return self._embedder
 
     def _load(self) -> _Loaded:
-        if self._db is not None:
-            version = self._db.current()
-            if version is None:
-                raise self._db.no_index()
-            loaded = _Loaded(self._db.load(version), self.settings, version.name)
-        else:
-            loaded = _Loaded(ix.load(self.settings.index_dir), self.settings)
-        self._warm(loaded)
+        gen = self._generation()
+        if gen is None:
+            raise self._no_index()
+        loaded = self._prepare(gen)
         self._loaded = loaded
         self._checked_at = time.monotonic()
         return loaded
@@ -210,24 +206,20 @@ class Assistant:
             self._reload_lock.release()
 
     def _prepare(self, gen: Path) -> _Loaded:
-        """Load one generation, and what the first question on it would otherwise load."""
+        """Load one generation, and its subjects (stored at build time) now rather than on the
+        first question: at a million passages that is seconds of JSON, which start-up or the
+        reindex that made the generation pays instead of a reader."""
         if self._db is not None:
             fresh = _Loaded(self._db.load(gen), self.settings, gen.name)
         else:
             fresh = _Loaded(ix.load(self.settings.index_dir, path=gen), self.settings)
-        self._warm(fresh)
-        return fresh
-
-    def _warm(self, loaded: _Loaded) -> None:
-        """Read the generation's subjects (stored at build time) now, not on the first question:
-        at a million passages that is seconds of JSON, which start-up or the reindex that made
-        the generation pays instead of a reader."""
         try:
             from . import subjects
 
-            subjects.for_index(loaded.index, self.settings.corpus_dir)
+            subjects.for_index(fresh.index, self.settings.corpus_dir)
         except Exception:  # answering will try again (and report) on its own
-            log.exception("could not prepare the subjects of %s", loaded.generation)
+            log.exception("could not prepare the subjects of %s", gen.name)
+        return fresh
 
     def _load_in_background(self, gen: Path) -> None:
         try:

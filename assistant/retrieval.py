@@ -287,7 +287,7 @@ class Retriever:
             return out
         eq = q.equivalents or {}
         # one tokenize call per passage (one stemming pass), not one per sentence
-        for i, seq in enumerate(tokenize([self.index.sentence_text(first + i) for i in range(n)])):
+        for i, seq in enumerate(tokenize([self.index.sentence_text(first + j) for j in range(n)])):
             at: dict[str, list[int]] = {}
             for j, t in enumerate(seq):
                 at.setdefault(t, []).append(j)
