@@ -22,6 +22,7 @@ There is no generative model, so a follow-up is read with retrieval techniques:
 """
 from __future__ import annotations
 
+import heapq
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -117,6 +118,8 @@ COMPARE_FIRST = 0.7
 # A taken passage's near-duplicates (its `also_in`) are looked for among this many of the best
 # of its pool, as a plain answer looks among its candidates: a comparison's pool holds every
 # passage naming a subject, tens of thousands in a library of a million (148k checks, 8 s).
+# The further answers of step 3 are looked for among as many of the best remaining passages: in
+# a library full of near-copies, walking the whole pool for a fresh one cost 65k checks (1.3 s).
 DUPLICATE_WINDOW = 200
 
 
@@ -678,12 +681,15 @@ def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj
     # 1. the comparison itself, when it is about as relevant as the best single-subject passage
     #    (with every subject in play, a passage comparing two of them must beat the best single one);
     #    for a question with an aspect, further comparisons lead while they beat every single-subject
-    #    passage. Nothing here depends on top_k: a shorter answer list is a prefix of a longer one.
+    #    passage. A shorter answer list is a prefix of a longer one: each step stops once top_k
+    #    answers are taken only because what it would add is cut off at the end anyway.
     every = turn.how == "all subjects"
     first = 1.0 if every else COMPARE_FIRST
     comp_hits = [h for _, h, _ in comp]
     stating = [h for _, h, states in comp if states]
     for n, h in enumerate(stating):
+        if len(answers) >= top_k:
+            break  # what follows would be cut off below: the same answers, without the checks
         if not fresh(h):
             continue
         if answers and (general or h.score < best_single):
@@ -694,15 +700,17 @@ def compare(index: Index, retriever: Retriever, settings: Settings, subjects: sj
     # 2. side by side: the best passage about each subject (the subjects the question named
     #    always get one; those gathered by "which ...?" only when about as relevant as the best)
     for i in sorted(ids, key=lambda i: -(per[i][0].score if per[i] else 0.0)):
+        if len(answers) >= top_k:
+            break
         cand = next((h for h in per[i] if fresh(h)), None)  # the first fresh one: not all checked
         if cand is not None and (not every or cand.score >= 0.5 * best_single):
             take(cand, per[i], S.subjects[i].name)
     # 3. then the rest by relevance: more comparisons, more about each subject
     best = max([h.score for h in comp_hits[:1]] + [best_single])
-    rest = [(h, comp_hits, about(h)) for h in comp_hits] + [(h, per[i], S.subjects[i].name) for i in ids for h in per[i]]
-    for h, pool, label in sorted(rest, key=lambda x: -x[0].score):
+    rest = [(h, comp_hits, None) for h in comp_hits] + [(h, per[i], S.subjects[i].name) for i in ids for h in per[i]]
+    for h, pool, label in heapq.nsmallest(DUPLICATE_WINDOW, rest, key=lambda x: -x[0].score):
         if len(answers) >= top_k or h.score < 0.5 * best:
             break
         if fresh(h):
-            take(h, pool, label)
+            take(h, pool, about(h) if label is None else label)
     return answers[:top_k]  # at most top_k

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -890,11 +891,70 @@ def bm25_scores(retriever, query_tokens: list[str], n: int) -> np.ndarray:
 
 
 def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best rows (best first) and their scores: bm25s's sparse sum over the query words'
-    postings, then argpartition (never a sort of all n scores)."""
-    scores = bm25_scores(retriever, query_tokens, n)
-    rows = topk(scores, k)
-    return rows, scores[rows]
+    """The k best-scoring rows (best first; ties: lower row first) and their scores, taken from
+    the query words' postings alone: rows no query word occurs in score nothing and are never
+    returned. Cost: the postings of the query's words, not the size of the library.
+
+    The scores are the numbers `bm25_scores` gives at those rows, summed the way bm25s sums them
+    (token by token, in query order) into a zeroed scratch array that is zeroed again after
+    (only at the rows touched). The best k rows are then found among the touched entries: a row
+    appears there at most once per query word, so the best k × (query words) entries hold every
+    row of the top k (ties at the boundary are all taken, then ordered by row)."""
+    vocab = retriever.vocab_dict
+    ids = [vocab[t] for t in query_tokens if t in vocab]
+    empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    if not ids or n <= 0 or k <= 0:
+        return empty
+    m = retriever.scores
+    data, indices, indptr = m["data"], m["indices"], m["indptr"]
+    spans = [(int(indptr[t]), int(indptr[t + 1])) for t in ids]
+    spans = [(a, b) for a, b in spans if b > a]
+    if not spans:
+        return empty
+    buf = _scratch(max(n, int(m["num_docs"])))
+    touched: list[np.ndarray] = []
+    try:
+        for a, b in spans:
+            rows = np.asarray(indices[a:b])
+            touched.append(rows)
+            np.add.at(buf, rows, np.asarray(data[a:b], dtype=np.float32))
+        rows = touched[0] if len(touched) == 1 else np.concatenate(touched)
+        vals = buf[rows]
+        head = min(len(vals), k * len(spans))
+        if head < len(vals):
+            thr = vals[np.argpartition(-vals, head - 1)[head - 1]]
+            rows = rows[vals >= thr]
+        cand = np.unique(rows).astype(np.int64)
+        cand = cand[cand < n]
+        scores = buf[cand]
+    finally:
+        for r in touched:
+            buf[r] = 0.0
+    nonocc = getattr(retriever, "nonoccurrence_array", None)
+    if nonocc is not None:  # BM25L/BM25+ variants: a constant per query word (the order is unchanged)
+        scores = scores + np.float32(nonocc[ids].sum())
+    keep = scores > 0
+    cand, scores = cand[keep], scores[keep]
+    order = np.lexsort((cand, -scores))[:k]
+    return cand[order], scores[order]
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(n: int) -> np.ndarray:
+    """A float32 array of n zeros for this thread, reused across questions (a caller zeroes what
+    it touched): a fresh 16 MB array per question at 4M sentences costs page faults, and threads
+    answering at once must not share one."""
+    arrays = getattr(_SCRATCH, "arrays", None)
+    if arrays is None:
+        arrays = _SCRATCH.arrays = {}
+    buf = arrays.get(n)
+    if buf is None:
+        while len(arrays) >= 4:  # sizes of libraries served before a reindex
+            arrays.pop(next(iter(arrays)))
+        buf = arrays[n] = np.zeros(n, dtype=np.float32)
+    return buf
 
 
 def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.ndarray:
@@ -903,7 +963,8 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
 
     bm25s keeps a token-major sparse matrix (data/indices/indptr); a text's score is the sum of
     its entries over the query's tokens, a repeated token counted each time, in query order
-    (so float32 sums match bm25s's own bit for bit)."""
+    (so float32 sums match bm25s's own bit for bit). Each token's rows are ascending in its
+    postings (`Postings` keeps them so), which lets a common word be searched from the rows' side."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros(len(rows), dtype=np.float32)
     vocab = retriever.vocab_dict
@@ -919,6 +980,14 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
         if a == b:
             continue
         docs = np.asarray(indices[a:b])
+        if b - a > 2 * len(uniq):
+            # a common word: look the rows up in its postings (ascending), rows x log(postings),
+            # instead of each of its postings among the rows (at a million passages a word can
+            # sit in 400,000 sentences, and a question looks up ~1,300)
+            pos = np.minimum(np.searchsorted(docs, uniq), b - a - 1)
+            hit = docs[pos] == uniq
+            acc[hit] += np.asarray(data[a:b], dtype=np.float32)[pos[hit]]
+            continue
         pos = np.searchsorted(uniq, docs)
         pos[pos >= len(uniq)] = 0
         hit = uniq[pos] == docs

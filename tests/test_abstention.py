@@ -61,6 +61,29 @@ def test_bridging_can_be_switched_off(library, monkeypatch):
     assert _evidence(library, "Does microneedling hurt?", library.embedder).unknown == pytest.approx(0.5)
 
 
+def test_bridging_encodes_only_the_shortlisted_words(library, monkeypatch):
+    """The model encodes the few pool words nearest the asked one by the input embeddings, not
+    every word of the best passages, and bridges the same words as with the whole pool."""
+    assert len(extraction._shortlist(["x"] * 3, ["hurt"])) == 3  # a short pool is kept whole
+    seen: list[str] = []
+
+    class Spy:
+        def encode_queries(self, words):
+            seen.extend(words)
+            return library.embedder.encode_queries(words)
+
+    extraction._WORD_VECTORS.clear()
+    monkeypatch.setattr(extraction, "BRIDGE_SHORTLIST", 4)
+    short = _evidence(library, "Does microneedling hurt?", Spy())
+    assert short.unknown == 0.0 and ("painful" in seen or "pain" in seen)
+    assert len(seen) <= 4 + 1  # the shortlist and the asked word
+    monkeypatch.setattr(extraction, "BRIDGE_SHORTLIST", 10_000)
+    extraction._WORD_VECTORS.clear()
+    seen.clear()
+    whole = _evidence(library, "Does microneedling hurt?", Spy())
+    assert len(seen) > 20 and whole == short
+
+
 def test_the_sentence_coverage_reads_the_best_sentence(library):
     """The best sentence holds the question's words: its share is the passage's at most, and
     here all of them."""

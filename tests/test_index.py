@@ -299,8 +299,33 @@ def test_bm25_of_some_rows_equals_the_full_scores_at_those_rows(small_assistant)
             rows = np.concatenate([rows, rows[:2]])  # repeated rows too
             assert np.array_equal(ix.bm25_scores_for(retriever, toks, rows), full[rows])
             got_rows, got = ix.bm25_topk(retriever, toks, n, 5)
-            assert got_rows.tolist() == np.argsort(-full, kind="stable")[:5].tolist()
+            head = np.argsort(-full, kind="stable")[:5]
+            assert got_rows.tolist() == head[full[head] > 0].tolist()  # rows that score, only
             assert np.array_equal(got, full[got_rows])
+
+
+def test_bm25_topk_from_postings_is_the_head_of_the_full_scores():
+    """Many rows, repeated and common query words, ties at the boundary, a scratch array reused
+    across calls and left zeroed: the sparse top-k equals the head of the full scores."""
+    rng = np.random.default_rng(11)
+    vocab = [f"w{i}" for i in range(40)]
+    p = np.linspace(1, 0.02, len(vocab))  # a few common words, many rare ones
+    rows = [list(rng.choice(vocab, size=int(rng.integers(1, 12)), p=p / p.sum())) for _ in range(3000)]
+    rows += [["w39", "w38"]] * 30  # identical rows: tied scores
+    retriever = ix._bm25s_from_tokens(rows)
+    n = len(rows)
+    for q in (["w0"], ["w39", "w38"], ["w0", "w1", "w0", "w20"], ["w5", "nosuchword", "w30"], vocab[:25]):
+        full = ix.bm25_scores(retriever, q, n)
+        for k in (1, 7, 50, 400, 5000):
+            got_rows, got = ix.bm25_topk(retriever, q, n, k)
+            head = np.argsort(-full, kind="stable")[:k]
+            assert got_rows.tolist() == head[full[head] > 0].tolist(), (q, k)
+            assert np.array_equal(got, full[got_rows])
+        for size in (1, 30, 2500):  # few rows: common words are looked up from the rows' side
+            some = np.concatenate([rng.choice(n, size=size, replace=False), [0, n - 1, 0]])
+            assert np.array_equal(ix.bm25_scores_for(retriever, q, some), full[some]), (q, size)
+        assert not ix._scratch(n).any()  # zeroed again for the next question
+    assert ix.bm25_topk(retriever, ["nosuchword"], n, 5)[0].size == 0
 
 
 def test_vector_stores_flat_and_hnsw_hold_each_vector_once_by_row(small_assistant, tmp_path):
