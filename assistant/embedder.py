@@ -190,7 +190,9 @@ def static_word_vectors(words: list[str]) -> np.ndarray | None:
 @functools.lru_cache(maxsize=2)
 def _load(encoder: str, threads: int | None) -> Embedder:
     log.info("loading embedding model %s (%s encoder)", MODEL_NAME, encoder)
-    return ENCODERS[encoder](threads)
+    embedder = ENCODERS[encoder](threads)
+    _input_embeddings()  # read with the model (0.1 s), not by the first question that bridges a word
+    return embedder
 
 
 def get_embedder(encoder: str | None = None) -> Embedder:

@@ -133,15 +133,28 @@ IVF_TRAIN_PER_CELL = 40
 HNSW_M = _env_int("ASSISTANT_HNSW_M", 16, minimum=2)
 HNSW_EF_CONSTRUCTION = _env_int("ASSISTANT_HNSW_EF_CONSTRUCTION", 64)
 HNSW_EF_SEARCH = _env_int("ASSISTANT_HNSW_EF_SEARCH", 192)
-DTYPES = {"float32": np.float32, "float16": np.float16}
+# A level's dtype -> the numpy dtype its rows are read back in ("int8" rows are decoded from their
+# 8-bit codes; float16 holds the decoded values to well below the codes' own step).
+DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.float16}
 # The dtype of new levels, each kind alike (flat: IndexScalarQuantizer fp16; PQ: its flat file of
 # vectors for rescoring; IVF / HNSW: their SQ fp16 variants). A store read from a file keeps the
 # dtype the file has; a reindex that changes the library converts a level of the other dtype
-# once, from its stored vectors (reindex._store). Both levels are float16 by default: the same
+# once, from its stored vectors (reindex._store). Passages are float16 by default: the same
 # top answer as float32 exact search on XQuAD and COVID-QA (README "Scale"), and half the bytes
-# (passages at a million: a 0.77 GB flat file instead of 1.5 GB).
-PASSAGE_DTYPE = _env_choice("ASSISTANT_PASSAGE_DTYPE", tuple(DTYPES), "float16")
-SENTENCE_DTYPE = _env_choice("ASSISTANT_SENTENCE_DTYPE", tuple(DTYPES), "float16")
+# (passages at a million: a 0.77 GB flat file instead of 1.5 GB). Sentences are "int8": an IVF
+# level keeps 8-bit scalar-quantised codes (per dimension, its range trained on the level's
+# sample), a quarter of float32's bytes (3.1 -> 1.5 GB at a million passages' 4M sentences), the
+# same top answer as exact float16 search on every XQuAD and covidqa-dev question (README "Int8
+# sentence vectors"); flat levels (below ANN_MIN_VECTORS) and an IVF level's delta stay float16
+# (`level_dtype`): their exact search reads few vectors.
+PASSAGE_DTYPE = _env_choice("ASSISTANT_PASSAGE_DTYPE", ("float32", "float16"), "float16")
+SENTENCE_DTYPE = _env_choice("ASSISTANT_SENTENCE_DTYPE", tuple(DTYPES), "int8")
+
+
+def level_dtype(kind: str, dtype: str) -> str:
+    """What a store of `kind` asked for `dtype` holds: int8 codes only in IVF lists, float16
+    elsewhere (a flat level, a PQ level's rescoring file, an HNSW graph's storage)."""
+    return "float16" if dtype == "int8" and kind != "ivf" else dtype
 
 
 class VectorStore(Protocol):
@@ -239,6 +252,7 @@ class FaissStore:
 
         check_env()
         ip = faiss.METRIC_INNER_PRODUCT
+        dtype = level_dtype(kind, dtype)
         fp16 = dtype == "float16"
         if kind == "flat":
             index = _flat_index(dim, dtype)
@@ -527,6 +541,8 @@ class FaissStore:
         kind = "hnsw" if isinstance(index, faiss.IndexHNSW) else "ivf" if isinstance(index, faiss.IndexIVF) else "flat"
         inner = faiss.downcast_index(index.storage) if kind == "hnsw" else index
         dtype = "float16" if isinstance(inner, (faiss.IndexScalarQuantizer, faiss.IndexIVFScalarQuantizer)) else "float32"
+        if dtype == "float16" and inner.sq.qtype == faiss.ScalarQuantizer.QT_8bit:
+            dtype = "int8"
         if kind == "hnsw":
             index.hnsw.efSearch = HNSW_EF_SEARCH
         elif kind == "ivf":
@@ -543,7 +559,7 @@ def _flat_index(dim: int, dtype: str):
     import faiss
 
     ip = faiss.METRIC_INNER_PRODUCT
-    if dtype == "float16":
+    if level_dtype("flat", dtype) == "float16":  # an int8 IVF level's delta: float16, searched exactly
         index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, ip)
         index.train(np.zeros((1, dim), dtype=np.float32))
         return index
@@ -569,9 +585,12 @@ def _ivf_index(dim: int, dtype: str, nlist: int):
 
     ip = faiss.METRIC_INNER_PRODUCT
     quantizer = faiss.IndexFlatIP(dim)
-    if dtype == "float16":
-        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_fp16, ip)
-        index.by_residual = False  # codes are the vectors' own float16 (as a flat store's), not residuals
+    if dtype in ("float16", "int8"):
+        qtype = faiss.ScalarQuantizer.QT_fp16 if dtype == "float16" else faiss.ScalarQuantizer.QT_8bit
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, qtype, ip)
+        # codes are of the vectors themselves, not of residuals: a row reads back without its cell
+        # (int8: each dimension's range is trained on the same sample as the cells)
+        index.by_residual = False
     else:
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
     quantizer.this.disown()  # the IVF index owns (and frees) its quantizer

@@ -702,7 +702,7 @@ def _store(prev: ix.FaissStore | None, prev_path: Path | None, kept: np.ndarray,
     trained on a sample, rows coded; HNSW: a new graph)."""
     n = len(kept) + len(new)
     kind = ix.choose_kind(n, level)
-    if prev is not None and prev_path is not None and prev.kind == kind and prev.dtype == dtype:
+    if prev is not None and prev_path is not None and prev.kind == kind and prev.dtype == ix.level_dtype(kind, dtype):
         total = prev.dead + len(prev) + len(new)
         dead = prev.dead + len(prev) - len(kept)
         if dead <= ix.MAX_TOMBSTONE_SHARE * total and prev.pending + len(new) <= ix.DELTA_MAX_VECTORS:

@@ -103,7 +103,8 @@ def test_manifest_and_layout(built, embedder):
     assert len(list(gen.glob("articles-*.rec"))) == 1  # the records, in one segment
     vs = m["vector_search"]
     assert vs["passages"] == {"kind": "flat", "dtype": ix.PASSAGE_DTYPE, "vectors": len(loaded.passages)}
-    assert vs["sentences"] == {"kind": "flat", "dtype": ix.SENTENCE_DTYPE, "vectors": len(loaded.sent_passage)}
+    assert vs["sentences"] == {"kind": "flat", "dtype": ix.level_dtype("flat", ix.SENTENCE_DTYPE),
+                               "vectors": len(loaded.sent_passage)}
     assert vs["ann_min_vectors"] == ix.ANN_MIN_VECTORS
 
 
@@ -365,7 +366,7 @@ def test_above_the_threshold_ann_is_chosen_recorded_extended_and_answers_alike(t
     ann = open_assistant(corpus, tmp_path / "i2")
     m = ann._current().index.manifest["vector_search"]
     assert m["passages"]["kind"] == m["sentences"]["kind"] == kind and m["ann_min_vectors"] == 1
-    assert m["sentences"]["dtype"] == ix.SENTENCE_DTYPE
+    assert m["sentences"]["dtype"] == ix.level_dtype(kind, ix.SENTENCE_DTYPE)
     if kind == "hnsw":
         assert m["passages"]["M"] == ix.HNSW_M
     elif kind == "pq":
@@ -529,6 +530,37 @@ def _clustered(n: int, dim: int = 48, centres: int = 40, seed: int = 7) -> np.nd
     c = rng.standard_normal((centres, dim)).astype(np.float32)
     v = c[rng.integers(0, centres, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_an_int8_ivf_store_keeps_a_byte_a_dimension_and_ranks_as_float16(tmp_path, monkeypatch):
+    """Sentences' default dtype: IVF lists hold 8-bit codes (a quarter of float32's bytes), rows
+    read back within the codes' step, each row finds itself and the top 20 are float16's; the
+    delta and a flat level hold float16 (their search is exact over few vectors)."""
+    monkeypatch.setattr(ix, "IVF_NPROBE", 4)
+    vecs = _clustered(4000)
+    store = ix.FaissStore.build(vecs, "ivf", "int8")
+    assert store.describe()["dtype"] == "int8" and store.index.code_size == vecs.shape[1]
+    store.save(tmp_path / "v.faiss")
+    loaded = ix.FaissStore.load(tmp_path / "v.faiss")
+    assert loaded.kind == "ivf" and loaded.dtype == "int8"
+    m = loaded.matrix()
+    assert m.dtype == np.float16 and m.shape == vecs.shape
+    assert np.abs(np.asarray(m[:], np.float32) - vecs).max() < 0.02
+    half = ix.FaissStore.build(vecs, "ivf", "float16")
+    same = []
+    for row in range(0, 4000, 37):
+        q = vecs[row]
+        rows, _ = loaded.search(q, 20)
+        assert rows[0] == row
+        same.append(len(np.intersect1d(rows, half.search(q, 20)[0])) / 20)
+    assert np.mean(same) > 0.95
+    extra = _clustered(30, seed=9)
+    loaded.add(extra)  # a delta beside the mapped file: float16, searched exactly
+    assert loaded.delta.code_size == 2 * vecs.shape[1]
+    np.testing.assert_array_equal(np.asarray(loaded.matrix()[4000:4030]), extra.astype(np.float16))
+    assert loaded.search(extra[3], 1)[0][0] == 4003
+    assert ix.FaissStore.create(vecs.shape[1], "flat", "int8").dtype == "float16"
+    assert [ix.level_dtype(k, "int8") for k in ("flat", "pq", "hnsw", "ivf")] == ["float16"] * 3 + ["int8"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
