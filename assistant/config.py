@@ -61,15 +61,6 @@ class Settings:
     # article prior: the article's own cosine, and its best candidate passage's fused score
     w_doc_dense: float = 0.0
     w_doc_best: float = 0.0
-    # article prior: the article's own BM25 over whole articles (title + clean text), min-max over
-    # the candidates' articles (Retriever._article_bm25; issue 10's long-document idea). Off by
-    # default: README, "Evidence from the whole article"
-    w_doc_bm25: float = 0.0
-    # the question's words weighted by how rare each is among the passages of the passage's own
-    # article (log(article passages / those holding the word)): in a long paper its subject is in
-    # every passage, and the passage holding the question's other words should win
-    # (Retriever._local, retrieval.LOCAL_WITHIN). Off by default, as measured
-    w_local: float = 0.0
     # "How many ...?" wants a number, "Who ...?" a name: bonus for a sentence holding one (highlight),
     # and for a passage whose relevant sentence does
     w_kind_sentence: float = 0.3

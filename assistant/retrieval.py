@@ -10,14 +10,13 @@ import bisect
 import functools
 import logging
 import re
-import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from . import answertype
 from .config import Settings
-from .index import ArticleCentroids, Index, bm25_scores_for, build_bm25, candidate_rows, tokenize, typed_words
+from .index import ArticleCentroids, Index, bm25_scores_for, candidate_rows, tokenize, typed_words
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +36,6 @@ _DEFINITION_Q = re.compile(
 _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
-# w_local reorders passages within their article only: each passage gains w_local x its local score
-# / the best local score among its article's candidates (1.0 where that is 0), so every article's
-# best passage gains the same and no article rises over another on a word only it happens to use
-LOCAL_WITHIN = True
-# w_doc_bm25: the article's BM25 as min-max over the candidates' articles (False), or by its rank
-# among them, 1 / (1 + rank) (True): only the order of the candidate articles counts
-DOC_BM25_RANK = False
 RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
 PROXIMITY_WINDOW = 3  # tokens (stop words out) between two adjacent question words held as a phrase
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
@@ -101,46 +93,6 @@ def _doc_centroids(index: Index) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(c.of_row, dtype=np.int64), c.base
 
 
-_ARTICLES_LOCK = threading.Lock()
-
-
-def article_rows(index: Index) -> tuple[np.ndarray, list[str]]:
-    """(passage row -> article number, article number -> doc_id), made once per loaded index and
-    kept on it. From the passage table's article numbers when the index has one (nothing parsed)."""
-    got = index.__dict__.get("_article_rows")
-    if got is None:
-        from .records import PassageTable
-
-        if isinstance(index.passages, PassageTable):
-            got = (np.asarray(index.passages.doc_of, dtype=np.int64), list(index.passages.docs.ids))
-        else:
-            numbers: dict[str, int] = {}
-            of_row = np.fromiter((numbers.setdefault(p.doc_id, len(numbers)) for p in index.passages),
-                                 dtype=np.int64, count=len(index.passages))
-            got = (of_row, list(numbers))
-        index.__dict__["_article_rows"] = got
-    return got
-
-
-def article_bm25(index: Index):
-    """A BM25 over whole articles (each one document: its title and clean text, the same
-    `tokenize`), row i = article number i of `article_rows`. Built on first use from the loaded
-    index's article records and kept on the Index (an experiment's cost: every article is read and
-    tokenised once per process; a default would build it at index time)."""
-    got = index.__dict__.get("_article_bm25")
-    if got is None:
-        with _ARTICLES_LOCK:
-            got = index.__dict__.get("_article_bm25")
-            if got is None:
-                _, ids = article_rows(index)
-                texts = []
-                for d in ids:
-                    rec = index.docs[d]
-                    texts.append(f"{rec.title} {rec.text}")
-                got = index.__dict__["_article_bm25"] = build_bm25(texts)
-    return got
-
-
 _KIND_CACHE_MAX = 200_000
 
 # Misspelled question words (Retriever._spelled): from 5 letters, 1 edit (2 from 8 letters)
@@ -189,7 +141,6 @@ class Retriever:
         self._heads: dict[int, frozenset[str] | None] = {}  # sentence row -> what it defines (lazily)
         self._docs: tuple[np.ndarray, np.ndarray] | None = None  # _doc_centroids, made when first needed
         self._by_initial: dict[str, list[str]] = {}  # vocabulary by first letter (_spelled), as needed
-        self._sizes: np.ndarray | None = None  # article number -> its passages (_local), made when first needed
         if SPELLING:
             _model_words()  # once per process (the tokenizer's vocabulary), not on a reader's question
 
@@ -309,60 +260,6 @@ class Retriever:
             prior += s.w_doc_best * _minmax(best)[inv]
         return prior
 
-    def _article_bm25(self, q: Query, ctx: Query | None, cand: np.ndarray) -> np.ndarray:
-        """Per candidate passage: its article's BM25 over whole articles (title and clean text),
-        min-max over the candidates' articles (or 1 / (1 + rank) among them, DOC_BM25_RANK). A
-        follow-up's conversation counts as for the passage BM25 (w_context). Long-document
-        retrieval's document prior: a stray passage of an unrelated article does not win on a few
-        shared words, and the paper the question is about lifts all its passages."""
-        of_row, _ = article_rows(self.index)
-        bm = article_bm25(self.index)
-        uniq, inv = np.unique(of_row[cand], return_inverse=True)
-        sc = bm25_scores_for(bm, q.search_tokens, uniq).astype(np.float64)
-        if ctx is not None:
-            sc = sc + self.s.w_context * bm25_scores_for(bm, ctx.search_tokens, uniq)
-        if DOC_BM25_RANK:
-            rank = np.empty(len(uniq), dtype=np.float64)
-            rank[np.argsort(-sc, kind="stable")] = np.arange(len(uniq))
-            val = np.where(sc > 0, 1.0 / (1.0 + rank), 0.0).astype(np.float32)
-        else:
-            val = _minmax(sc.astype(np.float32))
-        return val[inv]
-
-    def _local(self, q: Query, cand: np.ndarray) -> np.ndarray:
-        """Per candidate passage: the question's distinct words it holds (a stem extension counts for
-        its word), each weighted by its rarity within the passage's own article,
-        log(the article's passages / those of them holding the word). A word in every passage of
-        the article (a paper's subject) weighs nothing, so the passage holding the words that set
-        it apart within its article wins; an article of one passage scores 0 throughout."""
-        ix = self.index
-        of_row, _ = article_rows(ix)
-        if self._sizes is None:
-            self._sizes = np.bincount(of_row, minlength=int(of_row.max()) + 1 if len(of_row) else 0).astype(np.float64)
-        size = self._sizes
-        docs = of_row[cand]
-        out = np.zeros(len(cand), dtype=np.float64)
-        bm = ix.bm25_passages
-        vocab, m = bm.vocab_dict, bm.scores
-        eq = q.equivalents or {}
-        for t in dict.fromkeys(q.tokens):
-            ids = [vocab[x] for x in (t, *sorted(eq.get(t, ()))) if x in vocab]
-            ids = [i for i in ids if i + 1 < len(m["indptr"])]
-            if not ids:
-                continue
-            rows = np.unique(np.concatenate([np.asarray(m["indices"][int(m["indptr"][i]) : int(m["indptr"][i + 1])])
-                                             for i in ids]))
-            held = np.isin(cand, rows)
-            if not held.any():
-                continue
-            counts = np.bincount(of_row[rows], minlength=len(size))
-            out += held * np.log(size[docs] / np.maximum(counts[docs], 1))
-        if LOCAL_WITHIN:
-            best = np.zeros(len(size), dtype=np.float64)
-            np.maximum.at(best, docs, out)
-            return np.where(best[docs] > 0, out / np.where(best[docs] > 0, best[docs], 1.0), 1.0).astype(np.float32)
-        return _minmax(out.astype(np.float32))
-
     def _coverage(self, q: Query, sent_idx: np.ndarray) -> np.ndarray:
         """Per sentence: the share of the question's distinct words its BM25 text holds (the sentence
         with its section heading and article title; a stem extension counts for its word). A
@@ -472,10 +369,6 @@ class Retriever:
         )
         if s.w_doc_dense or s.w_doc_best:
             fused = fused + self._article_prior(q, cand, fused)
-        if s.w_doc_bm25:
-            fused = fused + s.w_doc_bm25 * self._article_bm25(q, ctx, cand)
-        if s.w_local:
-            fused = fused + s.w_local * self._local(q, cand)
         # per-sentence scores, for highlighting: the same mix at sentence level
         s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
         if s.w_cover_passage or s.w_cover_sentence:
@@ -500,9 +393,8 @@ class Retriever:
             fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
             order = order[np.argsort(-fused[order], kind="stable")]
         order = order[:k]
-        # the coverage, proximity, article-BM25 and local weights add to the four signals' 1.0:
-        # scale back, so a score stays in [0, 1]
-        scale = 1.0 / (1.0 + s.w_cover_passage + s.w_prox_passage + s.w_doc_bm25 + s.w_local)
+        # the coverage and proximity weights add to the four signals' 1.0: scale back, so a score stays in [0, 1]
+        scale = 1.0 / (1.0 + s.w_cover_passage + s.w_prox_passage)
         hits = []
         for o in order:
             a = offsets[o]
