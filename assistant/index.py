@@ -1020,6 +1020,7 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
 
 # --- BM25 that a reindex updates instead of rebuilding ----------------------------------------
 
+SCORE_BLOCK = 1 << 22  # postings entries scored at a time by Postings.retriever (bounded memory)
 BM25_TF, BM25_DOCLEN = "tf.npy", "doclen.npy"  # beside bm25s's own files in bm25-passages/ and bm25-sentences/
 
 
@@ -1126,15 +1127,20 @@ class Postings:
         avg = np.array(doclen).mean()
         denom = r.k1 * ((1 - r.b) + r.b * doclen / avg)  # float64, per row
         data = np.empty(len(p.indices), dtype=np.float32)
-        step = 1 << 22
-        tok = np.repeat(np.arange(v, dtype=np.int32), df)
+        step = SCORE_BLOCK
+        ptr = np.asarray(p.indptr, dtype=np.int64)
         indices = np.asarray(p.indices)
         tf_all = np.asarray(p.tf, dtype=np.float32)
         for i in range(0, len(data), step):
-            tf = tf_all[i : i + step]
-            tfc = tf / (denom[indices[i : i + step]] + tf)
-            data[i : i + step] = idf[tok[i : i + step]] * tfc
-        del tok
+            j = min(i + step, len(data))
+            # the token of each entry of this block only (a token id per entry of the whole level
+            # would be 272 MB more at a million passages' sentences, a reindex's peak memory)
+            t0 = int(np.searchsorted(ptr, i, side="right")) - 1
+            t1 = int(np.searchsorted(ptr, j - 1, side="right")) - 1
+            tok = np.repeat(np.arange(t0, t1 + 1), np.diff(np.clip(ptr[t0 : t1 + 2], i, j)))
+            tf = tf_all[i:j]
+            tfc = tf / (denom[indices[i:j]] + tf)
+            data[i:j] = idf[tok] * tfc
         r.scores = {"data": data, "indices": np.ascontiguousarray(indices, dtype=np.int32),
                     "indptr": np.ascontiguousarray(p.indptr, dtype=np.int64), "num_docs": n}
         r.vocab_dict = {t: i for i, t in enumerate(p.vocab)}

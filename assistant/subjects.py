@@ -1248,7 +1248,9 @@ def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int,
     """The saved discovery of the previous generation, moved to the rows of `index` (kept rows
     renumbered by `old_to_new`, -1 for gone), with the passages from `first_new` on placed and
     the subjects their articles introduce added; None when a full discovery is due (small
-    library, or too much changed since the last one)."""
+    library, or too much changed since the last one). `data`'s row maps are consumed (its
+    "body" and "heading" removed as they are read: at a million passages they are hundreds of MB
+    of Python objects, and a reindex must not need more memory than serving)."""
     n = len(index.passages)
     changed = int(data.get("changed_since_discovery", 0)) + (n - first_new) + removed
     if n < INCREMENTAL_MIN_PASSAGES or changed > REDISCOVER_SHARE * n:
@@ -1258,7 +1260,7 @@ def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int,
     body: dict[int, list[int]] = {}
     heading: dict[int, list[int]] = {}
     for key_, dst in (("body", body), ("heading", heading)):
-        for r, ids in data[key_].items():
+        for r, ids in data.pop(key_).items():
             new = int(old_to_new[int(r)]) if int(r) < len(old_to_new) else -1
             if new >= 0:
                 dst[new] = list(ids)
@@ -1313,6 +1315,7 @@ def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int,
     for key_, dst in (("body", body), ("heading", heading)):
         out[key_] = {str(r): ids2 for r, ids in sorted(dst.items())
                      if (ids2 := [remap[x] for x in ids if x in remap])}
+        dst.clear()
     out["changed_since_discovery"] = changed
     if added:
         log.info("subjects added by the new articles: %s", ", ".join(d["name"] for d in out["subjects"][n_old:]))

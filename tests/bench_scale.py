@@ -497,8 +497,9 @@ def same_answers(src: Path, workdir: Path) -> dict:
     """Build the eval corpus once with float32 vectors on both levels and exact search (the
     reference, what the index stored before), then ask every question again with float16
     sentences (float32 passages, as before issue 11's float16 passages), with float16 on both
-    levels (the default), with both levels on HNSW, and with the approximate kinds chosen from
-    ANN_MIN_VECTORS up (passages PQ, sentences IVF), the PQ level's vectors float32 and float16.
+    levels, with both levels on HNSW, and with the approximate kinds chosen from ANN_MIN_VECTORS
+    up (passages PQ, sentences IVF), the PQ level's vectors float32 and float16, the IVF level's
+    float16 and int8 (the default).
     Eval figures and top-1 agreement (with the reference) for each."""
     from dataclasses import replace
 
@@ -533,6 +534,8 @@ def same_answers(src: Path, workdir: Path) -> dict:
                                                ix.FaissStore.build(s32, "ivf", "float16")),
         "PQ float16 passages, IVF float16 sentences": (ix.FaissStore.build(p32, "pq", "float16"),
                                                        ix.FaissStore.build(s32, "ivf", "float16")),
+        "PQ float16 passages, IVF int8 sentences (default)": (ix.FaissStore.build(p32, "pq", "float16"),
+                                                              ix.FaissStore.build(s32, "ivf", "int8")),
     }
     out, ref = {}, None
     for name, (ps, ss) in variants.items():

@@ -32,11 +32,14 @@ def _same_scores(r, want) -> None:
     np.testing.assert_array_equal(ix.bm25_scores_for(r, q, rows), ix.bm25_scores_for(want, q, rows))
 
 
-def test_postings_give_bm25s_scores_bit_for_bit():
+def test_postings_give_bm25s_scores_bit_for_bit(monkeypatch):
     from assistant.reindex import _bm25
 
     rows = _texts()
     _same_scores(ix.Postings.from_tokens(rows).retriever(), _bm25(rows))
+    for block in (1, 7, 1000):  # scored a block at a time: blocks that cut tokens' postings anywhere
+        monkeypatch.setattr(ix, "SCORE_BLOCK", block)
+        _same_scores(ix.Postings.from_tokens(rows).retriever(), _bm25(rows))
 
 
 def test_removing_and_adding_rows_equals_a_build_of_the_result():
