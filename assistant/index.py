@@ -930,25 +930,25 @@ def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.nd
     spans = [(a, b) for a, b in spans if b > a]
     if not spans:
         return empty
-    buf = _scratch(max(n, int(m["num_docs"])))
-    touched: list[np.ndarray] = []
-    try:
-        for a, b in spans:
-            rows = np.asarray(indices[a:b])
-            touched.append(rows)
-            np.add.at(buf, rows, np.asarray(data[a:b], dtype=np.float32))
-        rows = touched[0] if len(touched) == 1 else np.concatenate(touched)
-        vals = buf[rows]
-        head = min(len(vals), k * len(spans))
-        if head < len(vals):
-            thr = vals[np.argpartition(-vals, head - 1)[head - 1]]
-            rows = rows[vals >= thr]
-        cand = np.unique(rows).astype(np.int64)
-        cand = cand[cand < n]
-        scores = buf[cand]
-    finally:
-        for r in touched:
-            buf[r] = 0.0
+    with _scratch(max(n, int(m["num_docs"]))) as buf:
+        touched: list[np.ndarray] = []
+        try:
+            for a, b in spans:
+                rows = np.asarray(indices[a:b])
+                touched.append(rows)
+                np.add.at(buf, rows, np.asarray(data[a:b], dtype=np.float32))
+            rows = touched[0] if len(touched) == 1 else np.concatenate(touched)
+            vals = buf[rows]
+            head = min(len(vals), k * len(spans))
+            if head < len(vals):
+                thr = vals[np.argpartition(-vals, head - 1)[head - 1]]
+                rows = rows[vals >= thr]
+            cand = np.unique(rows).astype(np.int64)
+            cand = cand[cand < n]
+            scores = buf[cand]
+        finally:
+            for r in touched:
+                buf[r] = 0.0
     nonocc = getattr(retriever, "nonoccurrence_array", None)
     if nonocc is not None:  # BM25L/BM25+ variants: a constant per query word (the order is unchanged)
         scores = scores + np.float32(nonocc[ids].sum())
@@ -958,22 +958,28 @@ def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.nd
     return cand[order], scores[order]
 
 
-_SCRATCH = threading.local()
+_SCRATCH: dict[int, list[np.ndarray]] = {}  # size -> zeroed float32 arrays not in use
+_SCRATCH_LOCK = threading.Lock()
 
 
-def _scratch(n: int) -> np.ndarray:
-    """A float32 array of n zeros for this thread, reused across questions (a caller zeroes what
-    it touched): a fresh 16 MB array per question at 4M sentences costs page faults, and threads
-    answering at once must not share one."""
-    arrays = getattr(_SCRATCH, "arrays", None)
-    if arrays is None:
-        arrays = _SCRATCH.arrays = {}
-    buf = arrays.get(n)
+@contextlib.contextmanager
+def _scratch(n: int):
+    """A float32 array of n zeros, lent for one BM25 top-k and zeroed again by the borrower at
+    the rows it touched: a fresh 16 MB array per question at 4M sentences costs page faults.
+    Arrays are pooled, not per thread: a server's thread pool has dozens of threads, but only
+    as many arrays exist as questions ever summed BM25 at the same moment."""
+    with _SCRATCH_LOCK:
+        free = _SCRATCH.get(n)
+        buf = free.pop() if free else None
     if buf is None:
-        while len(arrays) >= 4:  # sizes of libraries served before a reindex
-            arrays.pop(next(iter(arrays)))
-        buf = arrays[n] = np.zeros(n, dtype=np.float32)
-    return buf
+        buf = np.zeros(n, dtype=np.float32)
+    try:
+        yield buf
+    finally:
+        with _SCRATCH_LOCK:
+            for size in [x for x in _SCRATCH if x != n][: max(0, len(_SCRATCH) - 3)]:
+                del _SCRATCH[size]  # sizes of libraries served before a reindex
+            _SCRATCH.setdefault(n, []).append(buf)
 
 
 def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.ndarray:

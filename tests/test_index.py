@@ -325,8 +325,17 @@ def test_bm25_topk_from_postings_is_the_head_of_the_full_scores():
         for size in (1, 30, 2500):  # few rows: common words are looked up from the rows' side
             some = np.concatenate([rng.choice(n, size=size, replace=False), [0, n - 1, 0]])
             assert np.array_equal(ix.bm25_scores_for(retriever, q, some), full[some]), (q, size)
-        assert not ix._scratch(n).any()  # zeroed again for the next question
+        assert ix._SCRATCH[n] and not any(b.any() for b in ix._SCRATCH[n])  # zeroed again, back in the pool
     assert ix.bm25_topk(retriever, ["nosuchword"], n, 5)[0].size == 0
+
+
+def test_bm25_scratch_arrays_are_lent_one_per_borrower_and_reused():
+    """Questions answered at once (a server's threads) never share a scratch array; a returned
+    one is lent again instead of a new one being made."""
+    with ix._scratch(10) as a, ix._scratch(10) as b:
+        assert a is not b
+    with ix._scratch(10) as c:
+        assert c is a or c is b
 
 
 def test_vector_stores_flat_and_hnsw_hold_each_vector_once_by_row(small_assistant, tmp_path):
