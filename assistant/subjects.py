@@ -1219,8 +1219,7 @@ def from_json(data: dict, n_passages: int) -> Subjects:
     shared: dict[tuple, frozenset] = {}
     for key_, rows in (("body", body), ("heading", heading)):
         for r, ids in data[key_].items():
-            t = tuple(ids)
-            rows[int(r)] = shared.get(t) or shared.setdefault(t, frozenset(ids))
+            rows[int(r)] = shared.setdefault(tuple(ids), frozenset(ids))
     return Subjects(subs, body, heading)
 
 
