@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 # 3: vectors stored once, in the FAISS files, by row (flat or HNSW; no *_vectors.npy)
 # 4: article and passage records as linked segments + arrays (records.py); article centroids
 # 5: the records' segments binary (records.py: text as UTF-8, layout as int32 arrays)
-FORMAT_VERSION = 5
-READABLE_FORMATS = (2, 3, 4, 5)  # a format-2 generation is read (and reused by reindex) as flat stores
+# 6: BM25 levels as segments (a linked main, tombstones, a small delta; scored when asked)
+FORMAT_VERSION = 6
+READABLE_FORMATS = (2, 3, 4, 5, 6)  # a format-2 generation is read (and reused by reindex) as flat stores
 CURRENT = "CURRENT"
 PASSAGE_STORE, SENTENCE_STORE = "passages.faiss", "sentences.faiss"
 LIVE_SUFFIX = ".rows.npy"  # beside an HNSW store with tombstones: the id of each row
@@ -891,22 +892,23 @@ def _stopwords() -> list[str]:
     return sorted(set(STOPWORDS_EN_PLUS) | extra)
 
 
-def build_bm25(texts: list[str]):
-    import bm25s
-
-    retriever = bm25s.BM25()
-    tokens = tokenize(texts) if texts else []
-    retriever.index(tokens or [[""]], show_progress=False)
-    return retriever
+def build_bm25(texts: list[str]) -> "BM25Level":
+    return BM25Level.from_tokens(tokenize(texts) if texts else [])
 
 
 def bm25_scores(retriever, query_tokens: list[str], n: int) -> np.ndarray:
-    """Scores of every indexed text for one tokenised query (zeros for unknown words)."""
-    vocab = retriever.vocab_dict
-    known = [t for t in query_tokens if t in vocab]
-    if not known or n == 0:
-        return np.zeros(n, dtype=np.float32)
-    return np.asarray(retriever.get_scores(known), dtype=np.float32)[:n]
+    """Scores of every indexed text for one tokenised query (zeros for unknown words), summed
+    token by token in query order, as bm25s's own `get_scores` sums them."""
+    out = np.zeros(n, dtype=np.float32)
+    ids = retriever.ids(query_tokens)
+    if not ids or n == 0:
+        return out
+    full = np.zeros(max(n, retriever.n_slots), dtype=np.float32)
+    for t in ids:
+        rows, scores = retriever.postings(t)
+        np.add.at(full, rows, scores)
+    out[:] = full[:n]
+    return out
 
 
 def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -914,29 +916,33 @@ def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.nd
     the query words' postings alone: rows no query word occurs in score nothing and are never
     returned. Cost: the postings of the query's words, not the size of the library.
 
-    The scores are the numbers `bm25_scores` gives at those rows, summed the way bm25s sums them
-    (token by token, in query order) into a zeroed scratch array that is zeroed again after
-    (only at the rows touched). The best k rows are then found among the touched entries: a row
-    appears there at most once per query word, so the best k × (query words) entries hold every
-    row of the top k (ties at the boundary are all taken, then ordered by row)."""
-    vocab = retriever.vocab_dict
-    ids = [vocab[t] for t in query_tokens if t in vocab]
+    The scores are the numbers `bm25_scores` gives at those rows, summed the same way (token by
+    token, in query order) into a zeroed scratch array that is zeroed again after (only at the
+    rows touched). The best k rows are then found among the touched entries: a row appears
+    there at most once per query word, so the best k × (query words) entries hold every row of
+    the top k (ties at the boundary are all taken, then ordered by row)."""
+    ids = retriever.ids(query_tokens)
     empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     if not ids or n <= 0 or k <= 0:
         return empty
-    m = retriever.scores
-    data, indices, indptr = m["data"], m["indices"], m["indptr"]
-    spans = [(int(indptr[t]), int(indptr[t + 1])) for t in ids]
-    spans = [(a, b) for a, b in spans if b > a]
+    got: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    spans = []
+    for t in ids:  # a repeated word's postings are scored once
+        if t not in got:
+            got[t] = retriever.postings(t)
+        if len(got[t][0]):
+            spans.append(got[t])
     if not spans:
         return empty
-    with _scratch(max(n, int(m["num_docs"]))) as buf:
+    slots = retriever.n_rows < retriever.n_slots  # removed rows' entries land past the last row
+    with _scratch(max(n, retriever.n_slots)) as buf:
         touched: list[np.ndarray] = []
         try:
-            for a, b in spans:
-                rows = np.asarray(indices[a:b])
+            for rows, scores in spans:
                 touched.append(rows)
-                np.add.at(buf, rows, np.asarray(data[a:b], dtype=np.float32))
+                np.add.at(buf, rows, scores)
+            if slots:
+                buf[retriever.n_rows :] = -np.inf  # never among the best
             rows = touched[0] if len(touched) == 1 else np.concatenate(touched)
             vals = buf[rows]
             head = min(len(vals), k * len(spans))
@@ -949,9 +955,8 @@ def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.nd
         finally:
             for r in touched:
                 buf[r] = 0.0
-    nonocc = getattr(retriever, "nonoccurrence_array", None)
-    if nonocc is not None:  # BM25L/BM25+ variants: a constant per query word (the order is unchanged)
-        scores = scores + np.float32(nonocc[ids].sum())
+            if slots:
+                buf[retriever.n_rows :] = 0.0
     keep = scores > 0
     cand, scores = cand[keep], scores[keep]
     order = np.lexsort((cand, -scores))[:k]
@@ -986,64 +991,64 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
     """Scores of only these rows, the same numbers `bm25_scores(...)[rows]` gives, from the
     postings of the query's words (cost: those postings, not the size of the library).
 
-    bm25s keeps a token-major sparse matrix (data/indices/indptr); a text's score is the sum of
-    its entries over the query's tokens, a repeated token counted each time, in query order
-    (so float32 sums match bm25s's own bit for bit). Each token's rows are ascending in its
-    postings (`Postings` keeps them so), which lets a common word be searched from the rows' side."""
+    A text's score is the sum of its entries over the query's tokens, a repeated token counted
+    each time, in query order (so float32 sums match bm25s's own bit for bit). Each token's rows
+    are ascending in its postings, which lets a common word be searched from the rows' side."""
     rows = np.asarray(rows, dtype=np.int64)
     out = np.zeros(len(rows), dtype=np.float32)
-    vocab = retriever.vocab_dict
-    ids = [vocab[t] for t in query_tokens if t in vocab]
+    ids = retriever.ids(query_tokens)
     if not ids or not len(rows):
         return out
-    m = retriever.scores
-    data, indices, indptr = m["data"], m["indices"], m["indptr"]
     uniq, inv = np.unique(rows, return_inverse=True)
     acc = np.zeros(len(uniq), dtype=np.float32)
     for t in ids:
-        a, b = int(indptr[t]), int(indptr[t + 1])
-        if a == b:
-            continue
-        docs = np.asarray(indices[a:b])
-        if b - a > 2 * len(uniq):
+        if retriever.entries(t) > 2 * len(uniq):
             # a common word: look the rows up in its postings (ascending), rows x log(postings),
             # instead of each of its postings among the rows (at a million passages a word can
-            # sit in 400,000 sentences, and a question looks up ~1,300)
-            pos = np.minimum(np.searchsorted(docs, uniq), b - a - 1)
-            hit = docs[pos] == uniq
-            acc[hit] += np.asarray(data[a:b], dtype=np.float32)[pos[hit]]
+            # sit in 400,000 sentences, and a question looks up ~1,300); only the entries found
+            # are scored
+            acc += retriever.scores_at(t, uniq)
+            continue
+        docs, scores = retriever.postings(t)
+        if not len(docs):
             continue
         pos = np.searchsorted(uniq, docs)
         pos[pos >= len(uniq)] = 0
         hit = uniq[pos] == docs
         if hit.any():
-            np.add.at(acc, pos[hit], np.asarray(data[a:b], dtype=np.float32)[hit])
-    nonocc = getattr(retriever, "nonoccurrence_array", None)
-    if nonocc is not None:  # BM25L/BM25+ variants: a constant per query word
-        acc += np.float32(nonocc[ids].sum())
+            np.add.at(acc, pos[hit], scores[hit])
     return acc[inv]
 
 
-# --- BM25 that a reindex updates instead of rebuilding ----------------------------------------
+# --- BM25 as segments: what a reindex updates in proportion to the change ----------------------
 
-SCORE_BLOCK = 1 << 22  # postings entries scored at a time by Postings.retriever (bounded memory)
-BM25_TF, BM25_DOCLEN = "tf.npy", "doclen.npy"  # beside bm25s's own files in bm25-passages/ and bm25-sentences/
+BM25_K1, BM25_B = 1.5, 0.75  # bm25s's defaults (method "lucene"): every level is scored with them
+BM25_TF, BM25_DOCLEN = "tf.npy", "doclen.npy"  # format 5: beside bm25s's own files (read, converted)
+LEVEL_META = "level.json"  # a BM25 level kept as segments (below); absent: bm25s's own arrays
+MAIN_VOCAB = "main.vocab.txt"
+MAIN_FILES = ("main.indptr.npy", "main.indices.npy", "main.code.npy", "main.doclen.npy", "main.pairs.npy", MAIN_VOCAB)
+# the delta is merged into a new main past this share of the main's entries (and this many)
+BM25_DELTA_SHARE = float(os.environ.get("ASSISTANT_BM25_DELTA_SHARE", "0.05"))
+BM25_DELTA_MIN = _env_int("ASSISTANT_BM25_DELTA_MIN", 200_000)
+
+
+def _idf(n: int, d: int) -> np.float32:
+    """bm25s's lucene idf of a word in d of n rows, as float32 (what its `index` stores)."""
+    import math
+
+    return np.float32(math.log(1 + (n - d + 0.5) / (d + 0.5)))
 
 
 @dataclass
 class Postings:
-    """The term frequencies one BM25 level is computed from, token-major like bm25s's score
-    matrix (token t's rows are indices[indptr[t]:indptr[t+1]], ascending; tf beside them).
-
-    A reindex drops the rows of removed articles (`keep`), appends the rows of new ones
-    (`extend`) and recomputes the scores (`retriever`) with numpy in one pass over the arrays:
-    no Python list per passage, no re-tokenising, the same float32 scores bm25s's own `index`
-    computes from the same tokens (a test holds them equal, bit for bit)."""
+    """Term frequencies token-major (token t's rows are indices[indptr[t]:indptr[t+1]],
+    ascending; tf beside them) and each row's length: what a BM25 level is computed from. Used
+    to build a level from nothing, to merge a level's segments and to read older generations."""
 
     vocab: list[str]  # token id -> token
     indptr: np.ndarray  # int64, len(vocab) + 1
     indices: np.ndarray  # int32 rows
-    tf: np.ndarray  # float32 term frequency of each entry
+    tf: np.ndarray  # term frequency of each entry (an integer type; float32 in format 5)
     doclen: np.ndarray  # int32 tokens per row
 
     @property
@@ -1052,7 +1057,7 @@ class Postings:
 
     @classmethod
     def empty(cls) -> "Postings":
-        return cls([], np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+        return cls([], np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.uint32), np.zeros(0, np.int32))
 
     @classmethod
     def from_tokens(cls, rows: list[list[str]]) -> "Postings":
@@ -1084,23 +1089,26 @@ class Postings:
         if not rows:
             return self
         vocab = {t: i for i, t in enumerate(self.vocab)}
-        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for row in rows for t in row), dtype=np.int64)
-        lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        n_new, v_old, v_new = len(rows), len(self.vocab), len(vocab)
-        row = np.repeat(np.arange(n_new, dtype=np.int64), lens)
-        keys, tf = np.unique(ids * n_new + row, return_counts=True)  # by token, then row
-        tok, row = keys // n_new, keys % n_new + self.n_rows
+        tok, row, tf, lens = _entries(rows, vocab)
+        return self.insert(list(vocab), tok, row + self.n_rows, tf, lens)
+
+    def insert(self, vocab: list[str], tok: np.ndarray, row: np.ndarray, tf: np.ndarray,
+               lens: np.ndarray) -> "Postings":
+        """Entries (sorted by token, then row) of rows appended after the last, each placed after
+        its token's entries (`vocab`: this one's, then the tokens new to it)."""
+        v_old, v_new = len(self.vocab), len(vocab)
         old_ptr = np.asarray(self.indptr, dtype=np.int64)
         old_counts = np.zeros(v_new, dtype=np.int64)
         old_counts[:v_old] = np.diff(old_ptr)
         counts = old_counts + np.bincount(tok, minlength=v_new)
         ptr = np.zeros(v_new + 1, dtype=np.int64)
         np.cumsum(counts, out=ptr[1:])
-        at = old_ptr[np.minimum(tok + 1, v_old)]  # after the token's old entries (new tokens: at the end)
-        indices = np.insert(np.asarray(self.indices, dtype=np.int32), at, row.astype(np.int32))
-        tfs = np.insert(np.asarray(self.tf, dtype=np.float32), at, tf.astype(np.float32))
-        return Postings(list(vocab), ptr, indices, tfs,
-                        np.concatenate([np.asarray(self.doclen, dtype=np.int32), lens.astype(np.int32)]))
+        at = old_ptr[np.minimum(np.asarray(tok, dtype=np.int64) + 1, v_old)]  # after the token's old entries
+        dtype = np.result_type(np.asarray(self.tf).dtype, np.asarray(tf).dtype)
+        indices = np.insert(np.asarray(self.indices, dtype=np.int32), at, np.asarray(row, dtype=np.int32))
+        tfs = np.insert(np.asarray(self.tf, dtype=dtype), at, np.asarray(tf, dtype=dtype))
+        return Postings(vocab, ptr, indices, tfs,
+                        np.concatenate([np.asarray(self.doclen, dtype=np.int32), np.asarray(lens, dtype=np.int32)]))
 
     def compact(self) -> "Postings":
         """Without the tokens no row uses any more (a full build would not know them)."""
@@ -1112,49 +1120,9 @@ class Postings:
         np.cumsum(counts[used], out=ptr[1:])
         return Postings([t for t, u in zip(self.vocab, used) if u], ptr, self.indices, self.tf, self.doclen)
 
-    def retriever(self):
-        """A bm25s retriever with the scores bm25s's `index` computes from the same tokens
-        (method lucene, k1 1.5, b 0.75, float32; the same operations in the same order)."""
-        import math
-
-        import bm25s
-
-        p = self.compact()
-        r = bm25s.BM25()
-        n, v = p.n_rows, len(p.vocab)
-        if n == 0 or v == 0:
-            r = _bm25s_from_tokens([[""] for _ in range(max(1, n))])  # no word anywhere: "" only
-            r.postings = p
-            return r
-        df = np.diff(p.indptr)
-        uniq, inv = np.unique(df, return_inverse=True)
-        idf = np.array([math.log(1 + (n - int(d) + 0.5) / (int(d) + 0.5)) for d in uniq], dtype=np.float32)[inv]
-        doclen = np.asarray(p.doclen, dtype=np.int64)
-        avg = np.array(doclen).mean()
-        denom = r.k1 * ((1 - r.b) + r.b * doclen / avg)  # float64, per row
-        data = np.empty(len(p.indices), dtype=np.float32)
-        step = SCORE_BLOCK
-        ptr = np.asarray(p.indptr, dtype=np.int64)
-        indices = np.asarray(p.indices)
-        tf_all = np.asarray(p.tf, dtype=np.float32)
-        for i in range(0, len(data), step):
-            j = min(i + step, len(data))
-            # the token of each entry of this block only (a token id per entry of the whole level
-            # would be 272 MB more at a million passages' sentences, a reindex's peak memory)
-            t0 = int(np.searchsorted(ptr, i, side="right")) - 1
-            t1 = int(np.searchsorted(ptr, j - 1, side="right")) - 1
-            tok = np.repeat(np.arange(t0, t1 + 1), np.diff(np.clip(ptr[t0 : t1 + 2], i, j)))
-            tf = tf_all[i:j]
-            tfc = tf / (denom[indices[i:j]] + tf)
-            data[i:j] = idf[tok] * tfc
-        r.scores = {"data": data, "indices": np.ascontiguousarray(indices, dtype=np.int32),
-                    "indptr": np.ascontiguousarray(p.indptr, dtype=np.int64), "num_docs": n}
-        r.vocab_dict = {t: i for i, t in enumerate(p.vocab)}
-        r.vocab_dict[""] = v  # as bm25s adds it (no column)
-        r.unique_token_ids_set = set(r.vocab_dict.values())
-        r.nonoccurrence_array = None
-        r.postings = p
-        return r
+    def level(self) -> "BM25Level":
+        """These postings as a BM25 level of one (main) segment."""
+        return BM25Level.from_postings(self)
 
     def token_rows(self) -> list[list[str]]:
         """Each row's tokens as a bag (token order is lost; BM25 does not use it)."""
@@ -1172,12 +1140,450 @@ class Postings:
             at += n
         return out
 
+
+def _entries(rows: list[list[str]], vocab: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The (token, row, tf) entries of tokenised rows, sorted by token then row (rows from 0),
+    and each row's length; tokens new to `vocab` are added to it."""
+    ids = np.fromiter((vocab.setdefault(t, len(vocab)) for row in rows for t in row), dtype=np.int64)
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    n_new = len(rows)
+    row = np.repeat(np.arange(n_new, dtype=np.int64), lens)
+    keys, tf = np.unique(ids * n_new + row, return_counts=True)  # by token, then row
+    return keys // n_new, keys % n_new, tf.astype(np.uint32), lens
+
+
+class ScoredLevel:
+    """BM25 as bm25s keeps it: a float32 score per entry, token-major (data/indices/indptr).
+    Generations written before segments are served from it as they were (the next reindex
+    converts them), and tests compare the segments with bm25s's own `index` through it."""
+
+    def __init__(self, retriever) -> None:
+        self.retriever = retriever
+        m = retriever.scores
+        self.data, self.indices, self.indptr = m["data"], m["indices"], np.asarray(m["indptr"])
+        self.n_rows = self.n_slots = int(m["num_docs"])
+        self.vocab_dict = {t: i for t, i in (retriever.vocab_dict or {}).items() if t and i + 1 < len(self.indptr)}
+
+    def ids(self, tokens: list[str]) -> list[int]:
+        """The ids of the tokens some row holds, in query order (repeats kept)."""
+        v = self.vocab_dict
+        return [v[t] for t in tokens if t in v]
+
+    def entries(self, t: int) -> int:
+        return int(self.indptr[t + 1] - self.indptr[t])
+
+    def postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = int(self.indptr[t]), int(self.indptr[t + 1])
+        return np.asarray(self.indices[a:b]), np.asarray(self.data[a:b], dtype=np.float32)
+
+    def rows(self, t: int) -> np.ndarray:
+        return np.asarray(self.indices[int(self.indptr[t]) : int(self.indptr[t + 1])])
+
+    def scores_at(self, t: int, rows: np.ndarray) -> np.ndarray:
+        """Token t's scores at these rows (ascending, unique); 0 where it is absent."""
+        docs, out = self.rows(t), np.zeros(len(rows), dtype=np.float32)
+        if len(docs):
+            pos = np.minimum(np.searchsorted(docs, rows), len(docs) - 1)
+            hit = docs[pos] == rows
+            a = int(self.indptr[t])
+            out[hit] = np.asarray(self.data[a + pos[hit]], dtype=np.float32) if hit.any() else 0
+        return out
+
+    def known(self) -> tuple[list[str], np.ndarray]:
+        """The tokens some row holds and the number of rows holding each."""
+        toks = list(self.vocab_dict)
+        tids = np.fromiter(self.vocab_dict.values(), dtype=np.int64, count=len(toks))
+        return toks, self.indptr[tids + 1] - self.indptr[tids]
+
     def save(self, folder: Path) -> None:
-        np.save(Path(folder) / BM25_TF, np.asarray(self.tf, dtype=np.float32), allow_pickle=False)
-        np.save(Path(folder) / BM25_DOCLEN, np.asarray(self.doclen, dtype=np.int32), allow_pickle=False)
+        self.retriever.save(folder, show_progress=False)
 
 
-def _bm25s_from_tokens(tokens: list[list[str]]):
+class BM25Level:
+    """One BM25 level (passages or sentences) as segments, the way search engines keep an
+    inverted index: what a reindex changes is proportional to the change, not to the library.
+
+    - the *main* segment, token-major: indptr over the main's vocabulary, indices = main rows
+      (ascending per token) and per entry a 2-byte code of its (term frequency, row length)
+      pair (`pairs`: the few hundred distinct pairs a level holds), and each row's length;
+      written once, then hard-linked into every later generation until a merge writes another;
+    - *tombstones*: `rowmap` (main row -> row of the level; a removed row -> n_rows, a slot
+      past the last row that every reader ignores) and `live` (the reverse), None when every
+      main row lives; the live main rows are the level's first rows, in main order;
+    - the *delta*: the rows added since the main was written (entries sorted by token then row:
+      tok, rows from 0, code; and their lengths), rows n_live_main.. of the level;
+    - global statistics, small and updated per reindex: each token's df over live rows and the
+      total length (so avgdl).
+
+    Scores are computed when asked: per pair, tf / (k1 × ((1 - b) + b × length / avgdl) + tf)
+    in float64 (a table of a few hundred, per level), times the token's idf, as float32: the
+    float ops bm25s's `index` does per entry (lucene, k1 1.5, b 0.75), so the scores are bit for
+    bit those of a build from nothing. The delta is merged into a new main past BM25_DELTA_SHARE
+    of the main's entries, tombstones past MAX_TOMBSTONE_SHARE of its rows."""
+
+    def __init__(self, vocab: list[str], vocab_dict: dict[str, int], main: Postings, pairs: np.ndarray,
+                 rowmap: np.ndarray | None, live: np.ndarray | None,
+                 delta: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], df: np.ndarray,
+                 sum_doclen: int, v_main: int, p_main: int, source: Path | None = None) -> None:
+        # main.tf holds the entries' pair codes; pairs[code] = (tf, row length)
+        self.vocab, self.vocab_dict, self.main, self.pairs = vocab, vocab_dict, main, pairs
+        self.rowmap, self.live = rowmap, live
+        self.delta_tok, self.delta_rows, self.delta_code, self.delta_doclen = delta
+        self.df, self.sum_doclen = df, int(sum_doclen)
+        self.v_main, self.p_main = v_main, p_main  # the main's vocabulary and pairs: prefixes of the level's
+        self.source = source  # the folder the main segment's files were read from (linked, not rewritten)
+        self.n_main = main.n_rows
+        self.n_live_main = self.n_main if live is None else len(live)
+        self.n_rows = self.n_live_main + len(self.delta_doclen)
+        self.n_slots = self.n_rows + 1  # row n_rows: where removed main rows' entries land (ignored)
+        if live is not None and rowmap is None:  # (the slot moves with n_rows: the map is made anew)
+            self.rowmap = np.full(self.n_main, self.n_rows, dtype=np.int32)
+            self.rowmap[np.asarray(live)] = np.arange(len(live), dtype=np.int32)
+        self._indptr = np.asarray(main.indptr, dtype=np.int64)
+        self._tfc: np.ndarray | None = None
+        self._pair_ids: dict[tuple[int, int], int] | None = None
+
+    # --- building and updating ---------------------------------------------------------------
+
+    @classmethod
+    def empty(cls) -> "BM25Level":
+        return cls.from_postings(Postings.empty())
+
+    @classmethod
+    def from_tokens(cls, rows: list[list[str]]) -> "BM25Level":
+        return cls.from_postings(Postings.from_tokens(rows))
+
+    @classmethod
+    def from_postings(cls, p: Postings) -> "BM25Level":
+        """A level whose main segment is these postings (written in full by the next save)."""
+        p = p.compact()
+        indices = np.ascontiguousarray(p.indices, dtype=np.int32)
+        doclen = np.ascontiguousarray(p.doclen, dtype=np.int32)
+        pairs, code = _pair_codes(p.tf, indices, doclen)
+        main = Postings(list(p.vocab), np.asarray(p.indptr, dtype=np.int64), indices, code, doclen)
+        empty = (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, code.dtype), np.zeros(0, np.int32))
+        return cls(list(main.vocab), {t: i for i, t in enumerate(main.vocab)}, main, pairs, None, None, empty,
+                   np.diff(main.indptr).astype(np.int64), int(doclen.sum(dtype=np.int64)), len(main.vocab), len(pairs))
+
+    def _with(self, **kw) -> "BM25Level":
+        args = dict(vocab=self.vocab, vocab_dict=self.vocab_dict, main=self.main, pairs=self.pairs,
+                    rowmap=self.rowmap, live=self.live,
+                    delta=(self.delta_tok, self.delta_rows, self.delta_code, self.delta_doclen), df=self.df,
+                    sum_doclen=self.sum_doclen, v_main=self.v_main, p_main=self.p_main, source=self.source)
+        args.update(kw)
+        return BM25Level(**args)
+
+    def keep(self, rows: np.ndarray) -> "BM25Level":
+        """Only `rows` (ascending), renumbered 0..len(rows)-1: removed main rows become
+        tombstones, removed delta rows are dropped. df loses the removed rows' entries: a pass
+        over the main's row ids when a main row goes (none when only delta rows go)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == self.n_rows:
+            return self
+        df = self.df.copy()
+        live = np.asarray(self.live) if self.live is not None else np.arange(self.n_main, dtype=np.int32)
+        kept_main = live[rows[rows < self.n_live_main]].astype(np.int32)
+        sum_doclen = self.sum_doclen
+        kept_delta = rows[rows >= self.n_live_main] - self.n_live_main
+        if len(kept_main) < self.n_live_main:
+            gone = np.zeros(self.n_main, dtype=bool)
+            gone[live] = True
+            gone[kept_main] = False
+            sum_doclen -= int(np.asarray(self.main.doclen)[gone].sum(dtype=np.int64))
+            at = np.flatnonzero(gone[np.asarray(self.main.indices)])  # the one pass over every entry
+            df[: self.v_main] -= np.bincount(np.searchsorted(self._indptr, at, side="right") - 1, minlength=self.v_main)
+            live = kept_main
+        else:
+            live = self.live
+        delta = (self.delta_tok, self.delta_rows, self.delta_code, self.delta_doclen)
+        if len(kept_delta) < len(self.delta_doclen):
+            new_of = np.full(len(self.delta_doclen), -1, dtype=np.int32)
+            new_of[kept_delta] = np.arange(len(kept_delta), dtype=np.int32)
+            r = new_of[self.delta_rows]
+            m = r >= 0
+            df -= np.bincount(self.delta_tok[~m], minlength=len(df))
+            dl = np.asarray(self.delta_doclen, dtype=np.int64)
+            sum_doclen -= int(dl.sum() - dl[kept_delta].sum())
+            delta = (self.delta_tok[m], r[m], self.delta_code[m], self.delta_doclen[kept_delta])
+        return self._with(rowmap=None, live=live, delta=delta, df=df, sum_doclen=sum_doclen)
+
+    def extend(self, rows: list[list[str]]) -> "BM25Level":
+        """These tokenised texts appended as the last rows, into the delta (cost: their tokens
+        and the delta's size; the main is not touched)."""
+        if not rows:
+            return self
+        vocab, vocab_dict = self.vocab, self.vocab_dict
+        new = [t for t in dict.fromkeys(t for row in rows for t in row) if t not in vocab_dict]
+        if new:  # the previous level may still be serving: its vocabulary is not changed
+            vocab_dict = dict(vocab_dict)
+            vocab_dict.update((t, len(vocab) + i) for i, t in enumerate(new))
+            vocab = vocab + new
+        tok, row, tf, lens = _entries(rows, vocab_dict)
+        df = np.zeros(len(vocab), dtype=np.int64)
+        df[: len(self.df)] = self.df
+        df += np.bincount(tok, minlength=len(vocab))
+        # each entry's (tf, length) pair: the level's code for it, new pairs appended
+        keys = tf.astype(np.int64) << 32 | lens[row]
+        uk, inv = np.unique(keys, return_inverse=True)
+        ids = self._pair_index()
+        pairs = self.pairs
+        fresh = [(int(k >> 32), int(k & 0xFFFFFFFF)) for k in uk.tolist() if (int(k >> 32), int(k & 0xFFFFFFFF)) not in ids]
+        if fresh:
+            pairs = np.concatenate([pairs, np.array(fresh, dtype=np.int64).reshape(-1, 2)])
+            ids = {**ids, **{p: len(self.pairs) + i for i, p in enumerate(fresh)}}
+        code = np.array([ids[(int(k >> 32), int(k & 0xFFFFFFFF))] for k in uk.tolist()], dtype=np.int64)[inv]
+        n_delta = len(self.delta_doclen)
+        all_tok = np.concatenate([self.delta_tok, tok.astype(np.int32)])
+        order = np.argsort(all_tok, kind="stable")  # by token; within one, the new rows come last
+        code_dtype = np.uint16 if len(pairs) <= 1 << 16 else np.uint32
+        delta = (all_tok[order], np.concatenate([self.delta_rows, (row + n_delta).astype(np.int32)])[order],
+                 np.concatenate([self.delta_code.astype(code_dtype), code.astype(code_dtype)])[order],
+                 np.concatenate([self.delta_doclen, lens.astype(np.int32)]))
+        out = self._with(vocab=vocab, vocab_dict=vocab_dict, pairs=pairs, delta=delta, df=df, rowmap=None,
+                         sum_doclen=self.sum_doclen + int(lens.sum()))
+        out._pair_ids = ids
+        return out
+
+    def _pair_index(self) -> dict[tuple[int, int], int]:
+        if self._pair_ids is None:
+            self._pair_ids = {(int(a), int(b)): i for i, (a, b) in enumerate(np.asarray(self.pairs).tolist())}
+        return self._pair_ids
+
+    def due(self) -> bool:
+        """Whether the delta or the tombstones passed their share (then `merged` is written)."""
+        dead = self.n_main - self.n_live_main
+        return bool((dead and dead > MAX_TOMBSTONE_SHARE * self.n_main)
+                    or len(self.delta_tok) > max(BM25_DELTA_MIN, BM25_DELTA_SHARE * len(self.main.indices)))
+
+    def postings_all(self) -> Postings:
+        """Every live entry as one token-major Postings (term frequencies) over the level's rows:
+        what a merge writes as the new main, and the token lists of older callers."""
+        tf_of = np.asarray(self.pairs)[:, 0].astype(np.uint32)
+        main = Postings(self.vocab[: self.v_main], self._indptr, self.main.indices,
+                        tf_of[np.asarray(self.main.tf)], self.main.doclen)
+        if self.live is not None:
+            main = main.keep(np.asarray(self.live))
+        if len(self.delta_doclen) or len(self.vocab) > self.v_main:
+            main = main.insert(list(self.vocab), self.delta_tok, self.delta_rows.astype(np.int64) + self.n_live_main,
+                               tf_of[self.delta_code], self.delta_doclen)
+        return main.compact()
+
+    def merged(self) -> "BM25Level":
+        """One main segment of the live rows, no tombstones, no delta (the same scores)."""
+        return BM25Level.from_postings(self.postings_all())
+
+    def settled(self) -> "BM25Level":
+        return self.merged() if self.due() else self
+
+    # --- asking ------------------------------------------------------------------------------
+
+    def ids(self, tokens: list[str]) -> list[int]:
+        """The ids of the tokens some live row holds, in query order (repeats kept)."""
+        v, df = self.vocab_dict, self.df
+        return [i for i in (v.get(t) for t in tokens) if i is not None and df[i] > 0]
+
+    def _tfcs(self) -> np.ndarray:
+        """tf / (k1 × ((1 - b) + b × length / avgdl) + tf) for each (tf, length) pair, float64:
+        the per-entry factor bm25s computes, with the same ops (so the same bits)."""
+        if self._tfc is None:
+            pairs = np.asarray(self.pairs, dtype=np.int64).reshape(-1, 2)
+            avg = self.sum_doclen / self.n_rows if self.n_rows else 1.0  # = numpy's mean of the int lengths
+            denom = BM25_K1 * ((1 - BM25_B) + BM25_B * pairs[:, 1] / avg)
+            tf = pairs[:, 0].astype(np.float32)
+            self._tfc = tf / (denom + tf)
+        return self._tfc
+
+    def _score(self, t: int, codes: np.ndarray) -> np.ndarray:
+        """float32 scores of token t's entries from their pair codes."""
+        idf = np.float64(_idf(self.n_rows, int(self.df[t])))
+        tfc = self._tfcs()
+        if len(codes) > len(tfc):  # a common word: the pairs scored once, then looked up
+            return (idf * tfc).astype(np.float32)[codes]
+        return (idf * tfc[codes]).astype(np.float32)
+
+    def entries(self, t: int) -> int:
+        """Token t's entries (an upper bound of its live rows)."""
+        n = int(self._indptr[t + 1] - self._indptr[t]) if t < self.v_main else 0
+        if len(self.delta_tok):
+            n += int(np.searchsorted(self.delta_tok, t, "right") - np.searchsorted(self.delta_tok, t, "left"))
+        return n
+
+    def postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token t's rows and their float32 scores: live rows ascending, then n_rows (a slot
+        past the last row) for each removed main row's entry, which readers ignore."""
+        rows, codes = [], []
+        if t < self.v_main:
+            a, b = int(self._indptr[t]), int(self._indptr[t + 1])
+            if b > a:
+                r = self.main.indices[a:b]
+                rows.append(r if self.rowmap is None else self.rowmap[r])
+                codes.append(self.main.tf[a:b])
+        if len(self.delta_tok):
+            a, b = int(np.searchsorted(self.delta_tok, t, "left")), int(np.searchsorted(self.delta_tok, t, "right"))
+            if b > a:
+                rows.append(self.delta_rows[a:b] + self.n_live_main)
+                codes.append(self.delta_code[a:b])
+        if not rows:
+            return np.zeros(0, np.int32), np.zeros(0, np.float32)
+        if len(rows) == 1:
+            return rows[0], self._score(t, codes[0])
+        return np.concatenate(rows), self._score(t, np.concatenate(codes))
+
+    def rows(self, t: int) -> np.ndarray:
+        """Token t's live rows (ascending)."""
+        if t >= len(self.df) or not self.df[t]:
+            return np.zeros(0, np.int32)
+        rows = self.postings(t)[0]
+        return rows[rows < self.n_rows] if self.rowmap is not None else rows
+
+    def scores_at(self, t: int, rows: np.ndarray) -> np.ndarray:
+        """Token t's scores at these rows (ascending, unique); 0 where it is absent. Each row is
+        looked up in the token's postings (rows x log(postings)); only the entries found are
+        scored."""
+        out = np.zeros(len(rows), dtype=np.float32)
+        rows = np.asarray(rows, dtype=np.int64)
+        if t < self.v_main:
+            a, b = int(self._indptr[t]), int(self._indptr[t + 1])
+            mine = np.flatnonzero(rows < self.n_live_main)
+            if b > a and len(mine):
+                want = rows[mine] if self.live is None else np.asarray(self.live)[rows[mine]]  # main rows, ascending
+                docs = self.main.indices[a:b]
+                pos = np.minimum(np.searchsorted(docs, want), b - a - 1)
+                hit = docs[pos] == want
+                if hit.any():
+                    out[mine[hit]] = self._score(t, self.main.tf[a + pos[hit]])
+        if len(self.delta_tok):
+            a, b = int(np.searchsorted(self.delta_tok, t, "left")), int(np.searchsorted(self.delta_tok, t, "right"))
+            mine = np.flatnonzero(rows >= self.n_live_main)
+            if b > a and len(mine):
+                want = rows[mine] - self.n_live_main
+                docs = self.delta_rows[a:b]
+                pos = np.minimum(np.searchsorted(docs, want), b - a - 1)
+                hit = docs[pos] == want
+                if hit.any():
+                    out[mine[hit]] = self._score(t, self.delta_code[a + pos[hit]])
+        return out
+
+    def known(self) -> tuple[list[str], np.ndarray]:
+        """The tokens some live row holds and the number of rows holding each."""
+        used = np.flatnonzero(self.df > 0)
+        return [self.vocab[i] for i in used.tolist()], self.df[used]
+
+    # --- on disk -----------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> None:
+        """The main segment linked from the folder it was read from (written when new), the
+        delta, tombstones and statistics written (small)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        src = self.source
+        if src is not None and all((src / f).exists() for f in MAIN_FILES):
+            for f in MAIN_FILES:
+                try:
+                    os.link(src / f, folder / f)
+                except OSError:
+                    shutil.copyfile(src / f, folder / f)
+        else:
+            m = self.main
+            for name, a in zip(MAIN_FILES, (m.indptr, m.indices, m.tf, m.doclen,
+                                            np.asarray(self.pairs)[: self.p_main].astype(np.int32))):
+                np.save(folder / name, np.asarray(a), allow_pickle=False)
+            _save_words(folder / MAIN_VOCAB, self.vocab[: self.v_main])
+        _save_words(folder / "delta.vocab.txt", self.vocab[self.v_main :])
+        for name, a in (("delta.tok.npy", self.delta_tok), ("delta.rows.npy", self.delta_rows),
+                        ("delta.code.npy", self.delta_code), ("delta.doclen.npy", self.delta_doclen),
+                        ("delta.pairs.npy", np.asarray(self.pairs)[self.p_main :].astype(np.int32)),
+                        ("df.npy", np.asarray(self.df, dtype=np.int32))):
+            np.save(folder / name, np.asarray(a), allow_pickle=False)
+        if self.live is not None:
+            np.save(folder / "rowmap.npy", np.asarray(self.rowmap, dtype=np.int32), allow_pickle=False)
+            np.save(folder / "live.npy", np.asarray(self.live, dtype=np.int32), allow_pickle=False)
+        meta = {"kind": "segments", "k1": BM25_K1, "b": BM25_B, "rows": self.n_rows, "main_rows": self.n_main,
+                "main_live": self.n_live_main, "main_vocab": self.v_main, "main_pairs": self.p_main,
+                "main_entries": int(len(self.main.indices)), "delta_rows": int(len(self.delta_doclen)),
+                "delta_entries": int(len(self.delta_tok)), "vocab": len(self.vocab), "pairs": int(len(self.pairs)),
+                "sum_doclen": self.sum_doclen, "tombstones": self.live is not None}
+        (folder / LEVEL_META).write_text(json.dumps(meta))
+
+    def moved(self, folder: Path) -> None:
+        """Saved into a folder since renamed to `folder`: the next save links its main from there."""
+        if self.source is None:
+            self.source = Path(folder)
+
+    @classmethod
+    def load(cls, folder: Path) -> "BM25Level":
+        """A level's segments memory-mapped (the delta and statistics read: small)."""
+        folder = Path(folder)
+        meta = json.loads((folder / LEVEL_META).read_text())
+
+        def arr(name: str, mmap: bool = True) -> np.ndarray:
+            return _plain(np.load(folder / name, allow_pickle=False, mmap_mode="r" if mmap else None))
+
+        words = _load_words(folder / MAIN_VOCAB) + _load_words(folder / "delta.vocab.txt")
+        main = Postings(words[: meta["main_vocab"]], arr(MAIN_FILES[0], False), arr(MAIN_FILES[1]),
+                        arr(MAIN_FILES[2]), arr(MAIN_FILES[3]))
+        pairs = np.concatenate([arr(MAIN_FILES[4], False), arr("delta.pairs.npy", False)]).astype(np.int64).reshape(-1, 2)
+        rowmap, live = (arr("rowmap.npy"), arr("live.npy")) if meta.get("tombstones") else (None, None)
+        delta = tuple(arr(f"delta.{x}.npy", False) for x in ("tok", "rows", "code", "doclen"))
+        df = arr("df.npy", False).astype(np.int64)
+        if len(main.indptr) != meta["main_vocab"] + 1 or len(words) != meta["vocab"] or len(df) != len(words) \
+                or len(main.doclen) != meta["main_rows"] or len(pairs) != meta["pairs"]:
+            raise ValueError(f"BM25 level {folder} is inconsistent")
+        level = cls(words, {t: i for i, t in enumerate(words)}, main, pairs, rowmap, live, delta, df,
+                    meta["sum_doclen"], meta["main_vocab"], meta["main_pairs"], source=folder)
+        if level.n_rows != meta["rows"]:
+            raise ValueError(f"BM25 level {folder} is inconsistent")
+        return level
+
+
+def _pair_codes(tf: np.ndarray, indices: np.ndarray, doclen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (tf, row length) pairs of these entries (sorted) and each entry's index in
+    them, in 2 bytes (4 past 65,536 pairs). Small integers: a dense table over tf × length when
+    it fits (a block of entries at a time: bounded memory), np.unique otherwise."""
+    n = len(tf)
+    doclen = np.asarray(doclen, dtype=np.int64)
+    if not n:
+        return np.zeros((0, 2), np.int64), np.zeros(0, np.uint16)
+    step = CODE_BLOCK
+    blocks = [(i, min(i + step, n)) for i in range(0, n, step)]
+    width = int(doclen.max(initial=0)) + 1
+    size = (int(np.asarray(tf).max()) + 1) * width
+    if size > 1 << 24:  # unusual lengths or frequencies: sorted unique keys
+        key = np.asarray(tf).astype(np.int64) << 32 | doclen[np.asarray(indices)]
+        uk, code = np.unique(key, return_inverse=True)
+        pairs = np.stack([uk >> 32, uk & 0xFFFFFFFF], axis=1)
+        return pairs, code.astype(np.uint16 if len(uk) <= 1 << 16 else np.uint32)
+    dl32 = doclen.astype(np.int32)
+
+    def keys(i: int, j: int) -> np.ndarray:
+        return np.asarray(tf[i:j]).astype(np.int32) * np.int32(width) + dl32[np.asarray(indices[i:j])]
+
+    present = np.zeros(size, dtype=bool)
+    for i, j in blocks:
+        present[keys(i, j)] = True
+    uk = np.flatnonzero(present)
+    ids = (np.cumsum(present, dtype=np.int64) - 1).astype(np.uint16 if len(uk) <= 1 << 16 else np.uint32)
+    code = np.empty(n, dtype=ids.dtype)
+    for i, j in blocks:
+        code[i:j] = ids[keys(i, j)]
+    return np.stack([uk // width, uk % width], axis=1).astype(np.int64), code
+
+
+CODE_BLOCK = 1 << 22  # entries coded at a time when a main segment is made (bounded memory)
+
+
+def _save_words(path: Path, words: list[str]) -> None:
+    assert not any("\n" in w for w in words)
+    path.write_text("\n".join(words), encoding="utf-8")
+
+
+def _load_words(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    return text.split("\n") if text else []
+
+
+def _bm25s_from_tokens(tokens: list[list[str]]) -> ScoredLevel:
+    """bm25s's own `index` of these tokens (the reference the segments are held equal to)."""
     import bm25s
 
     bm25_log = logging.getLogger("bm25s")
@@ -1185,27 +1591,26 @@ def _bm25s_from_tokens(tokens: list[list[str]]):
         bm25_log.setLevel(logging.WARNING)
     retriever = bm25s.BM25()
     retriever.index(tokens or [[""]], show_progress=False)
-    return retriever
+    return ScoredLevel(retriever)
 
 
-def load_postings(retriever, folder: Path) -> Postings | None:
-    """The postings a generation's BM25 level was computed from (memory-mapped), or None
-    (written before they were kept, or damaged)."""
+def load_postings(retriever: ScoredLevel, folder: Path) -> Postings | None:
+    """The postings a format-5 generation's BM25 level was computed from (tf.npy and doclen.npy
+    beside bm25s's arrays, memory-mapped), or None (written before they were kept, or damaged)."""
     folder = Path(folder)
     try:
         tf = np.load(folder / BM25_TF, allow_pickle=False, mmap_mode="r")
         doclen = np.load(folder / BM25_DOCLEN, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError):
         return None
-    vocab_dict = getattr(retriever, "vocab_dict", None) or {}
-    m = retriever.scores
-    indptr, indices = np.asarray(m["indptr"]), m["indices"]
+    vocab_dict = getattr(retriever.retriever, "vocab_dict", None) or {}
+    indptr, indices = retriever.indptr, retriever.indices
     v = len(indptr) - 1
     vocab = [""] * v
     for t, i in vocab_dict.items():
         if 0 <= i < v:
             vocab[i] = t
-    if len(tf) != len(indices) or len(doclen) != int(m.get("num_docs", len(doclen))) or (v and "" in vocab):
+    if len(tf) != len(indices) or len(doclen) != retriever.n_rows or (v and "" in vocab):
         log.warning("BM25 postings in %s do not match their scores; re-tokenising", folder)
         return None
     return Postings(vocab, indptr, indices, tf, doclen)
@@ -1245,8 +1650,8 @@ class Index:
     passage_store: VectorStore
     sentence_store: VectorStore
     sent_passage: np.ndarray  # sentence row -> passage row
-    bm25_passages: object
-    bm25_sentences: object
+    bm25_passages: "BM25Level | ScoredLevel"
+    bm25_sentences: "BM25Level | ScoredLevel"
     path: Path | None = None
     sent_rows: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))  # passage row -> [first, last) sentence rows
     vocab: set = field(default_factory=set)
@@ -1268,19 +1673,12 @@ class Index:
                                                count=int(ends[-1]) if len(ends) else 0)
         self.sent_rows = np.stack([ends - counts, ends], axis=1) if len(counts) else np.zeros((0, 2), np.int64)
         self._row_of_pid: dict[int, int] | None = None
-        vocab = getattr(self.bm25_passages, "vocab_dict", {}) or {}
-        self.vocab = set(vocab)
-        # document frequencies from the BM25 matrix (token-major CSC): df = entries per token
-        indptr = np.asarray(self.bm25_passages.scores["indptr"])
+        # the words some passage holds, and their document frequencies (kept by the BM25 level)
+        toks, df = self.bm25_passages.known()
+        self.vocab = set(toks)
         n = max(1, len(self.passages))
-        self.idf = {}
-        if vocab:
-            tids = np.fromiter(vocab.values(), dtype=np.int64, count=len(vocab))
-            ok = tids + 1 < len(indptr)
-            df = np.zeros(len(tids), dtype=np.float64)
-            df[ok] = indptr[tids[ok] + 1] - indptr[tids[ok]]
-            idf = np.log(1 + (n - df + 0.5) / (df + 0.5))
-            self.idf = {tok: float(v) for tok, v, good in zip(vocab, idf, ok) if good}
+        idf = np.log(1 + (n - np.asarray(df, dtype=np.float64) + 0.5) / (np.asarray(df, dtype=np.float64) + 0.5))
+        self.idf = dict(zip(toks, idf.tolist()))
 
     @property
     def passage_vectors(self) -> np.ndarray:
@@ -1455,13 +1853,16 @@ def load(index_dir: Path, path: Path | None = None, mmap: bool = True) -> Index:
     )
 
 
-def _load_bm25(path: Path):
-    """bm25s's arrays memory-mapped: only the postings of a question's words are read."""
+def _load_bm25(path: Path) -> "BM25Level | ScoredLevel":
+    """A BM25 level memory-mapped (only the postings of a question's words are read): segments,
+    or bm25s's own arrays in a generation written before them."""
     import bm25s
 
+    if (Path(path) / LEVEL_META).exists():
+        return BM25Level.load(path)
     retriever = bm25s.BM25.load(path, show_progress=False, verbosity=0, mmap=True)
     retriever.scores = {k: _plain(v) for k, v in retriever.scores.items()}
-    return retriever
+    return ScoredLevel(retriever)
 
 
 def _plain(a):
@@ -1501,15 +1902,11 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
     if index.centroids is not None:
         index.centroids.save(tmp)
     np.save(tmp / "sentence_passage.npy", np.asarray(index.sent_passage), allow_pickle=False)
-    index.bm25_passages.save(tmp / "bm25-passages", show_progress=False)
-    index.bm25_sentences.save(tmp / "bm25-sentences", show_progress=False)
-    kept = 0
-    for level, retriever in (("bm25-passages", index.bm25_passages), ("bm25-sentences", index.bm25_sentences)):
-        postings = getattr(retriever, "postings", None)
-        if postings is not None:  # what the next reindex updates (tf per entry, tokens per row)
-            postings.save(tmp / level)
-            kept += 1
-    if tokens is not None and kept < 2:  # a retriever built elsewhere (pgstore): its tokens, as before
+    # BM25 as segments: the main linked from the previous generation, delta and statistics written
+    index.bm25_passages.save(tmp / "bm25-passages")
+    index.bm25_sentences.save(tmp / "bm25-sentences")
+    kept = isinstance(index.bm25_passages, BM25Level) and isinstance(index.bm25_sentences, BM25Level)
+    if tokens is not None and not kept:  # bm25s's own arrays carry no term frequencies: the tokens
         save_tokens(tmp / TOKENS_FILE, tokens)
     if files is not None:
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
@@ -1522,6 +1919,9 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
     _fsync_tree(tmp)
     os.rename(tmp, final)
     docs.moved(final)
+    for level, name in ((index.bm25_passages, "bm25-passages"), (index.bm25_sentences, "bm25-sentences")):
+        if isinstance(level, BM25Level):
+            level.moved(final / name)
     _fsync_dir_entry(index_dir)
     pointer_tmp = index_dir / f".{CURRENT}.{os.getpid()}.tmp"
     with open(pointer_tmp, "w") as fh:
@@ -1561,7 +1961,7 @@ def load_tokens(gen: Path) -> TokenCache | None:
         levels = load_level_postings(gen)
         if levels is None:
             return None
-        return TokenCache(levels[0].token_rows(), levels[1].token_rows())
+        return TokenCache(levels[0].postings_all().token_rows(), levels[1].postings_all().token_rows())
     try:
         with np.load(path, allow_pickle=False) as z:
             words = str(z["vocab"]).split("\n") if str(z["vocab"]) else []
@@ -1579,21 +1979,26 @@ def load_tokens(gen: Path) -> TokenCache | None:
     return TokenCache(rows(arrays["p_ids"], arrays["p_off"]), rows(arrays["s_ids"], arrays["s_off"]))
 
 
-def load_level_postings(gen: Path) -> tuple[Postings, Postings] | None:
-    """The BM25 postings of a generation's passages and sentences (memory-mapped), else None."""
+def load_level_postings(gen: Path) -> tuple[BM25Level, BM25Level] | None:
+    """The BM25 levels of a generation's passages and sentences as segments a reindex updates
+    (memory-mapped; a format-5 level, bm25s's arrays with tf.npy beside them, converted to one
+    main segment), else None (the caller re-tokenises)."""
     out = []
     for level in ("bm25-passages", "bm25-sentences"):
         folder = Path(gen) / level
-        if not (folder / BM25_TF).exists():
-            return None
         try:
+            if (folder / LEVEL_META).exists():
+                out.append(BM25Level.load(folder))
+                continue
+            if not (folder / BM25_TF).exists():
+                return None
             p = load_postings(_load_bm25(folder), folder)
         except Exception as e:  # damaged: the caller re-tokenises
             log.warning("BM25 of %s unreadable (%s)", folder, e)
             return None
         if p is None:
             return None
-        out.append(p)
+        out.append(BM25Level.from_postings(p))
     return out[0], out[1]
 
 

@@ -158,7 +158,7 @@ class _Previous:
         self.gen, self.manifest, self.docs, self.files = gen, manifest, docs, files
         self.tokens_usable = tokens_usable
         self._index: ix.Index | None = None
-        self._tokens: tuple[ix.Postings, ix.Postings] | None = None
+        self._tokens: tuple[ix.BM25Level, ix.BM25Level] | None = None
         self._tokens_read = False
 
     @property
@@ -168,17 +168,22 @@ class _Previous:
         return self._index
 
     @property
-    def postings(self) -> tuple[ix.Postings, ix.Postings] | None:
-        """The BM25 postings of passages and sentences (memory-mapped arrays; a generation of an
-        earlier format has its tokens as lists instead: converted once). None: re-tokenise."""
+    def postings(self) -> tuple[ix.BM25Level, ix.BM25Level] | None:
+        """The BM25 levels of passages and sentences as segments (memory-mapped: the served
+        ones; a generation of an earlier format has bm25s's arrays with term frequencies beside
+        them, or its tokens as lists: converted once). None: re-tokenise."""
         if not self._tokens_read:
             self._tokens_read = True
             prev = self.index
-            levels = ix.load_level_postings(self.gen) if self.tokens_usable else None
+            levels = None
+            if self.tokens_usable and all(isinstance(x, ix.BM25Level) for x in (prev.bm25_passages, prev.bm25_sentences)):
+                levels = (prev.bm25_passages, prev.bm25_sentences)
+            elif self.tokens_usable:
+                levels = ix.load_level_postings(self.gen)
             if levels is None and self.tokens_usable:
                 tokens = ix.load_tokens(self.gen)
                 if tokens is not None:
-                    levels = (ix.Postings.from_tokens(tokens.passages), ix.Postings.from_tokens(tokens.sentences))
+                    levels = (ix.BM25Level.from_tokens(tokens.passages), ix.BM25Level.from_tokens(tokens.sentences))
             if levels is not None and (levels[0].n_rows != len(prev.passages) or levels[1].n_rows != len(prev.sent_passage)):
                 log.warning("BM25 postings of %s do not match its index; re-tokenising", self.gen.name)
                 levels = None
@@ -207,7 +212,8 @@ def _previous(index_dir: Path, chunking: dict, prints: dict) -> _Previous | None
         log.info("the reading or chunking code changed; rebuilding from scratch")
         return None
     usable = (m.get("fingerprints") or {}).get("bm25") == prints["bm25"] and (
-        (gen / ix.TOKENS_FILE).is_file() or (gen / "bm25-sentences" / ix.BM25_TF).is_file())
+        (gen / ix.TOKENS_FILE).is_file() or (gen / "bm25-sentences" / ix.BM25_TF).is_file()
+        or (gen / "bm25-sentences" / ix.LEVEL_META).is_file())
     if not usable:
         log.info("BM25 tokenisation changed; re-tokenising every passage")
     return _Previous(gen, m, docs, ix.load_file_stats(gen), usable)
@@ -358,7 +364,7 @@ def reindex(
         kept_rows = np.zeros(0, dtype=np.int64)
         kept_sent_rows = np.zeros(0, dtype=np.int64)
         passages: list[Passage] | PassageTable = []
-        post: tuple[ix.Postings, ix.Postings] | None = None
+        post: tuple[ix.BM25Level, ix.BM25Level] | None = None
         tabled = prev_index is not None and isinstance(prev_index.passages, PassageTable)
         if prev_index is not None:
             if tabled:  # format 4: by article number, no passage read
@@ -414,8 +420,9 @@ def reindex(
             centroids = ix.ArticleCentroids.build(keys, passage_store.matrix(), dim)
         lap("assemble")
 
-        # 4. BM25: the postings of kept rows are reused (those of removed rows dropped), the new
-        # rows tokenised and appended, the scores recomputed in one numpy pass (no re-tokenising)
+        # 4. BM25: the segments of kept rows are reused (removed rows become tombstones), the new
+        # rows tokenised into the delta (a build from nothing: into postings made the main);
+        # the segments are merged once the delta or the tombstones pass their share
         first_new = n_kept if post is not None else 0
         post_p, post_s = post if post is not None else (ix.Postings.empty(), ix.Postings.empty())
         del post
@@ -426,8 +433,8 @@ def reindex(
             post_s = post_s.extend(ix.tokenize([
                 ix.sentence_bm25_text(p, x, docs[p.doc_id].text, docs[p.doc_id].title) for p in block for x in p.sentences]))
         lap("tokenize")
-        bm25_p = post_p.retriever()
-        bm25_s = post_s.retriever()
+        bm25_p = post_p.level() if isinstance(post_p, ix.Postings) else post_p.settled()
+        bm25_s = post_s.level() if isinstance(post_s, ix.Postings) else post_s.settled()
         del post_p, post_s
         lap("bm25")
 
@@ -547,10 +554,10 @@ def _refresh_subjects(prev: _Previous, corpus_dir: Path) -> None:
         os.replace(tmp, path)
 
 
-def _bm25(tokens: list[list[str]]):
-    """The same retriever index.build_bm25 makes, from tokens already computed (bm25s's own
-    `index`; a reindex computes the same scores from its postings: index.Postings)."""
-    return ix._bm25s_from_tokens(tokens)
+def _bm25(tokens: list[list[str]]) -> ix.BM25Level:
+    """The BM25 level index.build_bm25 makes, from tokens already computed (one main segment;
+    the scores of bm25s's own `index` of them, bit for bit)."""
+    return ix.BM25Level.from_tokens(tokens)
 
 
 def _embed(embedder: Embedder, texts: list[str], progress: bool, batch: int = EMBED_BATCH,

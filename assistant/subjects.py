@@ -1369,10 +1369,8 @@ def _rows_naming(index: Index, aliases: list[str]) -> set[int]:
     words. An alias made of stop words only is looked for nowhere (logged)."""
     from .index import tokenize
 
-    retriever = index.bm25_passages
-    vocab = getattr(retriever, "vocab_dict", None) or {}
-    m = retriever.scores
-    indptr, indices = m["indptr"], m["indices"]
+    level = index.bm25_passages
+    vocab = level.vocab_dict
     out: set[int] = set()
     for alias in aliases:
         words = [w for w in re.split(r"[\s\-–]+", alias) if w][:6]
@@ -1392,10 +1390,10 @@ def _rows_naming(index: Index, aliases: list[str]) -> set[int]:
             rows: np.ndarray | None = None
             for t in dict.fromkeys(toks):
                 tid = vocab.get(t)
-                if tid is None or tid + 1 >= len(indptr):
+                if tid is None:
                     rows = np.zeros(0, dtype=np.int64)
                     break
-                here = np.asarray(indices[int(indptr[tid]) : int(indptr[tid + 1])], dtype=np.int64)
+                here = np.asarray(level.rows(tid), dtype=np.int64)
                 rows = here if rows is None else np.intersect1d(rows, here, assume_unique=True)
                 if not len(rows):
                     break

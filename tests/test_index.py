@@ -313,8 +313,18 @@ def test_bm25_topk_from_postings_is_the_head_of_the_full_scores():
     p = np.linspace(1, 0.02, len(vocab))  # a few common words, many rare ones
     rows = [list(rng.choice(vocab, size=int(rng.integers(1, 12)), p=p / p.sum())) for _ in range(3000)]
     rows += [["w39", "w38"]] * 30  # identical rows: tied scores
-    retriever = ix._bm25s_from_tokens(rows)
+    # bm25s's own arrays (older generations), and segments with tombstones and a delta
+    segments = ix.BM25Level.from_tokens([["w1", "w2"]] * 50 + rows[:2000]).keep(np.arange(50, 2050)).extend(rows[2000:])
+    scored = ix._bm25s_from_tokens(rows)
+    for retriever in (scored, segments):
+        _topk_is_the_head(retriever, rows, vocab, rng)
+    for q in (["w0", "w1", "w0", "w20"], vocab):
+        assert np.array_equal(ix.bm25_scores(segments, q, len(rows)), ix.bm25_scores(scored, q, len(rows)))
+
+
+def _topk_is_the_head(retriever, rows, vocab, rng) -> None:
     n = len(rows)
+    assert retriever.n_rows == n
     for q in (["w0"], ["w39", "w38"], ["w0", "w1", "w0", "w20"], ["w5", "nosuchword", "w30"], vocab[:25]):
         full = ix.bm25_scores(retriever, q, n)
         for k in (1, 7, 50, 400, 5000):

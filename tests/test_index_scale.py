@@ -189,28 +189,127 @@ def test_a_full_delta_rebuilds_the_graph_with_every_row(tmp_path, embedder, hnsw
     assert "forty-five minutes" in a.ask(QUESTIONS[1]).answers[0].text
 
 
-def test_a_generation_with_token_lists_is_updated_as_postings(tmp_path, embedder):
-    """Generations written before the postings kept BM25 tokens as lists (bm25-tokens.npz): the
-    next reindex converts them once, without re-embedding or re-tokenising kept articles."""
+def _as_format_5_bm25(gen, token_lists: bool = False) -> None:
+    """A generation's BM25 levels as format 5 wrote them: bm25s's arrays with tf.npy and
+    doclen.npy beside them, or (`token_lists`, older still) without them, the tokens kept as
+    lists in bm25-tokens.npz."""
+    import shutil
+
+    from tests.test_bm25_postings import write_format_5
+
+    tokens = ix.load_tokens(gen)
+    for level, rows in (("bm25-passages", tokens.passages), ("bm25-sentences", tokens.sentences)):
+        shutil.rmtree(gen / level)
+        write_format_5(rows, gen / level)
+        if token_lists:
+            (gen / level / ix.BM25_TF).unlink()
+            (gen / level / ix.BM25_DOCLEN).unlink()
+    if token_lists:
+        ix.save_tokens(gen / ix.TOKENS_FILE, tokens)
+    m = json.loads((gen / "manifest.json").read_text())
+    m["format"] = 5
+    (gen / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("token_lists", [False, True])
+def test_an_older_bm25_generation_is_served_and_converted_to_segments(tmp_path, embedder, token_lists):
+    """Format 5 kept bm25s's arrays (a score per entry) with the term frequencies beside them;
+    earlier generations kept BM25 tokens as lists. Both are served as they are; the next
+    reindex converts them to segments once, without re-embedding or re-tokenising kept articles,
+    and its scores are those of a build from nothing, bit for bit."""
     corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
     a = open_assistant(corpus, tmp_path / "i")
+    want = [answers(a.ask(q)) for q in QUESTIONS]
     gen = ix.current_generation(tmp_path / "i")
-    tokens = ix.load_tokens(gen)
-    ix.save_tokens(gen / ix.TOKENS_FILE, tokens)
-    for level in ("bm25-passages", "bm25-sentences"):
-        (gen / level / ix.BM25_TF).unlink()
-        (gen / level / ix.BM25_DOCLEN).unlink()
+    _as_format_5_bm25(gen, token_lists)
+    old = ix.load(tmp_path / "i")
+    assert isinstance(old.bm25_passages, ix.ScoredLevel) and isinstance(old.bm25_sentences, ix.ScoredLevel)
+    served = open_assistant(corpus, tmp_path / "i")
+    assert [answers(served.ask(q)) for q in QUESTIONS] == want
     (corpus / "sunmoss.txt").write_text(SUNMOSS)
-    r = a.reindex()
+    r = served.reindex()
     assert r.added == ["sunmoss"] and r.embedded_passages == 1
     inc = ix.load(tmp_path / "i")
-    assert ix.load_level_postings(inc.path) is not None and not (inc.path / ix.TOKENS_FILE).exists()
-    fresh = ix.load(open_assistant(corpus, tmp_path / "i2").settings.index_dir)
-    assert inc.vocab == fresh.vocab
+    assert isinstance(inc.bm25_passages, ix.BM25Level) and isinstance(inc.bm25_sentences, ix.BM25Level)
+    assert (inc.path / "bm25-sentences" / ix.LEVEL_META).exists() and not (inc.path / ix.TOKENS_FILE).exists()
+    assert ix.load_level_postings(inc.path) is not None
+    fresh_a = open_assistant(corpus, tmp_path / "i2")
+    fresh = ix.load(fresh_a.settings.index_dir)
+    assert inc.vocab == fresh.vocab and inc.idf == fresh.idf
     perm = np.array([{p.id: i for i, p in enumerate(inc.passages)}[p.id] for p in fresh.passages])
+    s_perm = np.concatenate([np.arange(*inc.sent_rows[r]) for r in perm])
     for q in (["sunmoss", "massag"], ["frostleaf", "mask"], ["glowberri"]):
         np.testing.assert_array_equal(ix.bm25_scores(inc.bm25_passages, q, len(inc.passages))[perm],
                                       ix.bm25_scores(fresh.bm25_passages, q, len(fresh.passages)))
+        np.testing.assert_array_equal(ix.bm25_scores(inc.bm25_sentences, q, len(inc.sent_passage))[s_perm],
+                                      ix.bm25_scores(fresh.bm25_sentences, q, len(fresh.sent_passage)))
+    assert [answers(served.ask(q)) for q in QUESTIONS] == [answers(fresh_a.ask(q)) for q in QUESTIONS]
+
+
+def test_bm25_segments_are_linked_tombstoned_and_merged(tmp_path, embedder, monkeypatch):
+    """An added article goes to the BM25 delta and a removed one becomes tombstones: the main
+    segment's files are hard-linked from the previous generation, not rewritten. Past the
+    delta's share the segments are merged into a new main. Scores equal a build from nothing's
+    throughout, and a generation whose write was cut off leaves the served one intact."""
+    import os
+
+    monkeypatch.setattr(ix, "MAX_TOMBSTONE_SHARE", 0.5)  # one article of four: tombstones, not merged
+    corpus = write_corpus(tmp_path / "c", SMALL_CORPUS)
+    a = open_assistant(corpus, tmp_path / "i")
+    first = ix.current_generation(tmp_path / "i")
+    n_first = len(ix.load(tmp_path / "i").passages)
+
+    def same_as_fresh(tag: str) -> ix.Index:
+        inc = ix.load(tmp_path / "i")
+        fresh = ix.load(open_assistant(corpus, tmp_path / f"fresh-{tag}").settings.index_dir)
+        perm = np.array([{p.id: i for i, p in enumerate(inc.passages)}[p.id] for p in fresh.passages])
+        s_perm = np.concatenate([np.arange(*inc.sent_rows[r]) for r in perm]) if len(perm) else np.zeros(0, np.int64)
+        assert inc.vocab == fresh.vocab
+        for t in sorted(fresh.vocab):
+            np.testing.assert_array_equal(ix.bm25_scores(inc.bm25_passages, [t], len(inc.passages))[perm],
+                                          ix.bm25_scores(fresh.bm25_passages, [t], len(fresh.passages)), err_msg=t)
+            np.testing.assert_array_equal(ix.bm25_scores(inc.bm25_sentences, [t], len(inc.sent_passage))[s_perm],
+                                          ix.bm25_scores(fresh.bm25_sentences, [t], len(fresh.sent_passage)), err_msg=t)
+        return inc
+
+    (corpus / "sunmoss.txt").write_text(SUNMOSS)
+    a.reindex()
+    inc = same_as_fresh("add")
+    for level in ("bm25-passages", "bm25-sentences"):
+        for f in ix.MAIN_FILES:
+            assert os.path.samefile(first / level / f, inc.path / level / f), (level, f)
+    assert len(inc.bm25_passages.delta_doclen) == 1 and inc.bm25_passages.rowmap is None
+    added = inc.path
+    removed = sorted(corpus.glob("*.txt"))[0]
+    removed.unlink()
+    a.reindex()
+    inc = same_as_fresh("remove")
+    assert inc.bm25_passages.rowmap is not None and inc.bm25_passages.n_main == n_first
+    assert len(inc.bm25_passages.delta_doclen) == 1
+    for f in ix.MAIN_FILES:
+        assert os.path.samefile(added / "bm25-sentences" / f, inc.path / "bm25-sentences" / f), f
+
+    # a write cut off after the BM25 levels: the served generation is untouched and still answers
+    served = ix.current_generation(tmp_path / "i")
+    real_save = ix.ArticleCentroids.save
+    monkeypatch.setattr(ix.ArticleCentroids, "save", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    (corpus / "late.txt").write_text("Late Balm\nThe late balm is rubbed in at night.\n")
+    with pytest.raises(KeyboardInterrupt):
+        a.reindex()
+    monkeypatch.setattr(ix.ArticleCentroids, "save", real_save)
+    assert ix.current_generation(tmp_path / "i") == served
+    assert ix.load(tmp_path / "i").bm25_passages.n_rows == inc.bm25_passages.n_rows
+    (corpus / "late.txt").unlink()
+
+    monkeypatch.setattr(ix, "BM25_DELTA_MIN", 0)  # the next change passes the delta's share: merged
+    monkeypatch.setattr(ix, "BM25_DELTA_SHARE", 0.0)
+    (corpus / "sunmoss.txt").write_text(SUNMOSS + "Sunmoss oil is also sold as sunmoss butter.\n")
+    a.reindex()
+    inc = same_as_fresh("merge")
+    for level in (inc.bm25_passages, inc.bm25_sentences):
+        assert level.rowmap is None and not len(level.delta_doclen) and level.n_main == level.n_rows
+    assert [answers(a.ask(q)) for q in QUESTIONS] == \
+        [answers(open_assistant(corpus, tmp_path / "fresh-merge").ask(q)) for q in QUESTIONS]
 
 
 def test_flat_levels_also_link_their_file_and_keep_changes_beside_it(tmp_path, embedder, monkeypatch):
@@ -528,7 +627,7 @@ def test_a_format_4_generation_is_served_and_converted_with_records_equal(tmp_pa
     (corpus / removed).unlink()
     a.reindex()
     new = ix.load(tmp_path / "i")
-    assert new.manifest["format"] == ix.FORMAT_VERSION == 5
+    assert new.manifest["format"] == ix.FORMAT_VERSION == 6
     assert sorted(p.name for p in new.path.glob("articles-*")) == sorted(new.docs.segments)
     assert all(s.endswith(records.SEGMENT_SUFFIX) for s in new.docs.segments)
     del files[removed]
