@@ -4,9 +4,10 @@ Layout of `index/`:
     CURRENT            name of the generation being served (written atomically)
     gen-<stamp>/       one complete build: manifest.json, documents.jsonl, passages.jsonl,
                        passages.faiss, sentences.faiss (the vectors, by row: flat or HNSW, memory-
-                       mapped), sentence_passage.npy, bm25-passages/, bm25-sentences/, subjects.json,
-                       and for the next reindex only: bm25-tokens.npz (BM25 tokens per passage and
-                       sentence) and files.json (size, mtime, ctime, sha256 per article file)
+                       mapped), sentence_passage.npy, bm25-passages/, bm25-sentences/ (BM25 as
+                       segments: a main hard-linked from generation to generation, tombstones, a
+                       small delta; see BM25Level), subjects.json, and for the next reindex only:
+                       files.json (size, mtime, ctime, sha256 per article file)
     .tmp-gen-*/        a build being written (or left by a crash: removed by the next reindex)
     .lock              held while a reindex runs (holds the pid of the reindexing process)
     .serving/<host-pid> the generation each serving worker answers from (admin routes wait on it)
@@ -903,7 +904,7 @@ def bm25_scores(retriever, query_tokens: list[str], n: int) -> np.ndarray:
     ids = retriever.ids(query_tokens)
     if not ids or n == 0:
         return out
-    full = np.zeros(max(n, retriever.n_slots), dtype=np.float32)
+    full = np.zeros(max(n, retriever.n_rows) + 1, dtype=np.float32)  # (+1: where removed rows' entries land)
     for t in ids:
         rows, scores = retriever.postings(t)
         np.add.at(full, rows, scores)
@@ -920,7 +921,11 @@ def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.nd
     token, in query order) into a zeroed scratch array that is zeroed again after (only at the
     rows touched). The best k rows are then found among the touched entries: a row appears
     there at most once per query word, so the best k × (query words) entries hold every row of
-    the top k (ties at the boundary are all taken, then ordered by row)."""
+    the top k (ties at the boundary are all taken, then ordered by row).
+
+    The sums are kept by *slot* (`BM25Level.slots`: the main's row ids as they are, no map per
+    entry); slots of removed rows are set to -inf before the best are taken, and only the best
+    are mapped to rows."""
     ids = retriever.ids(query_tokens)
     empty = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
     if not ids or n <= 0 or k <= 0:
@@ -929,35 +934,39 @@ def bm25_topk(retriever, query_tokens: list[str], n: int, k: int) -> tuple[np.nd
     spans = []
     for t in ids:  # a repeated word's postings are scored once
         if t not in got:
-            got[t] = retriever.postings(t)
+            got[t] = retriever.slots(t)
         if len(got[t][0]):
             spans.append(got[t])
     if not spans:
         return empty
-    slots = retriever.n_rows < retriever.n_slots  # removed rows' entries land past the last row
+    dead = retriever.dead  # slots of removed rows: never among the best
+    entries = sum(len(r) for r, _ in spans)
+    by_slot = len(dead) <= 2 * entries  # else (many removed rows) look the touched entries up instead
     with _scratch(max(n, retriever.n_slots)) as buf:
         touched: list[np.ndarray] = []
         try:
             for rows, scores in spans:
                 touched.append(rows)
                 np.add.at(buf, rows, scores)
-            if slots:
-                buf[retriever.n_rows :] = -np.inf  # never among the best
+            if len(dead) and by_slot:
+                buf[dead] = -np.inf
             rows = touched[0] if len(touched) == 1 else np.concatenate(touched)
             vals = buf[rows]
+            if len(dead) and not by_slot:
+                vals[retriever.dead_mask()[rows]] = -np.inf
             head = min(len(vals), k * len(spans))
             if head < len(vals):
                 thr = vals[np.argpartition(-vals, head - 1)[head - 1]]
                 rows = rows[vals >= thr]
             cand = np.unique(rows).astype(np.int64)
-            cand = cand[cand < n]
             scores = buf[cand]
         finally:
             for r in touched:
                 buf[r] = 0.0
-            if slots:
-                buf[retriever.n_rows :] = 0.0
-    keep = scores > 0
+            if len(dead) and by_slot:
+                buf[dead] = 0.0
+    cand = retriever.to_rows(cand)
+    keep = (scores > 0) & (cand < min(n, retriever.n_rows))
     cand, scores = cand[keep], scores[keep]
     order = np.lexsort((cand, -scores))[:k]
     return cand[order], scores[order]
@@ -1000,6 +1009,7 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
     if not ids or not len(rows):
         return out
     uniq, inv = np.unique(rows, return_inverse=True)
+    uniq = retriever.to_slots(uniq)  # (ascending: the slots of live rows keep their order)
     acc = np.zeros(len(uniq), dtype=np.float32)
     for t in ids:
         if retriever.entries(t) > 2 * len(uniq):
@@ -1009,7 +1019,7 @@ def bm25_scores_for(retriever, query_tokens: list[str], rows: np.ndarray) -> np.
             # are scored
             acc += retriever.scores_at(t, uniq)
             continue
-        docs, scores = retriever.postings(t)
+        docs, scores = retriever.slots(t)
         if not len(docs):
             continue
         pos = np.searchsorted(uniq, docs)
@@ -1176,6 +1186,18 @@ class ScoredLevel:
         a, b = int(self.indptr[t]), int(self.indptr[t + 1])
         return np.asarray(self.indices[a:b]), np.asarray(self.data[a:b], dtype=np.float32)
 
+    slots = postings  # (a BM25Level's questions sum in slots; here they are the rows)
+    dead = np.zeros(0, np.int64)
+
+    def dead_mask(self) -> np.ndarray:
+        return np.zeros(self.n_rows, dtype=bool)
+
+    @staticmethod
+    def to_rows(ids: np.ndarray) -> np.ndarray:
+        return np.asarray(ids, dtype=np.int64)
+
+    to_slots = to_rows
+
     def rows(self, t: int) -> np.ndarray:
         return np.asarray(self.indices[int(self.indptr[t]) : int(self.indptr[t + 1])])
 
@@ -1235,7 +1257,9 @@ class BM25Level:
         self.n_main = main.n_rows
         self.n_live_main = self.n_main if live is None else len(live)
         self.n_rows = self.n_live_main + len(self.delta_doclen)
-        self.n_slots = self.n_rows + 1  # row n_rows: where removed main rows' entries land (ignored)
+        self.n_slots = self.n_main + len(self.delta_doclen)  # see `slots`
+        self._dead: np.ndarray | None = None
+        self._dead_mask: np.ndarray | None = None
         if live is not None and rowmap is None:  # (the slot moves with n_rows: the map is made anew)
             self.rowmap = np.full(self.n_main, self.n_rows, dtype=np.int32)
             self.rowmap[np.asarray(live)] = np.arange(len(live), dtype=np.int32)
@@ -1404,64 +1428,106 @@ class BM25Level:
     def entries(self, t: int) -> int:
         """Token t's entries (an upper bound of its live rows)."""
         n = int(self._indptr[t + 1] - self._indptr[t]) if t < self.v_main else 0
-        if len(self.delta_tok):
-            n += int(np.searchsorted(self.delta_tok, t, "right") - np.searchsorted(self.delta_tok, t, "left"))
-        return n
+        a, b = self._delta_span(t)
+        return n + b - a
 
-    def postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        """Token t's rows and their float32 scores: live rows ascending, then n_rows (a slot
-        past the last row) for each removed main row's entry, which readers ignore."""
-        rows, codes = [], []
+    # Questions sum scores in *slots*: main row r is slot r (removed ones included), delta row d
+    # is slot n_main + d. A word's slots are then a view of the main's row ids (no gather per
+    # entry); only the few candidates are mapped to rows, and removed rows' slots are set to
+    # -inf before the best are taken (`dead`: as many as were removed, not as many entries).
+
+    def slots(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token t's slots (ascending; removed main rows' included) and float32 scores."""
+        ids, codes = [], []
         if t < self.v_main:
             a, b = int(self._indptr[t]), int(self._indptr[t + 1])
             if b > a:
-                r = self.main.indices[a:b]
-                rows.append(r if self.rowmap is None else self.rowmap[r])
+                ids.append(self.main.indices[a:b])
                 codes.append(self.main.tf[a:b])
-        if len(self.delta_tok):
-            a, b = int(np.searchsorted(self.delta_tok, t, "left")), int(np.searchsorted(self.delta_tok, t, "right"))
-            if b > a:
-                rows.append(self.delta_rows[a:b] + self.n_live_main)
-                codes.append(self.delta_code[a:b])
-        if not rows:
+        a, b = self._delta_span(t)
+        if b > a:
+            ids.append(self.delta_rows[a:b] + self.n_main)
+            codes.append(self.delta_code[a:b])
+        if not ids:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
-        if len(rows) == 1:
-            return rows[0], self._score(t, codes[0])
-        return np.concatenate(rows), self._score(t, np.concatenate(codes))
+        if len(ids) == 1:
+            return ids[0], self._score(t, codes[0])
+        return np.concatenate(ids), self._score(t, np.concatenate(codes))
+
+    def _delta_span(self, t: int) -> tuple[int, int]:
+        if not len(self.delta_tok):
+            return 0, 0
+        return int(np.searchsorted(self.delta_tok, t, "left")), int(np.searchsorted(self.delta_tok, t, "right"))
+
+    @property
+    def dead(self) -> np.ndarray:
+        """The slots of removed main rows (empty without tombstones)."""
+        if self._dead is None:
+            self._dead = np.zeros(0, np.int64) if self.live is None else \
+                np.flatnonzero(np.asarray(self.rowmap) >= self.n_rows)
+        return self._dead
+
+    def dead_mask(self) -> np.ndarray:
+        """Per slot: a removed main row's (made once per level, when there are removed rows)."""
+        if self._dead_mask is None:
+            self._dead_mask = np.zeros(self.n_slots, dtype=bool)
+            self._dead_mask[self.dead] = True
+        return self._dead_mask
+
+    def to_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Slots -> rows of the level (a removed main row -> n_rows; without tombstones slots
+        are rows)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if self.live is None:
+            return ids
+        out = ids - self.n_main + self.n_live_main
+        m = ids < self.n_main
+        out[m] = ids[m] if self.rowmap is None else np.asarray(self.rowmap)[ids[m]]
+        return out
+
+    def to_slots(self, rows: np.ndarray) -> np.ndarray:
+        """Rows of the level -> slots (ascending rows give ascending slots)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.live is None:
+            return rows
+        out = rows - self.n_live_main + self.n_main
+        m = rows < self.n_live_main
+        out[m] = rows[m] if self.live is None else np.asarray(self.live)[rows[m]]
+        return out
+
+    def postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        """Token t's rows and their float32 scores (a removed main row's entries at n_rows)."""
+        ids, scores = self.slots(t)
+        return self.to_rows(ids), scores
 
     def rows(self, t: int) -> np.ndarray:
         """Token t's live rows (ascending)."""
         if t >= len(self.df) or not self.df[t]:
             return np.zeros(0, np.int32)
         rows = self.postings(t)[0]
-        return rows[rows < self.n_rows] if self.rowmap is not None else rows
+        return rows[rows < self.n_rows] if self.live is not None else rows
 
-    def scores_at(self, t: int, rows: np.ndarray) -> np.ndarray:
-        """Token t's scores at these rows (ascending, unique); 0 where it is absent. Each row is
-        looked up in the token's postings (rows x log(postings)); only the entries found are
+    def scores_at(self, t: int, ids: np.ndarray) -> np.ndarray:
+        """Token t's scores at these slots (ascending, unique); 0 where it is absent. Each slot
+        is looked up in the token's postings (slots x log(postings)); only the entries found are
         scored."""
-        out = np.zeros(len(rows), dtype=np.float32)
-        rows = np.asarray(rows, dtype=np.int64)
-        if t < self.v_main:
-            a, b = int(self._indptr[t]), int(self._indptr[t + 1])
-            mine = np.flatnonzero(rows < self.n_live_main)
-            if b > a and len(mine):
-                want = rows[mine] if self.live is None else np.asarray(self.live)[rows[mine]]  # main rows, ascending
-                docs = self.main.indices[a:b]
-                pos = np.minimum(np.searchsorted(docs, want), b - a - 1)
-                hit = docs[pos] == want
-                if hit.any():
-                    out[mine[hit]] = self._score(t, self.main.tf[a + pos[hit]])
-        if len(self.delta_tok):
-            a, b = int(np.searchsorted(self.delta_tok, t, "left")), int(np.searchsorted(self.delta_tok, t, "right"))
-            mine = np.flatnonzero(rows >= self.n_live_main)
-            if b > a and len(mine):
-                want = rows[mine] - self.n_live_main
-                docs = self.delta_rows[a:b]
-                pos = np.minimum(np.searchsorted(docs, want), b - a - 1)
-                hit = docs[pos] == want
-                if hit.any():
-                    out[mine[hit]] = self._score(t, self.delta_code[a + pos[hit]])
+        out = np.zeros(len(ids), dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        for lo, (a, b), docs_of, codes_of, base in (
+                ((0, self.n_main), (int(self._indptr[t]), int(self._indptr[t + 1])) if t < self.v_main else (0, 0),
+                 self.main.indices, self.main.tf, 0),
+                ((self.n_main, self.n_slots), self._delta_span(t), self.delta_rows, self.delta_code, self.n_main)):
+            if b <= a:
+                continue
+            mine = np.flatnonzero((ids >= lo[0]) & (ids < lo[1]))
+            if not len(mine):
+                continue
+            want = ids[mine] - base
+            docs = docs_of[a:b]
+            pos = np.minimum(np.searchsorted(docs, want), b - a - 1)
+            hit = docs[pos] == want
+            if hit.any():
+                out[mine[hit]] = self._score(t, codes_of[a + pos[hit]])
         return out
 
     def known(self) -> tuple[list[str], np.ndarray]:

@@ -313,8 +313,11 @@ def test_bm25_topk_from_postings_is_the_head_of_the_full_scores():
     p = np.linspace(1, 0.02, len(vocab))  # a few common words, many rare ones
     rows = [list(rng.choice(vocab, size=int(rng.integers(1, 12)), p=p / p.sum())) for _ in range(3000)]
     rows += [["w39", "w38"]] * 30  # identical rows: tied scores
-    # bm25s's own arrays (older generations), and segments with tombstones and a delta
-    segments = ix.BM25Level.from_tokens([["w1", "w2"]] * 50 + rows[:2000]).keep(np.arange(50, 2050)).extend(rows[2000:])
+    # bm25s's own arrays (older generations), and segments with tombstones and a delta; the
+    # removed rows would be the best for some queries, and outnumber some queries' entries
+    removed = [["w39", "w38", "w39"]] * 50 + [["w0", "w1", "w20", "w0"]] * 50 + [["w5"]] * 500
+    segments = ix.BM25Level.from_tokens(removed + rows[:2000]).keep(np.arange(600, 2600)).extend(rows[2000:])
+    assert len(segments.dead) == 600
     scored = ix._bm25s_from_tokens(rows)
     for retriever in (scored, segments):
         _topk_is_the_head(retriever, rows, vocab, rng)
