@@ -6,8 +6,9 @@ Layout of `index/`:
                        passages.faiss, sentences.faiss (the vectors, by row: flat or HNSW, memory-
                        mapped), sentence_passage.npy, bm25-passages/, bm25-sentences/ (BM25 as
                        segments: a main hard-linked from generation to generation, tombstones, a
-                       small delta; see BM25Level), subjects.json, and for the next reindex only:
-                       files.json (size, mtime, ctime, sha256 per article file)
+                       small delta; see BM25Level), subjects.json (and the subjects-*.npz it names),
+                       and for the next reindex only: files.json (size, mtime, ctime, sha256 per
+                       article file)
     .tmp-gen-*/        a build being written (or left by a crash: removed by the next reindex)
     .lock              held while a reindex runs (holds the pid of the reindexing process)
     .serving/<host-pid> the generation each serving worker answers from (admin routes wait on it)
@@ -1942,7 +1943,8 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
           subjects: dict | None = None) -> Path:
     """Write a new generation folder, then point CURRENT at it (atomic rename).
 
-    `subjects`: the discovery made at build time (subjects.py), stored as subjects.json.
+    `subjects`: the discovery made at build time (subjects.py, its saved form), stored as subjects.json
+    and the arrays file it names.
     `tokens` (the BM25 tokens the index was built from) and `files` (path -> [size, mtime_ns,
     sha256]) are kept for the next reindex; readers never need them.
     """
@@ -1976,8 +1978,10 @@ def write(index_dir: Path, index: Index, tokens: TokenCache | None = None, files
         save_tokens(tmp / TOKENS_FILE, tokens)
     if files is not None:
         (tmp / FILES_FILE).write_text(json.dumps(files, ensure_ascii=False, sort_keys=True))
-    if subjects is not None:
-        (tmp / "subjects.json").write_text(json.dumps(subjects, ensure_ascii=False), encoding="utf-8")
+    if subjects is not None:  # subjects.json and the arrays it names (subjects.save)
+        from . import subjects as sj  # (it imports this module)
+
+        sj.save(tmp, subjects)
     # the manifest last: a generation without one is never loaded (its files are this format's,
     # whatever the index was read from)
     index.manifest = {**index.manifest, "format": FORMAT_VERSION}

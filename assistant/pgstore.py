@@ -607,14 +607,11 @@ def _renumber_subjects(data: dict, order: list[int]) -> dict:
     """A discovery's passage rows (subjects.json) moved to another row order: `order[new] = old`.
 
     A build appends new articles' passages after the kept ones; a version loads its rows by
-    (doc_id, start), so the rows the build-time discovery names are renumbered to that order."""
-    new_of = {old: new for new, old in enumerate(order)}
-    out = dict(data)
-    out["subjects"] = [{**d, "rows": sorted(new_of[int(r)] for r in d.get("rows", []))} for d in data.get("subjects", [])]
-    for part in ("body", "heading"):
-        out[part] = {str(new_of[int(r)]): ids for r, ids in sorted((data.get(part) or {}).items(),
-                                                                   key=lambda kv: new_of[int(kv[0])])}
-    return out
+    (doc_id, start), so the rows the build-time discovery names are renumbered to that order
+    (and stored as lists: jsonb)."""
+    from . import subjects as sj
+
+    return sj.plain(sj.renumbered(data, order))
 
 
 _DOC_META = ("author", "published", "site", "original_url")  # DocRecord's optional citation fields

@@ -534,24 +534,19 @@ def _ranges(spans: np.ndarray) -> np.ndarray:
 
 def _refresh_subjects(prev: _Previous, corpus_dir: Path) -> None:
     """No article changed, but the glossary may have: rediscover into the served generation
-    (subjects.json replaced atomically; readers pick it up with the glossary change). Only then
-    is the previous index loaded."""
+    (subjects.json, which names its arrays file, replaced atomically; readers pick it up with the
+    glossary change). Only then is the previous index loaded."""
     from . import subjects as sj
 
-    path = prev.gen / sj.SAVED_NAME
     want = sj.glossary_hash(corpus_dir / sj.GLOSSARY_NAME)
-    try:
-        if json.loads(path.read_text(encoding="utf-8")).get("glossary") == want:
-            return
-    except (OSError, ValueError):
-        pass
+    saved = sj.saved_small(prev.gen)
+    if saved is not None and saved.get("glossary") == want:
+        return
     found = sj.discover_for_build(prev.index, corpus_dir)
     if found is None:
         return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(OSError):
-        tmp.write_text(json.dumps(found, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        sj.save(prev.gen, found)
 
 
 def _bm25(tokens: list[list[str]]) -> ix.BM25Level:

@@ -31,8 +31,10 @@ import logging
 import os
 import re
 import threading
+import time
 import tomllib
 import weakref
+import zipfile
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
@@ -47,7 +49,7 @@ from .index import Index
 log = logging.getLogger(__name__)
 
 GLOSSARY_NAME = "glossary.toml"
-SAVED_NAME = "subjects.json"  # the subjects of a generation, discovered when it was built
+SAVED_NAME = "subjects.json"  # the subjects of a generation, discovered when it was built (its row maps: `save`)
 # A subject may name at most this share of the passages of a large library (and always up to
 # MAX_ROWS_FLOOR): a comparison searches the passages of its subjects.
 MAX_SHARE = 0.02
@@ -1198,25 +1200,207 @@ def glossary_hash(path: Path | None) -> str | None:
         return None
 
 
+# The row maps of a discovery are kept as arrays (CSR: for each passage row, a count, then the
+# subject ids of every row in order; for each subject, its rows likewise), in a file beside the
+# small subjects.json that holds the rest and names it: a million passages' maps as JSON dicts
+# were 18 MB to write and seconds of Python to read or move at each reindex; as arrays they are
+# read and renumbered by numpy. A saved discovery in memory ("the saved form") is a dict as
+# subjects.json was: "subjects" (name, aliases, rows, sources, mentions), "body" and "heading"
+# as {"indptr", "ids"} (lists in JSON and Postgres, arrays once read), "glossary" and
+# "changed_since_discovery". A generation saved before (row maps as {str(row): [ids]}) still loads.
+
+def _is_csr(rowmap) -> bool:
+    return isinstance(rowmap, dict) and "indptr" in rowmap
+
+
+def _rowmap(rowmap: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, ids) of a row map in either form; in the old form, rows past `n` are left out."""
+    if _is_csr(rowmap):
+        indptr = np.asarray(rowmap["indptr"], dtype=np.int64)
+        return indptr, np.asarray(rowmap["ids"], dtype=np.int64)
+    rows = np.fromiter((int(r) for r in rowmap), dtype=np.int64, count=len(rowmap))
+    lens = np.fromiter((len(v) for v in rowmap.values()), dtype=np.int64, count=len(rowmap))
+    ids = np.fromiter(chain.from_iterable(rowmap.values()), dtype=np.int64, count=int(lens.sum()))
+    starts = np.cumsum(lens) - lens
+    order = np.argsort(rows, kind="stable")
+    ok = rows[order] < n
+    order = order[ok]
+    counts = np.zeros(n, dtype=np.int64)
+    counts[rows[order]] = lens[order]
+    take = np.repeat(starts[order] - (np.cumsum(lens[order]) - lens[order]), lens[order]) + np.arange(int(lens[order].sum()))
+    return _indptr(counts), ids[take]
+
+
+def _indptr(counts: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=out[1:])
+    return out
+
+
+def _csr_of(keys: np.ndarray, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, values) of sorted composite keys `outer * width + value` over `n` outers."""
+    outer, values = np.divmod(keys, width)
+    return _indptr(np.bincount(outer, minlength=n)[:n]), values
+
+
+def _keys(indptr: np.ndarray, values: np.ndarray, width: int, renum: np.ndarray | None = None) -> np.ndarray:
+    """The composite keys `outer * width + value` of a CSR, its outers moved by `renum` (-1: gone)."""
+    outer = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    if renum is not None:
+        outer = renum[outer]
+    keys = outer * width + values
+    return keys if renum is None else keys[outer >= 0]
+
+
+def _merged(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Two sorted key arrays with no key in common, as one sorted array (b is the small one: no
+    sort of the whole)."""
+    if not len(b):
+        return a
+    out = np.empty(len(a) + len(b), dtype=np.int64)
+    at = np.searchsorted(a, b) + np.arange(len(b))
+    rest = np.ones(len(out), dtype=bool)
+    rest[at] = False
+    out[at] = b
+    out[rest] = a
+    return out
+
+
+def _sorted(keys: np.ndarray) -> np.ndarray:
+    """`keys` sorted (they already are when rows were renumbered in order: one check)."""
+    return keys if len(keys) < 2 or bool(np.all(keys[1:] > keys[:-1])) else np.unique(keys)
+
+
 def to_json(subjects: Subjects, glossary: str | None) -> dict:
-    """A plain JSON form of a discovery (stored in the generation as subjects.json)."""
-    return {
-        "glossary": glossary,
-        "subjects": [{"name": x.name, "aliases": x.aliases, "rows": x.rows.tolist(), "sources": sorted(x.sources),
-                      "mentions": x.mentions} for x in subjects.subjects],
-        "body": {str(r): sorted(b) for r, b in enumerate(subjects.body) if b},
-        "heading": {str(r): sorted(h) for r, h in enumerate(subjects.heading) if h},
-    }
+    """A plain JSON form of a discovery (the saved form with lists: `save` stores it)."""
+    out = {"glossary": glossary,
+           "subjects": [{"name": x.name, "aliases": x.aliases, "rows": x.rows.tolist(), "sources": sorted(x.sources),
+                         "mentions": x.mentions} for x in subjects.subjects]}
+    for key_, sets in (("body", subjects.body), ("heading", subjects.heading)):
+        out[key_] = {"indptr": _indptr(np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))).tolist(),
+                     "ids": [i for s in sets for i in sorted(s)]}
+    return out
+
+
+def plain(data: dict) -> dict:
+    """The saved form with lists for arrays (as JSON and Postgres hold it)."""
+    out = dict(data)
+    out["subjects"] = [{**d, "rows": np.asarray(d.get("rows", []), dtype=np.int64).tolist()} for d in data["subjects"]]
+    for key_ in ("body", "heading"):
+        if _is_csr(data.get(key_)):
+            out[key_] = {k: np.asarray(v, dtype=np.int64).tolist() for k, v in data[key_].items()}
+    return out
+
+
+def renumbered(data: dict, order: list[int] | np.ndarray) -> dict:
+    """A saved discovery's passage rows moved to another row order (`order[new] = old`), in the
+    saved form with arrays."""
+    order = np.asarray(order, dtype=np.int64)
+    n = len(order)
+    new_of = np.full(n, -1, dtype=np.int64)
+    new_of[order] = np.arange(n)
+    out = dict(data)
+    out["subjects"] = [{**d, "rows": np.sort(new_of[np.asarray(d.get("rows", []), dtype=np.int64)])}
+                       for d in data.get("subjects", [])]
+    width = len(out["subjects"]) + 1
+    for key_ in ("body", "heading"):
+        indptr, ids = _rowmap(data.get(key_) or {}, n)
+        indptr, ids = _csr_of(np.sort(_keys(indptr, ids, width, new_of)), width, n)
+        out[key_] = {"indptr": indptr, "ids": ids}
+    return out
+
+
+def save(folder: Path, data: dict) -> None:
+    """Store a saved discovery in a generation folder: its arrays in a new file, then
+    subjects.json (which names that file) replaced atomically, then the file it named before
+    removed. A saved form of before (row maps as dicts, from an old database version) is stored
+    as it is."""
+    folder = Path(folder)
+    small = {k: v for k, v in data.items() if k not in ("body", "heading", "arrays")}
+    old = saved_small(folder)
+    stamp = f"{os.getpid()}-{threading.get_ident()}-{time.time_ns()}"
+    arrays_name = None
+    if _is_csr(data.get("body")) and _is_csr(data.get("heading")):
+        arrays: dict[str, np.ndarray] = {}
+        rows = [np.asarray(d.get("rows", []), dtype=np.int64) for d in data["subjects"]]
+        width = max(1, len(rows))
+        for key_, (counts, values) in (
+                ("body", _counts_values(data["body"])), ("heading", _counts_values(data["heading"])),
+                ("rows", (np.fromiter(map(len, rows), dtype=np.int64, count=len(rows)),
+                          np.concatenate(rows) if rows else np.zeros(0, np.int64)))):
+            arrays[f"{key_}_counts"] = counts.astype(np.min_scalar_type(int(counts.max(initial=0))))
+            top = width if key_ != "rows" else int(values.max(initial=0)) + 1
+            arrays[f"{key_}_ids"] = values.astype(np.min_scalar_type(top))
+        small["subjects"] = [{k: v for k, v in d.items() if k != "rows"} for d in data["subjects"]]
+        arrays_name = f"subjects-{stamp}.npz"
+        tmp = folder / f".{arrays_name}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, folder / arrays_name)
+        small["arrays"] = arrays_name
+    else:
+        small = dict(data)
+    tmp = folder / f".{SAVED_NAME}.{stamp}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(small, ensure_ascii=False))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, folder / SAVED_NAME)
+    gone = (old or {}).get("arrays")
+    if gone and gone != arrays_name:
+        try:
+            (folder / gone).unlink()  # (a reader that read the old JSON reads it again: `saved_json`)
+        except OSError:
+            pass
+
+
+def _counts_values(rowmap: dict) -> tuple[np.ndarray, np.ndarray]:
+    indptr = np.asarray(rowmap["indptr"], dtype=np.int64)
+    return np.diff(indptr), np.asarray(rowmap["ids"], dtype=np.int64)
+
+
+def _row_sets(indptr: np.ndarray, ids: np.ndarray, n: int, shared: dict) -> list[frozenset]:
+    """Passage row -> frozenset of its subject ids, one frozenset per distinct set (shared by every
+    passage naming just those; `shared` across maps), built by numpy per set size: no Python
+    step per row."""
+    if len(indptr) != n + 1:
+        raise ValueError(f"a row map of {len(indptr) - 1} passages for an index of {n}")
+    counts = np.diff(indptr)
+    out = np.empty(n, dtype=object)
+    out.fill(shared.setdefault((), frozenset()))
+    width = int(ids.max(initial=0)) + 1
+    for k in np.unique(counts[counts > 0]).tolist():
+        rows = np.flatnonzero(counts == k)
+        sets = ids[indptr[rows][:, None] + np.arange(k)]
+        if width**k < 2**63:  # each set as one number (np.unique of rows, axis=0, is ten times slower)
+            code = np.zeros(len(rows), dtype=np.int64)
+            for j in range(k):
+                code = code * width + sets[:, j]
+            _, first, inv = np.unique(code, return_index=True, return_inverse=True)
+            uniq = sets[first]
+        else:
+            uniq, inv = np.unique(sets, axis=0, return_inverse=True)
+        vals = np.empty(len(uniq), dtype=object)
+        for j, t in enumerate(map(tuple, uniq.tolist())):
+            vals[j] = shared.setdefault(t, frozenset(t))
+        out[rows] = vals[inv.ravel()]
+    return out.tolist()
 
 
 def from_json(data: dict, n_passages: int) -> Subjects:
+    """The `Subjects` of a saved discovery (either form)."""
     subs = [Subject(i, d["name"], list(d["aliases"]), np.asarray(d["rows"], dtype=np.int64), set(d["sources"]),
                     int(d.get("mentions", 0))) for i, d in enumerate(data["subjects"])]
-    body = [frozenset()] * n_passages
-    heading = [frozenset()] * n_passages
     # one frozenset per distinct set of subjects, shared by every passage naming just those: at a
     # million passages, half a million sets of one or two ids were 119 MB, a few thousand are < 1 MB
     shared: dict[tuple, frozenset] = {}
+    if _is_csr(data["body"]):
+        body, heading = (_row_sets(*_rowmap(data[k], n_passages), n_passages, shared) for k in ("body", "heading"))
+        return Subjects(subs, body, heading)
+    body = [frozenset()] * n_passages
+    heading = [frozenset()] * n_passages
     for key_, rows in (("body", body), ("heading", heading)):
         for r, ids in data[key_].items():
             rows[int(r)] = shared.setdefault(tuple(ids), frozenset(ids))
@@ -1250,34 +1434,65 @@ def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int,
     """The saved discovery of the previous generation, moved to the rows of `index` (kept rows
     renumbered by `old_to_new`, -1 for gone), with the passages from `first_new` on placed and
     the subjects their articles introduce added; None when a full discovery is due (small
-    library, or too much changed since the last one). `data`'s row maps are consumed (its
-    "body" and "heading" removed as they are read: at a million passages they are hundreds of MB
-    of Python objects, and a reindex must not need more memory than serving)."""
+    library, or too much changed since the last one). Returned in the saved form with arrays;
+    `data`'s row maps are consumed (at a million passages, a saved form of before holds hundreds
+    of MB of Python objects in them).
+
+    The kept rows' maps are moved by numpy (composite keys `row * width + id` and `id * n + row`,
+    sorted: renumbering in order keeps them so); only the rows placed again (the new passages,
+    and those holding a new subject's words) are read, in Python, and merged in."""
     n = len(index.passages)
     changed = int(data.get("changed_since_discovery", 0)) + (n - first_new) + removed
     if n < INCREMENTAL_MIN_PASSAGES or changed > REDISCOVER_SHARE * n:
         return None
+    old_to_new = np.asarray(old_to_new, dtype=np.int64)
+    n_prev = len(old_to_new)
     subs = [Subject(i, d["name"], list(d["aliases"]), np.zeros(0, np.int64), set(d["sources"]), int(d.get("mentions", 0)))
             for i, d in enumerate(data["subjects"])]
-    body: dict[int, list[int]] = {}
-    heading: dict[int, list[int]] = {}
-    for key_, dst in (("body", body), ("heading", heading)):
-        for r, ids in data.pop(key_).items():
-            new = int(old_to_new[int(r)]) if int(r) < len(old_to_new) else -1
-            if new >= 0:
-                dst[new] = list(ids)
+    n_old = len(subs)
     # subjects the new articles introduce, placed wherever the library names them
     added = _introduced(index, first_new, subs)
-    n_old = len(subs)
     for srcs, forms in added:
         subs.append(Subject(len(subs), "", _aliases(forms), np.zeros(0, np.int64), set(srcs)))
+    width = max(1, len(subs))
     probe = Subjects(subs, [], [])
     redo = set(range(first_new, n))
     for s in subs[n_old:]:
         redo.update(_rows_naming(index, s.aliases))
+    redo_rows = np.asarray(sorted(redo), dtype=np.int64)
+    again = np.zeros(n + 1, dtype=bool)
+    again[redo_rows] = True
+    # the kept rows' maps, moved, without the rows placed again
+    renum = np.full(n_prev + 1, -1, dtype=np.int64)
+    renum[:n_prev] = old_to_new
+    renum[renum >= n] = -1
+    kept: dict[str, np.ndarray] = {}
+    stored_rows = _is_csr(data["body"])  # (each subject's rows are written from body | heading: the same)
+    for key_ in ("body", "heading"):
+        indptr, ids = _rowmap(data.pop(key_), n_prev)  # (a saved form of before: its dicts go as read)
+        if len(indptr) - 1 > n_prev:  # (rows past the previous index: none are kept)
+            indptr = indptr[: n_prev + 1]
+            ids = ids[: int(indptr[-1])]
+        keys = _sorted(_keys(indptr, ids, width, renum[: len(indptr) - 1]))
+        kept[key_] = keys[~again[keys // width]]
+    # each subject's rows: stored (moved likewise), or for a saved form of before, body | heading
+    if stored_rows:
+        rows = [np.asarray(d["rows"], dtype=np.int64) for d in data["subjects"]]
+        lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        flat = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        flat = np.where(flat < n_prev, renum[np.minimum(flat, n_prev)], -1)
+        owner = np.repeat(np.arange(len(rows), dtype=np.int64), lens)
+        ok = flat >= 0
+        of_rows = _sorted(owner[ok] * (n + 1) + flat[ok])
+    else:
+        both = np.concatenate([kept["body"], kept["heading"]])
+        of_rows = np.unique((both % width) * (n + 1) + both // width)
+    of_rows = of_rows[~again[of_rows % (n + 1)]]
+    # the rows placed again, by the matcher
     about_doc: dict[str, set[int]] = {}
     surface: dict[int, Counter] = defaultdict(Counter)
-    for r in sorted(redo):
+    placed: dict[str, list[int]] = {"body": [], "heading": []}
+    for r in redo_rows.tolist():
         p = index.passages[r]
         if p.doc_id not in about_doc:
             named = {m.subject for m in probe.find(index.docs[p.doc_id].title)}
@@ -1288,36 +1503,37 @@ def carry_over(data: dict, index: Index, old_to_new: np.ndarray, first_new: int,
                 surface[m.subject][m.text] += 1
         b = {m.subject for m in found}
         h = {m.subject for m in probe.find(p.heading or "")} | about_doc[p.doc_id]
-        for dst, ids in ((body, b), (heading, h)):
-            if ids:
-                dst[r] = sorted(ids)
-            else:
-                dst.pop(r, None)
-    rows_of: dict[int, set[int]] = defaultdict(set)
-    for dst in (body, heading):
-        for r, ids in dst.items():
-            for i in ids:
-                rows_of[i].add(r)
+        placed["body"].extend(r * width + i for i in sorted(b))
+        placed["heading"].extend(r * width + i for i in sorted(h))
+    new_keys = {k: np.asarray(v, dtype=np.int64) for k, v in placed.items()}
+    for key_ in kept:
+        kept[key_] = _merged(kept[key_], new_keys[key_])
+    both = np.union1d(new_keys["body"], new_keys["heading"])
+    of_rows = _merged(of_rows, np.sort((both % width) * (n + 1) + both // width))
+    row_count = np.bincount(of_rows // (n + 1), minlength=len(subs))
     # a subject named nowhere any more (its articles were removed) or, if new, too widely, goes
     cap = max_subject_rows(n)
-    keep = [s.id for s in subs if "glossary" in s.sources or (rows_of[s.id] and (s.id < n_old or len(rows_of[s.id]) <= cap))]
-    remap = {old: i for i, old in enumerate(keep)}
-    out = dict(data)
+    keep = [s.id for s in subs if "glossary" in s.sources or (row_count[s.id] and (s.id < n_old or row_count[s.id] <= cap))]
+    remap = np.full(len(subs), -1, dtype=np.int64)
+    remap[keep] = np.arange(len(keep))
+    rows_indptr, rows_flat = _csr_of(of_rows, n + 1, len(subs))
+    out = {k: v for k, v in data.items() if k not in ("subjects", "body", "heading", "arrays")}
     out["subjects"] = []
     for i in keep:
         s = subs[i]
+        s.rows = rows_flat[rows_indptr[i] : rows_indptr[i + 1]]
         if i < n_old:
-            d = dict(data["subjects"][i])
+            d = {k: v for k, v in data["subjects"][i].items() if k != "rows"}
         else:
-            s.rows = np.asarray(sorted(rows_of[i]), dtype=np.int64)
             s.mentions = sum(surface[i].values())
             d = {"name": _display_name(s, surface[i]) if surface[i] else s.aliases[0], "aliases": s.aliases,
                  "sources": sorted(s.sources), "mentions": s.mentions}
-        out["subjects"].append({**d, "rows": sorted(rows_of[i])})
-    for key_, dst in (("body", body), ("heading", heading)):
-        out[key_] = {str(r): ids2 for r, ids in sorted(dst.items())
-                     if (ids2 := [remap[x] for x in ids if x in remap])}
-        dst.clear()
+        out["subjects"].append({**d, "rows": s.rows})
+    for key_, keys in kept.items():
+        r, i = np.divmod(keys, width)
+        i = remap[i]
+        ok = i >= 0  # (remap keeps the order: each row's ids stay sorted)
+        out[key_] = {"indptr": _indptr(np.bincount(r[ok], minlength=n)), "ids": i[ok]}
     out["changed_since_discovery"] = changed
     if added:
         log.info("subjects added by the new articles: %s", ", ".join(d["name"] for d in out["subjects"][n_old:]))
@@ -1402,8 +1618,8 @@ def _rows_naming(index: Index, aliases: list[str]) -> set[int]:
     return out
 
 
-def saved_json(gen: Path | None) -> dict | None:
-    """The subjects.json of a generation folder, or None."""
+def saved_small(gen: Path | None) -> dict | None:
+    """The subjects.json of a generation folder as it is (without the arrays it names), or None."""
     if gen is None:
         return None
     try:
@@ -1412,15 +1628,40 @@ def saved_json(gen: Path | None) -> dict | None:
         return None
 
 
+def saved_json(gen: Path | None) -> dict | None:
+    """The saved discovery of a generation folder (the saved form, with arrays), or None."""
+    for _ in range(2):  # its arrays replaced (a glossary edit) between reading the JSON and them: again
+        data = saved_small(gen)
+        name = (data or {}).get("arrays")
+        if not name:
+            return data
+        try:
+            with np.load(Path(gen) / name, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            continue
+        counts = arrays["rows_counts"].astype(np.int64)
+        rows = arrays["rows_ids"].astype(np.int64)
+        ends = np.cumsum(counts)
+        data["subjects"] = [{**d, "rows": rows[e - c : e]} for d, c, e in zip(data["subjects"], counts, ends)]
+        for key_ in ("body", "heading"):
+            data[key_] = {"indptr": _indptr(arrays[f"{key_}_counts"].astype(np.int64)),
+                          "ids": arrays[f"{key_}_ids"].astype(np.int64)}
+        return data
+    return None
+
+
 def _saved(index: Index, gpath: Path | None) -> Subjects | None:
     """The subjects stored with the index's generation, if they were found with this glossary."""
     data = getattr(index, "saved_subjects", None)  # an index not read from a folder (pgstore) carries them
     if data is None:
         if index.path is None:
             return None
-        try:
-            data = json.loads((Path(index.path) / SAVED_NAME).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        small = saved_small(index.path)
+        if small is None or small.get("glossary") != glossary_hash(gpath):
+            return None  # (the arrays are read only when they will be used)
+        data = saved_json(index.path)
+        if data is None:
             return None
     if data.get("glossary") != glossary_hash(gpath):
         return None  # the glossary changed since the build: discover again (answering goes on)
