@@ -272,25 +272,26 @@ def reindex(
         old_stats = prev.files if prev else {}
         stats: dict[str, list] = {}
         scan_started = time.time_ns()
-        files = _discover(corpus_dir)
+        files = _discover_paths(corpus_dir)  # strings: no Path object per file (a million files)
         hashed = 0
         for n_read, path in enumerate(tqdm(files, desc="Reading", unit="file", disable=not progress, leave=False)):
             tick("reading", n_read, len(files))
             rel = _relative_posix(path, corpus_dir)
-            doc_id = rel[: len(rel) - len(path.suffix)] if path.suffix else rel  # documents.doc_id_for
+            suffix = os.path.splitext(path)[1]
+            doc_id = rel[: len(rel) - len(suffix)] if suffix else rel  # documents.doc_id_for
             if doc_id in seen:  # a.md and a.txt: the first one wins
                 log.warning("skipped %s: another file already has id %r", path, doc_id)
                 report.skipped.append(rel)
                 continue
             old = prev_meta(doc_id)
             try:
-                st = path.stat()
+                st = os.stat(path)
                 sig = [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
                 cached = old_stats.get(rel)
                 if old is not None and old.path == rel and cached and cached[:3] == sig and cached[3] == old.sha256:
                     sha = old.sha256
                 else:
-                    sha = file_sha256(path)
+                    sha = file_sha256(Path(path))
                     hashed += 1
             except FileNotFoundError:  # removed while we were looking
                 continue
@@ -305,7 +306,7 @@ def reindex(
                 seen.add(doc_id)
                 continue
             try:
-                doc = read_document(path, corpus_dir)
+                doc = read_document(Path(path), corpus_dir)
             except UnreadableFileError as e:
                 log.warning("skipped %s", e)
                 report.skipped.append(rel)
@@ -495,9 +496,10 @@ def _relative_posix(path: Path, corpus_dir: Path) -> str:
     return Path(path).relative_to(corpus_dir).as_posix()
 
 
-def _discover(corpus_dir: Path) -> list[Path]:
-    """documents.discover with os.scandir and string paths: no pathlib object per entry until the
-    end (117k files: 0.83 s against 1.15 s with Path.rglob, warm; a test holds the two equal).
+def _discover_paths(corpus_dir: Path) -> list[str]:
+    """documents.discover with os.scandir, as string paths: no pathlib object per file (117k
+    files: 0.83 s against 1.15 s with Path.rglob, warm; a Path per file then cost the reindex's
+    scan another 1 s at a million; a test holds the two equal).
     Kept here: documents.py is part of the content fingerprint, and any change to it rebuilds
     every index from nothing."""
     found: list[str] = []
@@ -520,7 +522,12 @@ def _discover(corpus_dir: Path) -> list[Path]:
                 continue
 
     walk(str(corpus_dir))
-    return [Path(s) for s in sorted(found, key=lambda s: s.split(os.sep))]
+    return sorted(found, key=lambda s: s.split(os.sep))
+
+
+def _discover(corpus_dir: Path) -> list[Path]:
+    """`_discover_paths` as Path objects (what documents.discover returns)."""
+    return [Path(s) for s in _discover_paths(corpus_dir)]
 
 
 def _ranges(spans: np.ndarray) -> np.ndarray:
