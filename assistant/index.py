@@ -1493,7 +1493,7 @@ class BM25Level:
             return rows
         out = rows - self.n_live_main + self.n_main
         m = rows < self.n_live_main
-        out[m] = rows[m] if self.live is None else np.asarray(self.live)[rows[m]]
+        out[m] = np.asarray(self.live)[rows[m]]
         return out
 
     def postings(self, t: int) -> tuple[np.ndarray, np.ndarray]:
