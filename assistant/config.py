@@ -41,7 +41,8 @@ def encoder_threads(encoder: str) -> int | None:
 
 @dataclass(frozen=True)
 class Settings:
-    """Tunable knobs. Defaults were chosen on XQuAD and the dev set (see README, "Numbers")."""
+    """Tunable knobs. The passage fusion weights are fitted (tests/fit_fusion.py); the rest were
+    chosen on XQuAD and the dev set (see README, "Numbers")."""
 
     corpus_dir: Path = Path(DEFAULT_CORPUS_DIR)
     index_dir: Path = Path(DEFAULT_INDEX_DIR)
@@ -50,11 +51,14 @@ class Settings:
     passage_target_words: int = 90
     passage_max_words: int = 150
 
-    # retrieval: min-max fused scores of four signals
-    w_dense_passage: float = 0.30
-    w_bm25_passage: float = 0.20
+    # retrieval: min-max fused scores of four signals, plus coverage and proximity below. The six
+    # passage weights are one listwise fit over XQuAD and covidqa-dev (tests/fit_fusion.py, two
+    # libraries as unlike as short Wikipedia paragraphs and long papers; each alone transfers to
+    # the other), rounded, the four signals' summing to 1 (README, "Fusion weights, fitted")
+    w_dense_passage: float = 0.33
+    w_bm25_passage: float = 0.27
     w_dense_sentence: float = 0.30
-    w_bm25_sentence: float = 0.20
+    w_bm25_sentence: float = 0.10
     candidates: int = 50
     # "What is X?": bonus for a passage with a sentence that defines X ("X, also known as Y, is ...")
     definition_bonus: float = 0.1
@@ -69,15 +73,13 @@ class Settings:
     # the reader finds no subject in play (conversation.py); abstention then judges it with them too
     w_context: float = 0.5
     # the answering sentence (issue 10): the share of the question's distinct words that one
-    # sentence holds (its words near each other), for the passage (its best sentence's) and for
-    # the highlight (README, "Numbers": 0.1 → 0.25 helps every set with the abstention model
-    # fitted on our own sets and with list questions read as such, answertype.LIST_KIND)
-    w_cover_passage: float = 0.25
+    # sentence holds (its words near each other), for the passage (its best sentence's; fitted
+    # with the four above) and for the highlight
+    w_cover_passage: float = 0.41
     w_cover_sentence: float = 0.6
-    # the question's adjacent words near each other in one sentence (Retriever._proximity). Off by
-    # default: on long papers it helps (covidqa-dev top-1 +2.2 points at 0.2 passage), but it costs
-    # a question or a turn elsewhere (XQuAD top-5, our conversations): README, "Proximity"
-    w_prox_passage: float = 0.0
+    # the question's adjacent words near each other in one sentence (Retriever._proximity), for the
+    # passage (fitted with the above) and for the highlight (no gain measured: README, "Proximity")
+    w_prox_passage: float = 0.29
     w_prox_sentence: float = 0.0
 
     # extraction

@@ -38,6 +38,9 @@ _DEFINES = re.compile(
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
 RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
 PROXIMITY_WINDOW = 3  # tokens (stop words out) between two adjacent question words held as a phrase
+# "What is X used for?": a light verb of questions (SMART's stop list has use, used, uses, using)
+# is no half of a phrase; "X used" next to each other in a passage says nothing about X's uses
+PROXIMITY_SKIP = frozenset({"use"})
 DEFINITION_MAX_WORDS = 4  # "What is X?" with a longer X is no definition question
 # ... nor one whose X ends in a preposition or a participle ("What are stators attached to?")
 _NOT_DEFINITION = re.compile(r"\b(?:to|for|of|in|on|at|by|with|from|as|about|after|\w+ed|doing|made|done)\s*$", re.I)
@@ -275,30 +278,46 @@ class Retriever:
             out += bm25_scores_for(self.index.bm25_sentences, [t, *sorted(eq.get(t, ()))], sent_idx) > 0
         return out / len(terms)
 
-    def _proximity(self, q: Query, first: int, n: int) -> np.ndarray:
-        """Per sentence of one passage: the share of the question's adjacent word pairs (in its
-        order, stop words out) that the sentence holds within PROXIMITY_WINDOW tokens of each
-        other (the sequential-dependence cue of Metzler and Croft: "mother to child transmission"
-        asked and written as a phrase)."""
-        toks = q.tokens
+    def _proximity(self, q: Query, spans: list[tuple[int, int]]) -> list[np.ndarray]:
+        """Per passage (`spans`: its first sentence row and sentence count), per sentence: the
+        share of the question's adjacent word pairs (in its order, stop words and PROXIMITY_SKIP
+        out) that the sentence holds within PROXIMITY_WINDOW tokens of each other (the
+        sequential-dependence cue of Metzler and Croft: "mother to child transmission" asked and
+        written as a phrase). Headings hold none."""
+        toks = [t for t in q.tokens if t not in PROXIMITY_SKIP]
         pairs = [(a, b) for a, b in zip(toks, toks[1:]) if a != b]
-        out = np.zeros(n, dtype=np.float32)
+        out = [np.zeros(n, dtype=np.float32) for _, n in spans]
         if not pairs:
             return out
+        ix = self.index
+        rows = [first + j for first, n in spans for j in range(n)]
+        heading = np.asarray(ix.sent_is_heading[np.asarray(rows, dtype=np.int64)]) if rows else np.zeros(0, dtype=bool)
         eq = q.equivalents or {}
-        # one tokenize call per passage (one stemming pass), not one per sentence
-        for i, seq in enumerate(tokenize([self.index.sentence_text(first + j) for j in range(n)])):
+        wanted = [(frozenset((a, *eq.get(a, ()))), frozenset((b, *eq.get(b, ())))) for a, b in pairs]
+        words = frozenset().union(*(x | y for x, y in wanted))
+        # one tokenize call for every sentence (one stemming pass), not one per passage
+        seqs = tokenize([ix.sentence_text(r) for r in rows])
+        flat = np.zeros(len(rows), dtype=np.float32)
+        for i, seq in enumerate(seqs):
+            if heading[i]:
+                continue
             at: dict[str, list[int]] = {}
             for j, t in enumerate(seq):
-                at.setdefault(t, []).append(j)
+                if t in words:
+                    at.setdefault(t, []).append(j)
+            if not at:
+                continue
             got = 0
-            for a, b in pairs:
-                pa = [j for x in (a, *eq.get(a, ())) for j in at.get(x, ())]
-                if not pa:
-                    continue
-                pb = [j for x in (b, *eq.get(b, ())) for j in at.get(x, ())]
-                got += any(abs(x - y) <= PROXIMITY_WINDOW for x in pa for y in pb)
-            out[i] = got / len(pairs)
+            for xa, xb in wanted:
+                pa = [j for x in xa for j in at.get(x, ())]
+                if pa:
+                    pb = [j for x in xb for j in at.get(x, ())]
+                    got += any(abs(x - y) <= PROXIMITY_WINDOW for x in pa for y in pb)
+            flat[i] = got / len(pairs)
+        at_ = 0
+        for k, (_, n) in enumerate(spans):
+            out[k] = flat[at_ : at_ + n]
+            at_ += n
         return out
 
     def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray,
@@ -382,10 +401,9 @@ class Retriever:
         order = np.argsort(-fused)[: max(k, RERANK_DEPTH)]
         if s.w_prox_passage or s.w_prox_sentence:
             fused, s_fused = fused.copy(), s_fused.copy()
-            for o in order:
+            spans = [(int(ix.sent_rows[int(cand[o])][0]), int(lengths[o])) for o in order]
+            for o, prox in zip(order, self._proximity(q, spans)):
                 a, n = int(offsets[o]), int(lengths[o])
-                first = int(ix.sent_rows[int(cand[o])][0])
-                prox = np.where(np.asarray(ix.sent_is_heading[first : first + n]), 0.0, self._proximity(q, first, n))
                 fused[o] += s.w_prox_passage * float(prox.max()) if n else 0.0
                 s_fused[a : a + n] += s.w_prox_sentence * prox
             order = order[np.argsort(-fused[order], kind="stable")]

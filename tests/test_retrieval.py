@@ -195,8 +195,8 @@ def test_coverage_lifts_the_passage_whose_sentence_holds_the_question_words(cove
     question = "What was the Tarrow kestrel lamp cast in?"
     vec = cover_assistant.embedder.encode_query(question)
     s = cover_assistant.settings
-    off_r = Retriever(index, replace(s, w_cover_passage=0.0))
-    on_r = Retriever(index, replace(s, w_cover_passage=0.4))
+    off_r = Retriever(index, replace(s, w_cover_passage=0.0, w_prox_passage=0.0))
+    on_r = Retriever(index, replace(s, w_cover_passage=0.4, w_prox_passage=0.0))
     off = {index.passages[h.row].doc_id: h.score for h in off_r.search(off_r.prepare(question, vec), k=5)}
     # scores are scaled back into [0, 1] by 1 + the coverage weight
     on = {index.passages[h.row].doc_id: h.score * 1.4 for h in on_r.search(on_r.prepare(question, vec), k=5)}
@@ -334,10 +334,10 @@ def test_a_list_question_lifts_the_sentence_that_lists(list_assistant, monkeypat
 
 
 def test_proximity_is_the_share_of_the_question_word_pairs_held_close_together(cover_assistant):
-    """Opt-in (settings.w_prox_passage / w_prox_sentence): each sentence gets the share of the
-    question's adjacent word pairs it holds within PROXIMITY_WINDOW tokens of each other. The lamp
-    sentence says "Tarrow kestrel lamp was cast" (all three pairs); the foundry's "lamp trade kept
-    the kestrel foundry" holds one pair three tokens apart; a sentence with one word holds none.
+    """settings.w_prox_passage / w_prox_sentence: each sentence gets the share of the question's
+    adjacent word pairs it holds within PROXIMITY_WINDOW tokens of each other. The lamp sentence
+    says "Tarrow kestrel lamp was cast" (all three pairs); the foundry's "lamp trade kept the
+    kestrel foundry" holds one pair three tokens apart; a sentence with one word holds none.
     Switched on, it lifts the lamp passage by the full weight and the foundry passage by less."""
     import numpy as np
 
@@ -350,15 +350,44 @@ def test_proximity_is_the_share_of_the_question_word_pairs_held_close_together(c
     for doc in ("lamps", "foundry"):
         row = next(i for i, p in enumerate(index.passages) if p.doc_id == doc)
         first, last = (int(x) for x in index.sent_rows[row])
-        prox.update(zip((index.sentence_text(j) for j in range(first, last)), r._proximity(q, first, last - first)))
+        prox.update(zip((index.sentence_text(j) for j in range(first, last)), r._proximity(q, [(first, last - first)])[0]))
     assert prox["The Tarrow kestrel lamp was cast in green bronze by the foundry at Wenlow."] == pytest.approx(1.0)
     assert prox["Bronze came by barge from the north, and the lamp trade kept the kestrel foundry busy."] == pytest.approx(1 / 3)
     assert prox["Its kestrel emblem was painted over the gate."] == 0.0
     s = replace(cover_assistant.settings, w_cover_passage=0.0)
-    off_r, on_r = Retriever(index, s), Retriever(index, replace(s, w_prox_passage=0.3))
+    off_r, on_r = Retriever(index, replace(s, w_prox_passage=0.0)), Retriever(index, replace(s, w_prox_passage=0.3))
     off = {index.passages[h.row].doc_id: h.score for h in off_r.search(off_r.prepare(question, vec), k=5)}
     # scores are scaled back into [0, 1] by 1 + the proximity weight
     on = {index.passages[h.row].doc_id: h.score * 1.3 for h in on_r.search(on_r.prepare(question, vec), k=5)}
     assert on["lamps"] - off["lamps"] == pytest.approx(0.3, abs=1e-5)
     assert on["foundry"] - off["foundry"] == pytest.approx(0.1, abs=1e-5)
     assert np.isclose(sum(off.values()) + 0.4, sum(on.values()), atol=1e-5)
+
+
+def test_proximity_pairs_leave_out_the_light_verb_use(cover_assistant):
+    """"What is X used for?": 'use' (SMART's stop list has use, used, uses, using) is no half of a
+    phrase, so "lamp was used" next to each other is no sign of an answer about the lamp's uses.
+    Proximity pairs are formed without it; the spans of several passages are read in one call."""
+    from assistant import retrieval
+
+    loaded = cover_assistant._current()
+    index, r = loaded.index, loaded.retriever
+    question = "What was the kestrel lamp used for?"
+    q = r.prepare(question, cover_assistant.embedder.encode_query(question))
+    assert "use" in q.tokens  # BM25 and coverage still search it
+    rows = [i for i, p in enumerate(index.passages) if p.doc_id in ("lamps", "foundry")]
+    spans = [(int(index.sent_rows[i][0]), int(index.sent_rows[i][1] - index.sent_rows[i][0])) for i in rows]
+    got = r._proximity(q, spans)
+    assert [len(x) for x in got] == [n for _, n in spans]
+    texts = {index.sentence_text(first + j): float(v) for (first, _), x in zip(spans, got) for j, v in enumerate(x)}
+    # only the pair (kestrel, lamp) is asked: held in the lamp sentence, not by one word alone
+    assert texts["The Tarrow kestrel lamp was cast in green bronze by the foundry at Wenlow."] == 1.0
+    assert texts["Its kestrel emblem was painted over the gate."] == 0.0
+    old = retrieval.PROXIMITY_SKIP
+    try:
+        retrieval.PROXIMITY_SKIP = frozenset()
+        with_use = r._proximity(q, spans)
+    finally:
+        retrieval.PROXIMITY_SKIP = old
+    texts = {index.sentence_text(first + j): float(v) for (first, _), x in zip(spans, with_use) for j, v in enumerate(x)}
+    assert texts["The Tarrow kestrel lamp was cast in green bronze by the foundry at Wenlow."] == 0.5  # (lamp, use) not held
