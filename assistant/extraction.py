@@ -245,11 +245,10 @@ def evidence(index: Index, q: Query, hit: Hit | None, hits: list[Hit] | None = N
     terms = [t for t in q.tokens]
     if not terms or hit is None:
         return Evidence(hit.dense if hit else 0.0, hit.dense_sentence if hit else 0.0, 0.0, 1.0 if not hit else 0.0)
-    from .index import passage_bm25_text, tokenize
+    from .index import passage_bm25_text
 
-    p = index.passages[hit.row]
-    d = index.docs[p.doc_id]
-    have = set(tokenize([passage_bm25_text(p, d.title, d.text)])[0])
+    have = _token_set(index, ("passage", hit.row),
+                      lambda: passage_bm25_text(index.passages[hit.row], *_title_text(index, hit.row)))
     eq = q.equivalents or {}
     vocab = index.vocab
     # a word the library lacks is known when the passage holds what it was read as (a misspelling's
@@ -266,9 +265,32 @@ def evidence(index: Index, q: Query, hit: Hit | None, hits: list[Hit] | None = N
     sent = 0.0
     if len(hit.sentence_cosines):
         j = int(np.argmax(hit.sentence_cosines))
-        in_sent = set(tokenize([index.sentence_text(index.sent_rows[hit.row][0] + j)])[0])
+        row = int(index.sent_rows[hit.row][0]) + j
+        in_sent = _token_set(index, ("sentence", row), lambda: index.sentence_text(row))
         sent = sum(w for t, w in zip(terms, weights) if t in in_sent or in_sent & eq.get(t, frozenset())) / total
     return Evidence(hit.dense, hit.dense_sentence, covered, unknown, sent)
+
+
+_TOKEN_SETS_MAX = 20_000  # passages and sentences whose BM25 token sets abstention remembers, per index
+
+
+def _title_text(index: Index, row: int) -> tuple[str, str]:
+    d = index.docs[index.passages[row].doc_id]
+    return d.title, d.text
+
+
+def _token_set(index: Index, key: tuple, text) -> frozenset[str]:
+    """The BM25 tokens of a passage's or a sentence's text (`text()`), remembered per loaded index:
+    the best passages of related questions are judged again and again."""
+    from .index import tokenize
+
+    cache = index.__dict__.setdefault("_token_sets", {})
+    got = cache.get(key)
+    if got is None:
+        if len(cache) >= _TOKEN_SETS_MAX:
+            cache.clear()
+        got = cache[key] = frozenset(tokenize([text()])[0])
+    return got
 
 
 def idf_max(index: Index) -> float:

@@ -78,6 +78,27 @@ class Hit:
     sentence_cosines: np.ndarray
 
 
+@dataclass
+class Signals:
+    """One question's candidate passages and their signals before fusion (`Retriever.signals`).
+    Per passage, aligned with `cand`; per sentence (`s_cos`, `s_fused`), the passages' sentences
+    one after another (passage i's are [offsets[i], offsets[i] + lengths[i]))."""
+
+    cand: np.ndarray  # passage rows
+    first: np.ndarray  # each passage's first sentence row
+    lengths: np.ndarray  # its number of sentences
+    offsets: np.ndarray  # where its sentences start in the per-sentence arrays
+    dense_q: np.ndarray  # cosine of the question alone
+    dense_p: np.ndarray  # cosine, plus the conversation's share for a follow-up (w_context)
+    bm25_p: np.ndarray  # BM25, likewise
+    dense_s: np.ndarray  # the best sentence's cosine
+    bm25_s: np.ndarray  # the best sentence's BM25
+    cover: np.ndarray  # the best sentence's coverage (_coverage)
+    defines: np.ndarray  # 1.0 when a sentence defines what "What is X?" asks
+    s_cos: np.ndarray  # per sentence: cosine (a heading's at most 0)
+    s_fused: np.ndarray  # per sentence: the highlight score before proximity and answer kind
+
+
 def _minmax(x: np.ndarray) -> np.ndarray:
     if x.size == 0:
         return x
@@ -117,6 +138,38 @@ def _model_words() -> frozenset[str] | None:
         log.warning("the model's tokenizer cannot be read: misspelled question words are not corrected")
         return None
     return frozenset(w for w in vocab if w.isalpha())
+
+
+_POSITIONS_CACHE_MAX = 20_000  # passages whose token positions proximity remembers, per loaded index
+
+
+def _passage_positions(ix: Index, spans: list[tuple[int, int]]) -> list[dict[str, tuple[tuple[int, int], ...]]]:
+    """Per passage (`spans`: first sentence row, sentence count): its BM25 tokens -> where they
+    stand, (sentence within the passage, position within the sentence), headings left out. What
+    proximity reads; remembered per loaded index (at most _POSITIONS_CACHE_MAX passages): the best
+    passages of related questions come back again and again. Passages not yet read are stemmed
+    in one tokenize call."""
+    cache = ix.__dict__.setdefault("_passage_positions", {})
+    got = [cache.get(first) for first, _ in spans]
+    missing = list(dict.fromkeys(sp for sp, g in zip(spans, got) if g is None))
+    if missing:
+        rows = [first + j for first, n in missing for j in range(n)]
+        heading = np.asarray(ix.sent_is_heading[np.asarray(rows, dtype=np.int64)])
+        seqs = iter(zip(tokenize([ix.sentence_text(r) for r in rows]), heading))
+        fresh = {}
+        for first, n in missing:
+            at: dict[str, list[tuple[int, int]]] = {}
+            for j in range(n):
+                seq, is_heading = next(seqs)
+                if not is_heading:
+                    for pos, t in enumerate(seq):
+                        at.setdefault(t, []).append((j, pos))
+            fresh[first] = {t: tuple(v) for t, v in at.items()}
+        if len(cache) + len(fresh) > _POSITIONS_CACHE_MAX:
+            cache.clear()
+        cache.update(fresh)
+        got = [g if g is not None else fresh[first] for (first, _), g in zip(spans, got)]
+    return got
 
 
 def _kind_candidates(ix: Index, row: int, want: str) -> tuple[str, ...]:
@@ -289,35 +342,16 @@ class Retriever:
         out = [np.zeros(n, dtype=np.float32) for _, n in spans]
         if not pairs:
             return out
-        ix = self.index
-        rows = [first + j for first, n in spans for j in range(n)]
-        heading = np.asarray(ix.sent_is_heading[np.asarray(rows, dtype=np.int64)]) if rows else np.zeros(0, dtype=bool)
         eq = q.equivalents or {}
-        wanted = [(frozenset((a, *eq.get(a, ()))), frozenset((b, *eq.get(b, ())))) for a, b in pairs]
-        words = frozenset().union(*(x | y for x, y in wanted))
-        # one tokenize call for every sentence (one stemming pass), not one per passage
-        seqs = tokenize([ix.sentence_text(r) for r in rows])
-        flat = np.zeros(len(rows), dtype=np.float32)
-        for i, seq in enumerate(seqs):
-            if heading[i]:
-                continue
-            at: dict[str, list[int]] = {}
-            for j, t in enumerate(seq):
-                if t in words:
-                    at.setdefault(t, []).append(j)
-            if not at:
-                continue
-            got = 0
+        wanted = [((a, *eq.get(a, ())), (b, *eq.get(b, ()))) for a, b in pairs]
+        for res, at in zip(out, _passage_positions(self.index, spans)):
             for xa, xb in wanted:
-                pa = [j for x in xa for j in at.get(x, ())]
+                pa = [jp for x in xa for jp in at.get(x, ())]
                 if pa:
-                    pb = [j for x in xb for j in at.get(x, ())]
-                    got += any(abs(x - y) <= PROXIMITY_WINDOW for x in pa for y in pb)
-            flat[i] = got / len(pairs)
-        at_ = 0
-        for k, (_, n) in enumerate(spans):
-            out[k] = flat[at_ : at_ + n]
-            at_ += n
+                    pb = [jp for x in xb for jp in at.get(x, ())]
+                    for j in {j for j, x in pa for k, y in pb if j == k and abs(x - y) <= PROXIMITY_WINDOW}:
+                        res[j] += 1.0
+            res /= len(pairs)
         return out
 
     def _with_context(self, ctx: Query, cand: np.ndarray, dense_p: np.ndarray,
@@ -330,29 +364,23 @@ class Retriever:
         ctx_bm25 = bm25_scores_for(self.index.bm25_passages, ctx.search_tokens, cand)
         return dense_p + w * ctx_dense, bm25_p + w * ctx_bm25
 
-    def _answer_kind(self, q: Query, cand: np.ndarray, order: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                     fused: np.ndarray, s_fused: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """"How many ...?" wants a number, "Who ...?" a name: the sentences of the best passages that
-        hold an answer of that kind rise (the highlight), and so does a passage whose relevant
-        sentence holds one. Only the best RERANK_DEPTH passages are read."""
-        s, ix = self.s, self.index
-        fused, s_fused = fused.copy(), s_fused.copy()
-        for o in order:
-            a, n = int(offsets[o]), int(lengths[o])
-            first = int(ix.sent_rows[int(cand[o])][0])
-            heading = np.asarray(ix.sent_is_heading[first : first + n])
-            match = np.array([not heading[i] and answertype.any_new(_kind_candidates(ix, first + i, q.kind), q.words)
-                              for i in range(n)], dtype=np.float32)
-            if match.any():
-                fused[o] += s.w_kind_passage * float(np.max(match * np.clip(s_fused[a : a + n], 0.0, 1.0)))
-                s_fused[a : a + n] += s.w_kind_sentence * match
-        return fused, s_fused
+    def _kind_match(self, q: Query, first: int, n: int, s_fused: np.ndarray) -> tuple[float, np.ndarray]:
+        """"How many ...?" wants a number, "Who ...?" a name: per sentence of one passage, 1.0 when it
+        holds an answer of that kind (not one the question already says), and the passage's value,
+        its best such sentence's own score (clipped to [0, 1]): a number beside the question's
+        words counts, a stray number elsewhere in the passage does not."""
+        ix = self.index
+        heading = np.asarray(ix.sent_is_heading[first : first + n])
+        match = np.array([not heading[i] and answertype.any_new(_kind_candidates(ix, first + i, q.kind), q.words)
+                          for i in range(n)], dtype=np.float32)
+        return (float(np.max(match * np.clip(s_fused, 0.0, 1.0))) if match.any() else 0.0), match
 
-    def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
-        """The k best passages, best first. `restrict` limits the search to some passage rows."""
+    def signals(self, q: Query, restrict: np.ndarray | None = None) -> Signals | None:
+        """The candidate passages and their signals, before any passage weight is applied (None:
+        no candidate). What `search` fuses, and what tests/fit_fusion.py fits the weights on."""
         ix, s = self.index, self.s
         if self.n_passages == 0:
-            return []
+            return None
         ctx = q.context if s.w_context else None
         # candidates from each signal (top-k of dense and BM25, passages and sentences: index.py)
         if restrict is not None:
@@ -362,7 +390,7 @@ class Retriever:
             if ctx is not None:
                 cand = np.union1d(cand, self._candidates(ctx))
         if cand.size == 0:
-            return []
+            return None
         # exact signals for the candidates (BM25 of only their passages and sentences)
         bm25_p = bm25_scores_for(ix.bm25_passages, q.search_tokens, cand)
         dense_q = dense_p = np.asarray(ix.passage_vectors[cand], dtype=np.float32) @ q.vector
@@ -378,37 +406,60 @@ class Retriever:
         # a bare heading ("Exosome Therapy") is context, not evidence: it must not be a passage's best sentence
         s_cos = np.where(heading, np.minimum(s_cos, 0.0), s_cos)
         s_bm = np.where(heading, 0.0, s_bm)
-        dense_s = np.maximum.reduceat(s_cos, offsets)
-        bm25_s = np.maximum.reduceat(s_bm, offsets)
+        # per-sentence scores, for highlighting: the same mix at sentence level
+        s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
+        cover = np.zeros(len(sent_idx), dtype=np.float32)
+        if s.w_cover_passage or s.w_cover_sentence:
+            cover = np.where(heading, 0.0, self._coverage(q, sent_idx)).astype(np.float32)
+            s_fused = s_fused + s.w_cover_sentence * cover
+        defines = np.zeros(len(sent_idx), dtype=np.float32)
+        if q.defines and s.definition_bonus:
+            defines = self._defines(q, sent_idx)
+            s_fused = s_fused + s.definition_bonus * defines
+        return Signals(cand=cand, first=spans[:, 0].astype(np.int64), lengths=lengths, offsets=offsets,
+                       dense_q=dense_q, dense_p=dense_p, bm25_p=bm25_p,
+                       dense_s=np.maximum.reduceat(s_cos, offsets), bm25_s=np.maximum.reduceat(s_bm, offsets),
+                       cover=np.maximum.reduceat(cover, offsets), defines=np.maximum.reduceat(defines, offsets),
+                       s_cos=s_cos, s_fused=s_fused)
+
+    def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
+        """The k best passages, best first. `restrict` limits the search to some passage rows."""
+        s = self.s
+        sig = self.signals(q, restrict)
+        if sig is None:
+            return []
+        cand, offsets, lengths = sig.cand, sig.offsets, sig.lengths
         fused = (
-            s.w_dense_passage * _minmax(dense_p)
-            + s.w_bm25_passage * _minmax(bm25_p)
-            + s.w_dense_sentence * _minmax(dense_s)
-            + s.w_bm25_sentence * _minmax(bm25_s)
+            s.w_dense_passage * _minmax(sig.dense_p)
+            + s.w_bm25_passage * _minmax(sig.bm25_p)
+            + s.w_dense_sentence * _minmax(sig.dense_s)
+            + s.w_bm25_sentence * _minmax(sig.bm25_s)
+            + s.w_cover_passage * sig.cover
+            + s.definition_bonus * sig.defines
         )
         if s.w_doc_dense or s.w_doc_best:
             fused = fused + self._article_prior(q, cand, fused)
-        # per-sentence scores, for highlighting: the same mix at sentence level
-        s_fused = 0.6 * _minmax(s_cos) + 0.4 * _minmax(s_bm)
-        if s.w_cover_passage or s.w_cover_sentence:
-            cover = np.where(heading, 0.0, self._coverage(q, sent_idx)).astype(np.float32)
-            fused = fused + s.w_cover_passage * np.maximum.reduceat(cover, offsets)
-            s_fused = s_fused + s.w_cover_sentence * cover
-        if q.defines and s.definition_bonus:
-            d = self._defines(q, sent_idx)
-            fused = fused + s.definition_bonus * np.maximum.reduceat(d, offsets)
-            s_fused = s_fused + s.definition_bonus * d
+        s_fused = sig.s_fused.copy()
+        # the best RERANK_DEPTH passages are read again, sentence by sentence: proximity, answer kind
         order = np.argsort(-fused)[: max(k, RERANK_DEPTH)]
+        if len(order) > k:
+            # bonuses only add: one that even both whole bonuses cannot lift to the k-th best
+            # score now cannot be among the k returned, and is not read (the same hits, less work)
+            bonus = (s.w_prox_passage if s.w_prox_passage or s.w_prox_sentence else 0.0) + (
+                s.w_kind_passage if q.kind and (s.w_kind_sentence or s.w_kind_passage) else 0.0)
+            order = order[fused[order] + bonus >= fused[order[k - 1]]]
         if s.w_prox_passage or s.w_prox_sentence:
-            fused, s_fused = fused.copy(), s_fused.copy()
-            spans = [(int(ix.sent_rows[int(cand[o])][0]), int(lengths[o])) for o in order]
-            for o, prox in zip(order, self._proximity(q, spans)):
+            for o, prox in zip(order, self._proximity(q, [(int(sig.first[o]), int(lengths[o])) for o in order])):
                 a, n = int(offsets[o]), int(lengths[o])
                 fused[o] += s.w_prox_passage * float(prox.max()) if n else 0.0
                 s_fused[a : a + n] += s.w_prox_sentence * prox
             order = order[np.argsort(-fused[order], kind="stable")]
         if q.kind and (s.w_kind_sentence or s.w_kind_passage):
-            fused, s_fused = self._answer_kind(q, cand, order, offsets, lengths, fused, s_fused)
+            for o in order:
+                a, n = int(offsets[o]), int(lengths[o])
+                value, match = self._kind_match(q, int(sig.first[o]), n, s_fused[a : a + n])
+                fused[o] += s.w_kind_passage * value
+                s_fused[a : a + n] += s.w_kind_sentence * match
             order = order[np.argsort(-fused[order], kind="stable")]
         order = order[:k]
         # the coverage and proximity weights add to the four signals' 1.0: scale back, so a score stays in [0, 1]
@@ -418,8 +469,8 @@ class Retriever:
             a = offsets[o]
             b = a + lengths[o]
             hits.append(Hit(
-                row=int(cand[o]), score=float(fused[o]) * scale, dense=float(dense_q[o]), dense_sentence=float(dense_s[o]),
-                bm25=float(bm25_p[o]), bm25_sentence=float(bm25_s[o]),
-                sentence_scores=s_fused[a:b], sentence_cosines=s_cos[a:b],
+                row=int(cand[o]), score=float(fused[o]) * scale, dense=float(sig.dense_q[o]),
+                dense_sentence=float(sig.dense_s[o]), bm25=float(sig.bm25_p[o]), bm25_sentence=float(sig.bm25_s[o]),
+                sentence_scores=s_fused[a:b], sentence_cosines=sig.s_cos[a:b],
             ))
         return hits
