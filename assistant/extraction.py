@@ -271,7 +271,7 @@ def evidence(index: Index, q: Query, hit: Hit | None, hits: list[Hit] | None = N
     return Evidence(hit.dense, hit.dense_sentence, covered, unknown, sent)
 
 
-_TOKEN_SETS_MAX = 20_000  # passages and sentences whose BM25 token sets abstention remembers, per index
+_TOKEN_SETS_MAX = 4_000  # passages and sentences whose BM25 token sets abstention remembers, per index (~3 kB each)
 
 
 def _title_text(index: Index, row: int) -> tuple[str, str]:

@@ -37,6 +37,7 @@ _DEFINES = re.compile(
     r"^\W*(?P<head>[^.:;!?()]{1,80}?(?:\([^()]{1,40}\)[^.:;!?()]{0,60}?)?)\s*,?\s+"
     r"(?:is|are|was|were|refers\s+to|involves|means|describes)\b", re.I)
 RERANK_DEPTH = 30  # passages whose sentences are read for the answer kind
+PROXIMITY_DEPTH = 10  # ... and for proximity (each a read of its article's record: README, "Proximity")
 PROXIMITY_WINDOW = 3  # tokens (stop words out) between two adjacent question words held as a phrase
 # "What is X used for?": a light verb of questions (SMART's stop list has use, used, uses, using)
 # is no half of a phrase; "X used" next to each other in a passage says nothing about X's uses
@@ -140,7 +141,7 @@ def _model_words() -> frozenset[str] | None:
     return frozenset(w for w in vocab if w.isalpha())
 
 
-_POSITIONS_CACHE_MAX = 20_000  # passages whose token positions proximity remembers, per loaded index
+_POSITIONS_CACHE_MAX = 2_000  # passages whose token positions proximity remembers, per loaded index (~8 kB each)
 
 
 def _passage_positions(ix: Index, spans: list[tuple[int, int]]) -> list[dict[str, tuple[tuple[int, int], ...]]]:
@@ -449,7 +450,13 @@ class Retriever:
                 s.w_kind_passage if q.kind and (s.w_kind_sentence or s.w_kind_passage) else 0.0)
             order = order[fused[order] + bonus >= fused[order[k - 1]]]
         if s.w_prox_passage or s.w_prox_sentence:
-            for o, prox in zip(order, self._proximity(q, [(int(sig.first[o]), int(lengths[o])) for o in order])):
+            near = order[:PROXIMITY_DEPTH]
+            if s.w_cover_passage or s.w_cover_sentence:
+                # a sentence holds a pair only if it holds two of the question's words, and coverage
+                # (from the postings) says which passages have such a sentence: only those are read
+                n_terms = sum(1 for t in dict.fromkeys(q.tokens) if t in self.index.vocab)
+                near = near[sig.cover[near] * n_terms > 1.5]
+            for o, prox in zip(near, self._proximity(q, [(int(sig.first[o]), int(lengths[o])) for o in near])):
                 a, n = int(offsets[o]), int(lengths[o])
                 fused[o] += s.w_prox_passage * float(prox.max()) if n else 0.0
                 s_fused[a : a + n] += s.w_prox_sentence * prox

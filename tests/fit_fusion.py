@@ -22,10 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ablate  # noqa: E402  (indexes and questions, built and cached as the ablation does)
-
-from assistant import evaluation as ev  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from assistant.config import Settings  # noqa: E402
 from assistant.retrieval import _minmax  # noqa: E402
 
@@ -35,6 +32,11 @@ NAMES = ["w_dense_passage", "w_bm25_passage", "w_dense_sentence", "w_bm25_senten
 
 def signals(setname: str) -> list[dict]:
     """Per question: the candidates' features (one row per passage, NAMES' order) and labels."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import ablate  # indexes and questions, built and kept as the ablation does (loads the model)
+
+    from assistant import evaluation as ev
+
     a = ablate.assistant(setname, Settings())
     r, ix = a._current().retriever, a._current().index
     qs = ev.squad_questions(ablate.SOURCES[setname])

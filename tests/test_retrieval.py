@@ -391,3 +391,72 @@ def test_proximity_pairs_leave_out_the_light_verb_use(cover_assistant):
         retrieval.PROXIMITY_SKIP = old
     texts = {index.sentence_text(first + j): float(v) for (first, _), x in zip(spans, with_use) for j, v in enumerate(x)}
     assert texts["The Tarrow kestrel lamp was cast in green bronze by the foundry at Wenlow."] == 0.5  # (lamp, use) not held
+
+
+# --- the fitted fusion (issue 10, seventh round) --------------------------------------------
+
+SEED_QUESTIONS = ["How long is the blood spun in the centrifuge?", "What is microneedling also known as?",
+                  "How many sessions of mesotherapy are needed?", "Who should not get PRP?",
+                  "What amino acids are in mesotherapy injections?", "Which has less downtime?"]
+
+
+def test_search_fuses_the_signals_it_reports(seed_assistant):
+    """`Retriever.signals` is what `search` fuses (and what tests/fit_fusion.py fits on): with every
+    weight but one at 0, a passage's score is that signal's min-max value over the candidates."""
+    from assistant.retrieval import _minmax
+
+    import numpy as np
+
+    loaded = seed_assistant._current()
+    index = loaded.index
+    zero = dict(w_dense_passage=0.0, w_bm25_passage=0.0, w_dense_sentence=0.0, w_bm25_sentence=0.0,
+                w_cover_passage=0.0, w_prox_passage=0.0, w_kind_passage=0.0, definition_bonus=0.0)
+    for name, field in (("dense_p", "w_dense_passage"), ("bm25_p", "w_bm25_passage"), ("bm25_s", "w_bm25_sentence")):
+        r = Retriever(index, replace(seed_assistant.settings, **{**zero, field: 1.0}))
+        q = r.prepare(SEED_QUESTIONS[0], seed_assistant.embedder.encode_query(SEED_QUESTIONS[0]))
+        sig = r.signals(q)
+        want = dict(zip(sig.cand.tolist(), _minmax(getattr(sig, name)).tolist()))
+        hits = r.search(q, k=10)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        for h in hits:
+            assert h.score == pytest.approx(want[h.row], abs=1e-6)
+        assert hits[0].score == pytest.approx(1.0)
+        assert np.array_equal(np.sort(sig.cand), np.unique(sig.cand))  # each candidate once
+
+
+def test_passages_no_bonus_can_lift_are_skipped_without_changing_the_hits(seed_assistant):
+    """Proximity and the answer kind only add, so a passage that even both whole bonuses cannot
+    lift to the k-th best score is not read: the k hits are those of reading all RERANK_DEPTH."""
+    import numpy as np
+
+    from assistant import retrieval
+
+    loaded = seed_assistant._current()
+    index, r = loaded.index, loaded.retriever
+    assert r.s.w_prox_passage > 0  # on by default since the fitted weights
+    for question in SEED_QUESTIONS:
+        q = r.prepare(question, seed_assistant.embedder.encode_query(question))
+        few = r.search(q, k=3)
+        every = r.search(q, k=retrieval.RERANK_DEPTH)[:3]
+        assert [h.row for h in few] == [h.row for h in every]
+        for a, b in zip(few, every):
+            assert a.score == pytest.approx(b.score, abs=1e-6)
+            assert np.allclose(a.sentence_scores, b.sentence_scores, atol=1e-6)
+
+
+def test_proximity_positions_are_remembered_per_passage_and_bounded(seed_assistant, monkeypatch):
+    from assistant import retrieval
+
+    index = seed_assistant._current().index
+    spans = [(int(index.sent_rows[r][0]), int(index.sent_rows[r][1] - index.sent_rows[r][0])) for r in range(6)]
+    index.__dict__.pop("_passage_positions", None)
+    first = retrieval._passage_positions(index, spans)
+    again = retrieval._passage_positions(index, spans)
+    assert all(a is b for a, b in zip(first, again))  # read once
+    seq = tokenize([index.sentence_text(spans[0][0] + 1)])[0] if spans[0][1] > 1 else []
+    for pos, t in enumerate(seq):
+        assert (1, pos) in first[0][t]  # (sentence within the passage, position within it)
+    monkeypatch.setattr(retrieval, "_POSITIONS_CACHE_MAX", 4)
+    retrieval._passage_positions(index, [(int(index.sent_rows[r][0]), int(index.sent_rows[r][1] - index.sent_rows[r][0]))
+                                         for r in range(6, 9)])
+    assert len(index.__dict__["_passage_positions"]) <= 4
