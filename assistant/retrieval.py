@@ -453,9 +453,11 @@ class Retriever:
             near = order[:PROXIMITY_DEPTH]
             if s.w_cover_passage or s.w_cover_sentence:
                 # a sentence holds a pair only if it holds two of the question's words, and coverage
-                # (from the postings) says which passages have such a sentence: only those are read
-                n_terms = sum(1 for t in dict.fromkeys(q.tokens) if t in self.index.vocab)
-                near = near[sig.cover[near] * n_terms > 1.5]
+                # (from the postings) counts them, except a word the library lacks, held only as its
+                # equivalents (a misspelling's correction): the passages that may hold a pair are read
+                words = list(dict.fromkeys(q.tokens))
+                terms = sum(1 for t in words if t in self.index.vocab)
+                near = near[sig.cover[near] * terms + (len(words) - terms) > 1.5]
             for o, prox in zip(near, self._proximity(q, [(int(sig.first[o]), int(lengths[o])) for o in near])):
                 a, n = int(offsets[o]), int(lengths[o])
                 fused[o] += s.w_prox_passage * float(prox.max()) if n else 0.0

@@ -460,3 +460,21 @@ def test_proximity_positions_are_remembered_per_passage_and_bounded(seed_assista
     retrieval._passage_positions(index, [(int(index.sent_rows[r][0]), int(index.sent_rows[r][1] - index.sent_rows[r][0]))
                                          for r in range(6, 9)])
     assert len(index.__dict__["_passage_positions"]) <= 4
+
+
+def test_proximity_still_reads_a_pair_held_through_a_misspelling(cover_assistant):
+    """Coverage, which decides which passages proximity reads, counts only words the library has;
+    "kestril" is read as "kestrel" (its equivalent), and the foundry's "lamp trade kept the kestrel
+    foundry" holds the pair (kestril, lamp) through it: its passage is still read and lifted."""
+    loaded = cover_assistant._current()
+    index = loaded.index
+    question = "What was the Tarrow kestril lamp cast in?"
+    vec = cover_assistant.embedder.encode_query(question)
+    s = replace(cover_assistant.settings, w_cover_passage=0.0, w_cover_sentence=0.6)
+    off_r, on_r = Retriever(index, replace(s, w_prox_passage=0.0)), Retriever(index, replace(s, w_prox_passage=0.3))
+    q = on_r.prepare(question, vec)
+    assert "kestril" in q.tokens and "kestril" not in index.vocab and q.equivalents["kestril"] == {"kestrel"}
+    off = {index.passages[h.row].doc_id: h.score for h in off_r.search(off_r.prepare(question, vec), k=5)}
+    on = {index.passages[h.row].doc_id: h.score * 1.3 for h in on_r.search(q, k=5)}
+    assert on["foundry"] - off["foundry"] == pytest.approx(0.3 / 3, abs=1e-5)
+    assert on["lamps"] - off["lamps"] == pytest.approx(0.3, abs=1e-5)
