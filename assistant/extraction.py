@@ -282,15 +282,9 @@ def _title_text(index: Index, row: int) -> tuple[str, str]:
 def _token_set(index: Index, key: tuple, text) -> frozenset[str]:
     """The BM25 tokens of a passage's or a sentence's text (`text()`), remembered per loaded index:
     the best passages of related questions are judged again and again."""
-    from .index import tokenize
+    from .index import remembered, tokenize
 
-    cache = index.__dict__.setdefault("_token_sets", {})
-    got = cache.get(key)
-    if got is None:
-        if len(cache) >= _TOKEN_SETS_MAX:
-            cache.clear()
-        got = cache[key] = frozenset(tokenize([text()])[0])
-    return got
+    return remembered(index, "_token_sets", key, lambda: frozenset(tokenize([text()])[0]), _TOKEN_SETS_MAX)
 
 
 def idf_max(index: Index) -> float:

@@ -1786,6 +1786,19 @@ class Index:
         return self.docs[p.doc_id].text[s.start : s.end]
 
 
+def remembered(index: "Index", name: str, key, make, limit: int):
+    """`make()`, remembered per loaded index in the cache `name` (at most `limit` entries, emptied
+    when full): what the best passages of related questions need is read again and again. Safe
+    under concurrent questions (the value returned never reads the cache back)."""
+    cache = index.__dict__.setdefault(name, {})
+    got = cache.get(key)
+    if got is None:
+        if len(cache) >= limit:
+            cache.clear()
+        got = cache[key] = make()
+    return got
+
+
 def candidate_rows(index: "Index", vector: np.ndarray, tokens: list[str], c: int) -> np.ndarray:
     """Passage rows worth scoring exactly for one question: the top `c` passages and top `2c`
     sentences by the dense store and by BM25 (sentences count for their passage), deduplicated.

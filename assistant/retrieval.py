@@ -16,7 +16,7 @@ import numpy as np
 
 from . import answertype
 from .config import Settings
-from .index import ArticleCentroids, Index, bm25_scores_for, candidate_rows, tokenize, typed_words
+from .index import ArticleCentroids, Index, bm25_scores_for, candidate_rows, remembered, tokenize, typed_words
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ class Signals:
     dense_s: np.ndarray  # the best sentence's cosine
     bm25_s: np.ndarray  # the best sentence's BM25
     cover: np.ndarray  # the best sentence's coverage (_coverage)
+    terms: int  # the question's distinct words the library has: coverage's denominator
     defines: np.ndarray  # 1.0 when a sentence defines what "What is X?" asks
     s_cos: np.ndarray  # per sentence: cosine (a heading's at most 0)
     s_fused: np.ndarray  # per sentence: the highlight score before proximity and answer kind
@@ -176,14 +177,8 @@ def _passage_positions(ix: Index, spans: list[tuple[int, int]]) -> list[dict[str
 def _kind_candidates(ix: Index, row: int, want: str) -> tuple[str, ...]:
     """answertype.candidates of one sentence, remembered per loaded index (at most
     _KIND_CACHE_MAX sentences): the best passages of related questions are read again and again."""
-    cache = ix.__dict__.setdefault("_kind_candidates", {})
-    key = (want, row)
-    got = cache.get(key)
-    if got is None:
-        if len(cache) >= _KIND_CACHE_MAX:
-            cache.clear()
-        got = cache[key] = answertype.candidates(ix.sentence_text(row), want)
-    return got
+    return remembered(ix, "_kind_candidates", (want, row),
+                      lambda: answertype.candidates(ix.sentence_text(row), want), _KIND_CACHE_MAX)
 
 
 class Retriever:
@@ -317,6 +312,10 @@ class Retriever:
             prior += s.w_doc_best * _minmax(best)[inv]
         return prior
 
+    def _terms(self, q: Query) -> list[str]:
+        """The question's distinct words that the library has (what coverage counts)."""
+        return [t for t in dict.fromkeys(q.tokens) if t in self.index.vocab]
+
     def _coverage(self, q: Query, sent_idx: np.ndarray) -> np.ndarray:
         """Per sentence: the share of the question's distinct words its BM25 text holds (the sentence
         with its section heading and article title; a stem extension counts for its word). A
@@ -324,7 +323,7 @@ class Retriever:
         scatters them, or repeats one of them, across several sentences. Every word counts the
         same: weighted by IDF, one rare word ("cost") outweighs the subject the question is about."""
         out = np.zeros(len(sent_idx), dtype=np.float32)
-        terms = [t for t in dict.fromkeys(q.tokens) if t in self.index.vocab]
+        terms = self._terms(q)
         if not terms:
             return out
         eq = q.equivalents or {}
@@ -420,7 +419,8 @@ class Retriever:
         return Signals(cand=cand, first=spans[:, 0].astype(np.int64), lengths=lengths, offsets=offsets,
                        dense_q=dense_q, dense_p=dense_p, bm25_p=bm25_p,
                        dense_s=np.maximum.reduceat(s_cos, offsets), bm25_s=np.maximum.reduceat(s_bm, offsets),
-                       cover=np.maximum.reduceat(cover, offsets), defines=np.maximum.reduceat(defines, offsets),
+                       cover=np.maximum.reduceat(cover, offsets), terms=len(self._terms(q)),
+                       defines=np.maximum.reduceat(defines, offsets),
                        s_cos=s_cos, s_fused=s_fused)
 
     def search(self, q: Query, k: int = 10, restrict: np.ndarray | None = None) -> list[Hit]:
@@ -455,9 +455,8 @@ class Retriever:
                 # a sentence holds a pair only if it holds two of the question's words, and coverage
                 # (from the postings) counts them, except a word the library lacks, held only as its
                 # equivalents (a misspelling's correction): the passages that may hold a pair are read
-                words = list(dict.fromkeys(q.tokens))
-                terms = sum(1 for t in words if t in self.index.vocab)
-                near = near[sig.cover[near] * terms + (len(words) - terms) > 1.5]
+                lacking = len(dict.fromkeys(q.tokens)) - sig.terms
+                near = near[sig.cover[near] * sig.terms + lacking > 1.5]
             for o, prox in zip(near, self._proximity(q, [(int(sig.first[o]), int(lengths[o])) for o in near])):
                 a, n = int(offsets[o]), int(lengths[o])
                 fused[o] += s.w_prox_passage * float(prox.max()) if n else 0.0
